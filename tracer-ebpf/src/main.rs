@@ -1,0 +1,469 @@
+//! Kernel side of redis-memtrace.
+//!
+//! A fault is seen three times: at entry (`exceptions:page_fault_{user,kernel}`), while the
+//! kernel resolves it (page allocations and RSS counter changes on the same thread), and at
+//! completion (the minor/major-fault software perf events, which fire after
+//! `handle_mm_fault` returns). Entry opens a per-thread record, the middle adds evidence
+//! bits, completion emits one event. Userspace turns the bits into a classification.
+//!
+//! Only processes in `TRACED` (the target and its fork children) do any work beyond one
+//! hash lookup. Nothing about the kernel's tracepoint layout is compiled in: field offsets
+//! arrive in `CONFIG`, written by the loader from tracefs before load.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, perf_event, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{PerfEventContext, TracePointContext},
+};
+use tracer_common::{
+    CLONE_THREAD, Config, Event, FIELD_ABSENT, GFP_MOVABLE, Inflight, RECLAIM_WB_ANON, counter,
+    exit_flags, fault_flags as ff, kind, role, rss_member, swap_flags,
+};
+
+/// Tracepoint field offsets; overwritten by the loader before load.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::ABSENT;
+
+/// Events to userspace. Sized by the loader (`--ring-buffer-mb`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// tgid -> role: the processes being traced.
+#[map]
+static TRACED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// tid -> fault in progress. At most one per thread.
+#[map]
+static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
+
+/// child pid -> clone flags, from `task_newtask`, consumed by `sched_process_fork`.
+#[map]
+static CLONE_FLAGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// tid -> start of an in-progress clone syscall of a traced process.
+#[map]
+static CLONE_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// rss_stat mm_id -> owning tgid, learnt from the owner's own events, so changes made
+/// from other contexts (kswapd, process_madvise) can be attributed.
+#[map]
+static MM_OWNER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Kernel-side counters (see `tracer_common::counter`).
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// First address above user space on x86-64 (4- and 5-level paging both stay below).
+const USER_TOP: u64 = 0x0100_0000_0000_0000;
+
+#[inline(always)]
+fn cfg(field: &u32) -> u32 {
+    // SAFETY: reading our own global; volatile so the loader-written value is used
+    // instead of the compile-time constant.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == FIELD_ABSENT {
+        return None;
+    }
+    // SAFETY: the offset comes from the tracepoint's own format file; read_at uses
+    // bpf_probe_read, so a wrong offset yields garbage or an error, never a fault.
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(ptr) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *ptr += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { TRACED.get(tgid) }.is_some()
+}
+
+#[inline(always)]
+fn emit(event: Event) {
+    // Never wake the reader from here: a wakeup is an irq_work inside the faulting
+    // thread's path. Userspace drains on a short timer instead.
+    if EVENTS.output::<Event>(&event, BPF_RB_NO_WAKEUP as u64).is_err() {
+        bump(counter::LOST);
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper with no arguments and no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn current() -> (u32, u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32, pid_tgid as u32)
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults
+// ---------------------------------------------------------------------------------------
+
+#[tracepoint]
+pub fn page_fault_user(ctx: TracePointContext) -> u32 {
+    fault_entry(&ctx, 0);
+    0
+}
+
+#[tracepoint]
+pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
+    fault_entry(&ctx, ff::KERNEL_MODE);
+    0
+}
+
+#[inline(always)]
+fn fault_entry(ctx: &TracePointContext, mode: u32) {
+    let (tgid, tid) = current();
+    if !is_traced(tgid) {
+        return;
+    }
+    let Some(addr) = field::<u64>(ctx, cfg(&CONFIG.fault_address)) else {
+        return;
+    };
+    if addr >= USER_TOP {
+        return; // a kernel address: not this process's memory
+    }
+    let error_code = field::<u64>(ctx, cfg(&CONFIG.fault_error_code)).unwrap_or(0);
+    let fresh = Inflight {
+        ts_ns: now_ns(),
+        addr,
+        error_code,
+        flags: mode,
+        _pad: 0,
+    };
+    if let Some(prev) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: entry owned by this thread; no other thread uses this tid's key.
+        let old = unsafe { *prev };
+        // The previous fault never completed (error, or a retry that went back to user
+        // space): report it rather than merge evidence of two faults.
+        emit(fault_event(&old, tgid, tid, ff::INCOMPLETE, 0));
+        // SAFETY: as above.
+        unsafe { *prev = fresh };
+    } else if INFLIGHT.insert(tid, fresh, 0).is_err() {
+        bump(counter::INFLIGHT_FULL);
+    }
+}
+
+#[inline(always)]
+fn fault_event(state: &Inflight, tgid: u32, tid: u32, extra: u32, duration_ns: u64) -> Event {
+    Event {
+        ts_ns: state.ts_ns,
+        kind: kind::FAULT,
+        tgid,
+        tid,
+        flags: (state.flags & !ff::IN_RECLAIM) | extra,
+        addr: state.addr,
+        arg: state.error_code,
+        duration_ns,
+    }
+}
+
+#[perf_event]
+pub fn fault_done_minor(_ctx: PerfEventContext) -> u32 {
+    fault_done(0);
+    0
+}
+
+#[perf_event]
+pub fn fault_done_major(_ctx: PerfEventContext) -> u32 {
+    fault_done(ff::MAJOR);
+    0
+}
+
+#[inline(always)]
+fn fault_done(extra: u32) {
+    let (tgid, tid) = current();
+    let Some(ptr) = INFLIGHT.get_ptr(tid) else {
+        if is_traced(tgid) {
+            bump(counter::UNMATCHED);
+        }
+        return;
+    };
+    // SAFETY: entry owned by this thread.
+    let state = unsafe { *ptr };
+    let _ = INFLIGHT.remove(tid);
+    let now = now_ns();
+    emit(fault_event(&state, tgid, tid, extra, now.saturating_sub(state.ts_ns)));
+}
+
+/// Adds evidence bits to the fault running on the current thread, if any.
+#[inline(always)]
+fn mark_inflight(tid: u32, bits: u32) -> Option<u32> {
+    let ptr = INFLIGHT.get_ptr_mut(tid)?;
+    // SAFETY: entry owned by this thread.
+    unsafe {
+        let before = (*ptr).flags;
+        (*ptr).flags = before | bits;
+        Some(before)
+    }
+}
+
+#[tracepoint]
+pub fn mm_page_alloc(ctx: TracePointContext) -> u32 {
+    let (_, tid) = current();
+    // Cheap presence test first: this fires for every page allocation on the machine.
+    if INFLIGHT.get_ptr(tid).is_none() {
+        return 0;
+    }
+    let gfp = field::<u64>(&ctx, cfg(&CONFIG.alloc_gfp)).unwrap_or(0);
+    // Page tables and slab are never movable; an interrupt's allocation is atomic.
+    if gfp & GFP_MOVABLE == 0 {
+        return 0;
+    }
+    let order = field::<u32>(&ctx, cfg(&CONFIG.alloc_order)).unwrap_or(0);
+    let bits = if order > 0 {
+        ff::ALLOC | ff::ALLOC_HUGE
+    } else {
+        ff::ALLOC
+    };
+    let _ = mark_inflight(tid, bits);
+    0
+}
+
+#[tracepoint]
+pub fn rss_stat(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    let Some(member) = field::<u32>(&ctx, cfg(&CONFIG.rss_member)) else {
+        return 0;
+    };
+    let curr = field::<u32>(&ctx, cfg(&CONFIG.rss_curr)).unwrap_or(0);
+    let mm_id = field::<u32>(&ctx, cfg(&CONFIG.rss_mm_id)).unwrap_or(0);
+    if curr == 0 {
+        // Someone else's context changed an mm (kswapd, process_madvise, fork, exit):
+        // only swap entries of a known traced mm matter.
+        if member != rss_member::SWAPENTS {
+            return 0;
+        }
+        // SAFETY: value copied out immediately.
+        let Some(owner) = (unsafe { MM_OWNER.get(mm_id) }).copied() else {
+            return 0;
+        };
+        let size = field::<i64>(&ctx, cfg(&CONFIG.rss_size)).unwrap_or(0);
+        emit(swap_event(owner, tid, size, 0));
+        return 0;
+    }
+    if !is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: value compared immediately.
+    if unsafe { MM_OWNER.get(mm_id) }.copied() != Some(tgid) {
+        let _ = MM_OWNER.insert(mm_id, tgid, 0);
+    }
+    let in_fault_bit = match member {
+        rss_member::ANON => ff::ANON_RSS,
+        rss_member::SWAPENTS => ff::SWAP_ENTS,
+        _ => ff::FILE_RSS,
+    };
+    // Reclaim inside a fault changes counters for pages it evicts; that is not evidence
+    // about the fault itself.
+    let mut in_fault = false;
+    if let Some(ptr) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: entry owned by this thread.
+        unsafe {
+            if (*ptr).flags & ff::IN_RECLAIM == 0 {
+                (*ptr).flags |= in_fault_bit;
+                in_fault = true;
+            }
+        }
+    }
+    if member == rss_member::SWAPENTS {
+        let size = field::<i64>(&ctx, cfg(&CONFIG.rss_size)).unwrap_or(0);
+        let flags = if in_fault {
+            swap_flags::CURR | swap_flags::IN_FAULT
+        } else {
+            swap_flags::CURR
+        };
+        emit(swap_event(tgid, tid, size, flags));
+    }
+    0
+}
+
+#[inline(always)]
+fn swap_event(owner: u32, tid: u32, size: i64, flags: u32) -> Event {
+    Event {
+        ts_ns: now_ns(),
+        kind: kind::SWAP_ENTS,
+        tgid: owner,
+        tid,
+        flags,
+        addr: 0,
+        arg: if size < 0 { 0 } else { size as u64 },
+        duration_ns: 0,
+    }
+}
+
+#[tracepoint]
+pub fn reclaim_begin(_ctx: TracePointContext) -> u32 {
+    let (_, tid) = current();
+    let _ = mark_inflight(tid, ff::RECLAIM | ff::IN_RECLAIM);
+    0
+}
+
+#[tracepoint]
+pub fn reclaim_end(_ctx: TracePointContext) -> u32 {
+    let (_, tid) = current();
+    if let Some(ptr) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: entry owned by this thread.
+        unsafe { (*ptr).flags &= !ff::IN_RECLAIM };
+    }
+    0
+}
+
+#[tracepoint]
+pub fn mm_vmscan_write_folio(ctx: TracePointContext) -> u32 {
+    let flags = field::<i32>(&ctx, cfg(&CONFIG.write_folio_flags)).unwrap_or(0) as u32;
+    if flags & RECLAIM_WB_ANON == 0 {
+        return 0;
+    }
+    bump(counter::SYS_SWAP_WRITES);
+    let (tgid, tid) = current();
+    if is_traced(tgid) {
+        let pfn = field::<u64>(&ctx, cfg(&CONFIG.write_folio_pfn)).unwrap_or(0);
+        emit(Event {
+            ts_ns: now_ns(),
+            kind: kind::SWAP_WRITE,
+            tgid,
+            tid,
+            flags: 0,
+            addr: pfn,
+            arg: 0,
+            duration_ns: 0,
+        });
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------
+// Process lifecycle
+// ---------------------------------------------------------------------------------------
+
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let (tgid, _) = current();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let (Some(pid), Some(flags)) = (
+        field::<u32>(&ctx, cfg(&CONFIG.newtask_pid)),
+        field::<u64>(&ctx, cfg(&CONFIG.newtask_clone_flags)),
+    ) else {
+        return 0;
+    };
+    let _ = CLONE_FLAGS.insert(pid, flags, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let Some(child) = field::<u32>(&ctx, cfg(&CONFIG.fork_child_pid)) else {
+        return 0;
+    };
+    // SAFETY: value copied out immediately.
+    let flags = unsafe { CLONE_FLAGS.get(child) }.copied().unwrap_or(0);
+    let _ = CLONE_FLAGS.remove(child);
+    if flags & CLONE_THREAD != 0 {
+        return 0; // a thread: already covered by its tgid
+    }
+    // Inserted before the child first runs (the tracepoint precedes wake_up_new_task),
+    // so its first fault is seen.
+    let _ = TRACED.insert(child, role::CHILD, 0);
+    emit(Event {
+        ts_ns: now_ns(),
+        kind: kind::FORK,
+        tgid,
+        tid,
+        flags: 0,
+        addr: child as u64,
+        arg: flags,
+        duration_ns: 0,
+    });
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let _ = INFLIGHT.remove(tid);
+    let group_dead = match field::<u8>(&ctx, cfg(&CONFIG.exit_group_dead)) {
+        Some(v) => v != 0,
+        None => tid == tgid, // older kernels: the leader's exit stands for the process
+    };
+    if group_dead {
+        let _ = TRACED.remove(tgid);
+    }
+    emit(Event {
+        ts_ns: now_ns(),
+        kind: kind::EXIT,
+        tgid,
+        tid,
+        flags: if group_dead { exit_flags::GROUP_DEAD } else { 0 },
+        addr: 0,
+        arg: 0,
+        duration_ns: 0,
+    });
+    0
+}
+
+#[tracepoint]
+pub fn clone_enter(_ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    if is_traced(tgid) {
+        let _ = CLONE_START.insert(tid, now_ns(), 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn clone_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current();
+    // SAFETY: value copied out immediately.
+    let Some(start) = (unsafe { CLONE_START.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = CLONE_START.remove(tid);
+    let ret = field::<i64>(&ctx, cfg(&CONFIG.sys_exit_ret)).unwrap_or(-1);
+    // The child returns from clone too (ret 0) but never ran clone_enter: only the
+    // parent gets here.
+    emit(Event {
+        ts_ns: start,
+        kind: kind::FORK_RET,
+        tgid,
+        tid,
+        flags: 0,
+        addr: 0,
+        arg: ret as u64,
+        duration_ns: now_ns().saturating_sub(start),
+    });
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path.
+    unsafe { core::hint::unreachable_unchecked() }
+}

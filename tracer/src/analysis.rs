@@ -1,0 +1,438 @@
+//! The pure core: turns the kernel's event stream into timeline records, fork epochs and
+//! a summary. No I/O; unit-tested with recorded streams.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use tracer_common::{Event, exit_flags, fault_flags as ff, kind, swap_flags};
+
+use crate::{
+    classify::{FaultKind, classify, is_huge},
+    counts::KindCounts,
+    fork_epochs::{Epoch, ForkEpochs, Role},
+};
+
+/// Page size used to turn byte counters into pages.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// One line of the timeline, derived from one kernel event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A classified page fault.
+    Fault {
+        /// Start of the fault (monotonic ns).
+        ts_ns: u64,
+        /// Process.
+        pid: u32,
+        /// Thread.
+        tid: u32,
+        /// Classification.
+        kind: FaultKind,
+        /// Faulting address.
+        addr: u64,
+        /// Parent (target) or fork child.
+        role: Role,
+        /// Epoch the fault belongs to.
+        epoch: Option<u32>,
+        /// x86 error code.
+        error_code: u64,
+        /// Entry to completion.
+        latency_ns: u64,
+        /// Raw evidence bits (`tracer_common::fault_flags`).
+        flags: u32,
+    },
+    /// The target or a child forked.
+    Fork {
+        /// Time of the fork.
+        ts_ns: u64,
+        /// Forking process.
+        pid: u32,
+        /// Forking thread.
+        tid: u32,
+        /// New process.
+        child_pid: u32,
+        /// Epoch opened by this fork (forks of the target only).
+        epoch: Option<u32>,
+    },
+    /// A clone syscall returned in a traced process.
+    ForkReturn {
+        /// Syscall entry time.
+        ts_ns: u64,
+        /// Process.
+        pid: u32,
+        /// Thread.
+        tid: u32,
+        /// Return value (child pid or -errno).
+        ret: i64,
+        /// Syscall duration.
+        duration_ns: u64,
+    },
+    /// A traced thread or process exited.
+    Exit {
+        /// Exit time.
+        ts_ns: u64,
+        /// Process.
+        pid: u32,
+        /// Thread.
+        tid: u32,
+        /// The whole process is gone.
+        process_exit: bool,
+        /// Epoch this exit closed.
+        epoch: Option<u32>,
+    },
+    /// Pages in swap of a traced process changed.
+    SwapEnts {
+        /// Time of the change.
+        ts_ns: u64,
+        /// Owner of the memory.
+        pid: u32,
+        /// Thread that made the change.
+        tid: u32,
+        /// New amount in swap, bytes.
+        bytes: u64,
+        /// Change in pages, when the previous value is known.
+        delta_pages: Option<i64>,
+    },
+    /// Reclaim wrote an anonymous page to swap on a traced thread.
+    SwapWrite {
+        /// Time.
+        ts_ns: u64,
+        /// Process.
+        pid: u32,
+        /// Thread.
+        tid: u32,
+        /// Page frame number written.
+        pfn: u64,
+    },
+}
+
+impl Record {
+    /// Timestamp of the record.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Record::Fault { ts_ns, .. }
+            | Record::Fork { ts_ns, .. }
+            | Record::ForkReturn { ts_ns, .. }
+            | Record::Exit { ts_ns, .. }
+            | Record::SwapEnts { ts_ns, .. }
+            | Record::SwapWrite { ts_ns, .. } => *ts_ns,
+        }
+    }
+}
+
+/// Fault totals by side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ByRole {
+    /// The target's faults.
+    pub parent: KindCounts,
+    /// Fork children's faults.
+    pub child: KindCounts,
+}
+
+/// Swap activity of the traced processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SwapSummary {
+    /// Pages that went to swap (sum of MM_SWAPENTS increases).
+    pub pages_out: u64,
+    /// Pages that came back by fault (equals `faults.swap_in` for 4 KiB pages).
+    pub pages_in: u64,
+    /// Swap entries dropped without a fault (unmap, exit, swapoff).
+    pub pages_discarded: u64,
+    /// Anonymous pages written to swap by reclaim running on a traced thread.
+    pub writes_on_traced_threads: u64,
+}
+
+/// What a whole run saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Faults of all traced processes by kind.
+    pub faults: KindCounts,
+    /// Forks of the target.
+    pub forks: u64,
+    /// Faults by side.
+    pub by_role: ByRole,
+    /// Faults that involved a huge (order >= 1) folio.
+    pub huge_faults: u64,
+    /// Faults that completed as major faults.
+    pub major_faults: u64,
+    /// Faults taken in kernel mode on a user address.
+    pub kernel_mode_faults: u64,
+    /// Faults superseded before completing.
+    pub incomplete_faults: u64,
+    /// Faults during which direct or memcg reclaim ran.
+    pub faults_with_reclaim: u64,
+    /// Swap activity.
+    pub swap: SwapSummary,
+    /// Kernel events received.
+    pub events_received: u64,
+    /// Events of a kind this version does not know.
+    pub unknown_events: u64,
+}
+
+/// Consumes kernel events in arrival order.
+#[derive(Debug)]
+pub struct Analyzer {
+    target: u32,
+    epochs: ForkEpochs,
+    summary: Summary,
+    swap_bytes: HashMap<u32, u64>,
+    target_exit_ns: Option<u64>,
+    last_ts: u64,
+}
+
+impl Analyzer {
+    /// Analyzer for `target`, whose swap usage is `target_swap_bytes` at attach time.
+    pub fn new(target: u32, target_swap_bytes: Option<u64>) -> Self {
+        let mut swap_bytes = HashMap::new();
+        if let Some(b) = target_swap_bytes {
+            swap_bytes.insert(target, b);
+        }
+        Analyzer {
+            target,
+            epochs: ForkEpochs::new(target),
+            summary: Summary::default(),
+            swap_bytes,
+            target_exit_ns: None,
+            last_ts: 0,
+        }
+    }
+
+    /// Registers a fork child that was running before tracing started.
+    pub fn adopt_running_child(&mut self, child: u32, ts: u64) -> u32 {
+        self.epochs.adopt_running_child(child, ts)
+    }
+
+    /// Processes one event; returns the record to write, or `None` for unknown kinds.
+    pub fn process(&mut self, ev: &Event) -> Option<Record> {
+        self.summary.events_received += 1;
+        self.last_ts = self.last_ts.max(ev.ts_ns);
+        let record = match ev.kind {
+            kind::FAULT => self.fault(ev),
+            kind::FORK => {
+                let child = ev.addr as u32;
+                let epoch = self.epochs.on_fork(ev.tgid, ev.tid, child, ev.ts_ns);
+                if epoch.is_some() {
+                    self.summary.forks += 1;
+                }
+                // The child starts with the parent's swap entries.
+                if let Some(&b) = self.swap_bytes.get(&ev.tgid) {
+                    self.swap_bytes.insert(child, b);
+                }
+                Record::Fork {
+                    ts_ns: ev.ts_ns,
+                    pid: ev.tgid,
+                    tid: ev.tid,
+                    child_pid: child,
+                    epoch,
+                }
+            }
+            kind::FORK_RET => {
+                let ret = ev.arg as i64;
+                self.epochs.on_fork_return(ev.tid, ret, ev.duration_ns);
+                Record::ForkReturn {
+                    ts_ns: ev.ts_ns,
+                    pid: ev.tgid,
+                    tid: ev.tid,
+                    ret,
+                    duration_ns: ev.duration_ns,
+                }
+            }
+            kind::EXIT => {
+                let process_exit = ev.flags & exit_flags::GROUP_DEAD != 0;
+                let epoch = if process_exit {
+                    if ev.tgid == self.target {
+                        self.target_exit_ns = Some(ev.ts_ns);
+                    }
+                    self.epochs.on_exit(ev.tgid, ev.ts_ns)
+                } else {
+                    None
+                };
+                Record::Exit {
+                    ts_ns: ev.ts_ns,
+                    pid: ev.tgid,
+                    tid: ev.tid,
+                    process_exit,
+                    epoch,
+                }
+            }
+            kind::SWAP_ENTS => self.swap_ents(ev),
+            kind::SWAP_WRITE => {
+                self.summary.swap.writes_on_traced_threads += 1;
+                Record::SwapWrite {
+                    ts_ns: ev.ts_ns,
+                    pid: ev.tgid,
+                    tid: ev.tid,
+                    pfn: ev.addr,
+                }
+            }
+            _ => {
+                self.summary.unknown_events += 1;
+                return None;
+            }
+        };
+        Some(record)
+    }
+
+    fn fault(&mut self, ev: &Event) -> Record {
+        let kind = classify(ev.flags, ev.arg);
+        let (role, epoch) = self.epochs.assign(ev.tgid, ev.ts_ns, kind);
+        let s = &mut self.summary;
+        s.faults.add(kind);
+        match role {
+            Role::Parent => s.by_role.parent.add(kind),
+            Role::Child => s.by_role.child.add(kind),
+        }
+        let count = |bit: u32| u64::from(ev.flags & bit != 0);
+        s.huge_faults += u64::from(is_huge(ev.flags));
+        s.major_faults += count(ff::MAJOR);
+        s.kernel_mode_faults += count(ff::KERNEL_MODE);
+        s.incomplete_faults += count(ff::INCOMPLETE);
+        s.faults_with_reclaim += count(ff::RECLAIM);
+        Record::Fault {
+            ts_ns: ev.ts_ns,
+            pid: ev.tgid,
+            tid: ev.tid,
+            kind,
+            addr: ev.addr,
+            role,
+            epoch,
+            error_code: ev.arg,
+            latency_ns: ev.duration_ns,
+            flags: ev.flags,
+        }
+    }
+
+    fn swap_ents(&mut self, ev: &Event) -> Record {
+        let bytes = ev.arg;
+        let previous = self.swap_bytes.insert(ev.tgid, bytes);
+        let delta_pages =
+            previous.map(|p| (bytes as i64 - p as i64) / PAGE_SIZE as i64);
+        if let Some(d) = delta_pages {
+            let swap = &mut self.summary.swap;
+            if d > 0 {
+                swap.pages_out += d as u64;
+            } else if ev.flags & swap_flags::IN_FAULT != 0 {
+                swap.pages_in += d.unsigned_abs();
+            } else {
+                swap.pages_discarded += d.unsigned_abs();
+            }
+        }
+        Record::SwapEnts {
+            ts_ns: ev.ts_ns,
+            pid: ev.tgid,
+            tid: ev.tid,
+            bytes,
+            delta_pages,
+        }
+    }
+
+    /// Whether the target's whole process has exited.
+    pub fn target_exited(&self) -> bool {
+        self.target_exit_ns.is_some()
+    }
+
+    /// Ends the run at `end_ts`: open epochs are closed there.
+    pub fn finish(mut self, end_ts: u64) -> (Vec<Epoch>, Summary) {
+        self.epochs.close_all(end_ts.max(self.last_ts));
+        (self.epochs.epochs().to_vec(), self.summary)
+    }
+
+    /// Summary so far.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u32 = 4242;
+    const C: u32 = 4243;
+
+    fn ev(kind: u32, ts: u64, tgid: u32, flags: u32, addr: u64, arg: u64) -> Event {
+        Event {
+            ts_ns: ts,
+            kind,
+            tgid,
+            tid: tgid,
+            flags,
+            addr,
+            arg,
+            duration_ns: 0,
+        }
+    }
+
+    /// The stream the kernel side emits for: touch 2 pages, fork, parent writes 1 page,
+    /// child exits, parent writes the other page, one page swapped out and read back.
+    fn recorded_stream() -> Vec<Event> {
+        let a = 0x7f00_0000_0000;
+        let b = a + 4096;
+        vec![
+            ev(kind::FAULT, 10, T, ff::ALLOC | ff::ANON_RSS, a, 0x6),
+            ev(kind::FAULT, 20, T, ff::ALLOC | ff::ANON_RSS, b, 0x6),
+            ev(kind::FORK, 30, T, 0, C as u64, 0x1200011),
+            Event { duration_ns: 77, ..ev(kind::FORK_RET, 25, T, 0, 0, C as u64) },
+            ev(kind::FAULT, 40, T, ff::ALLOC, a, 0x7),
+            ev(kind::FAULT, 45, C, ff::ALLOC, 0x7ffd_0000_0000, 0x7),
+            ev(kind::EXIT, 50, C, exit_flags::GROUP_DEAD, 0, 0),
+            ev(kind::FAULT, 60, T, 0, b, 0x7),
+            ev(kind::SWAP_ENTS, 70, T, swap_flags::CURR, 0, 4096),
+            ev(kind::SWAP_ENTS, 80, T, swap_flags::CURR | swap_flags::IN_FAULT, 0, 0),
+            ev(kind::FAULT, 79, T, ff::SWAP_ENTS | ff::ANON_RSS, a, 0x4),
+            ev(kind::EXIT, 90, T, exit_flags::GROUP_DEAD, 0, 0),
+        ]
+    }
+
+    #[test]
+    fn recorded_stream_yields_exact_counts_epochs_and_sides() {
+        let mut an = Analyzer::new(T, Some(0));
+        let records: Vec<_> = recorded_stream().iter().filter_map(|e| an.process(e)).collect();
+        assert_eq!(records.len(), 12);
+        assert!(an.target_exited());
+        let (epochs, s) = an.finish(100);
+        assert_eq!(
+            s.faults,
+            KindCounts { cow_copy: 2, wp_reuse: 1, swap_in: 1, first_touch: 2, other: 0 }
+        );
+        assert_eq!(s.by_role.child.cow_copy, 1);
+        assert_eq!(s.by_role.parent.cow_copy, 1);
+        assert_eq!(s.forks, 1);
+        assert_eq!((s.swap.pages_out, s.swap.pages_in, s.swap.pages_discarded), (1, 1, 0));
+        assert_eq!(epochs.len(), 1);
+        let e = &epochs[0];
+        assert_eq!((e.child_pid, e.start_ns, e.end_ns), (C, 30, Some(50)));
+        assert_eq!(e.fork_duration_ns, Some(77));
+        assert_eq!(e.faults.parent.cow_copy, 1);
+        assert_eq!(e.faults.child.cow_copy, 1);
+        // the reuse after the child exited belongs to no epoch
+        let reuse = records.iter().find(|r| matches!(r, Record::Fault { kind: FaultKind::WpReuse, .. }));
+        assert!(matches!(reuse, Some(Record::Fault { epoch: None, role: Role::Parent, .. })));
+    }
+
+    #[test]
+    fn unknown_kinds_are_counted_not_fatal() {
+        let mut an = Analyzer::new(T, None);
+        assert_eq!(an.process(&ev(99, 1, T, 0, 0, 0)), None);
+        assert_eq!(an.summary().unknown_events, 1);
+    }
+
+    #[test]
+    fn swap_deltas_need_a_baseline() {
+        let mut an = Analyzer::new(T, None);
+        let first = an.process(&ev(kind::SWAP_ENTS, 1, T, 0, 0, 8192)).unwrap();
+        assert!(matches!(first, Record::SwapEnts { delta_pages: None, .. }));
+        let second = an.process(&ev(kind::SWAP_ENTS, 2, T, 0, 0, 0)).unwrap();
+        assert!(matches!(second, Record::SwapEnts { delta_pages: Some(-2), .. }));
+        assert_eq!(an.summary().swap.pages_discarded, 2);
+    }
+
+    #[test]
+    fn open_epoch_is_closed_at_trace_end() {
+        let mut an = Analyzer::new(T, None);
+        an.process(&ev(kind::FORK, 5, T, 0, C as u64, 0));
+        let (epochs, _) = an.finish(50);
+        assert_eq!(epochs[0].end_ns, Some(50));
+        assert_eq!(epochs[0].end_reason, Some("trace_end"));
+    }
+}

@@ -1,0 +1,255 @@
+//! Fork epochs: each fork of the target opens one, the child's exit closes it.
+//!
+//! Faults are assigned by timestamp, not by arrival order: the ring buffer is filled from
+//! every CPU and a fault is emitted when it completes, so a child's exit can arrive before
+//! a parent fault that started earlier.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::{classify::FaultKind, counts::KindCounts};
+
+/// Which side of a fork a fault happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The traced target (the process that forks).
+    Parent,
+    /// A fork child of the target (or a descendant of one).
+    Child,
+}
+
+/// Fault counts of one epoch, split by side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EpochFaults {
+    /// Faults of the parent while the epoch was open.
+    pub parent: KindCounts,
+    /// Faults of the child.
+    pub child: KindCounts,
+}
+
+/// One fork of the target, from fork to the child's exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Epoch {
+    /// Index in the timeline's `epochs` array.
+    pub id: u32,
+    /// The forking process.
+    pub parent_pid: u32,
+    /// The thread that called fork.
+    pub parent_tid: u32,
+    /// The child process.
+    pub child_pid: u32,
+    /// Monotonic time of the fork (`sched_process_fork`), or of attach when the child
+    /// existed before tracing started.
+    pub start_ns: u64,
+    /// Monotonic time of the child's exit; `None` while open.
+    pub end_ns: Option<u64>,
+    /// How long the clone syscall took in the parent.
+    pub fork_duration_ns: Option<u64>,
+    /// The child was already running when tracing started (start and fork time unknown).
+    pub started_before_trace: bool,
+    /// Why the child's epoch ended: `exit`, or `trace_end` when tracing stopped first.
+    pub end_reason: Option<&'static str>,
+    /// Faults during the epoch.
+    pub faults: EpochFaults,
+}
+
+impl Epoch {
+    fn covers(&self, ts: u64) -> bool {
+        ts >= self.start_ns && self.end_ns.is_none_or(|end| ts < end)
+    }
+}
+
+/// Tracks the epochs of one target.
+#[derive(Debug, Default)]
+pub struct ForkEpochs {
+    target: u32,
+    epochs: Vec<Epoch>,
+    /// Every traced non-target process -> the epoch it belongs to.
+    member: HashMap<u32, u32>,
+}
+
+impl ForkEpochs {
+    /// Epochs of forks made by `target`.
+    pub fn new(target: u32) -> Self {
+        ForkEpochs {
+            target,
+            ..Default::default()
+        }
+    }
+
+    /// A process forked. Forks of the target open an epoch; forks of a child join the
+    /// child's epoch. Returns the epoch id when one was opened.
+    pub fn on_fork(&mut self, parent: u32, parent_tid: u32, child: u32, ts: u64) -> Option<u32> {
+        if parent == self.target {
+            let id = self.open(parent, parent_tid, child, ts, false);
+            return Some(id);
+        }
+        if let Some(&epoch) = self.member.get(&parent) {
+            self.member.insert(child, epoch);
+        }
+        None
+    }
+
+    /// A child of the target that was already running when tracing began.
+    pub fn adopt_running_child(&mut self, child: u32, ts: u64) -> u32 {
+        self.open(self.target, self.target, child, ts, true)
+    }
+
+    fn open(&mut self, parent: u32, parent_tid: u32, child: u32, ts: u64, before: bool) -> u32 {
+        let id = self.epochs.len() as u32;
+        self.epochs.push(Epoch {
+            id,
+            parent_pid: parent,
+            parent_tid,
+            child_pid: child,
+            start_ns: ts,
+            end_ns: None,
+            fork_duration_ns: None,
+            started_before_trace: before,
+            end_reason: None,
+            faults: EpochFaults::default(),
+        });
+        self.member.insert(child, id);
+        id
+    }
+
+    /// The clone syscall of `tid` returned `ret` after `duration_ns`.
+    pub fn on_fork_return(&mut self, tid: u32, ret: i64, duration_ns: u64) {
+        if ret <= 0 {
+            return;
+        }
+        if let Some(epoch) = self
+            .epochs
+            .iter_mut()
+            .rev()
+            .find(|e| e.child_pid == ret as u32 && e.parent_tid == tid)
+        {
+            epoch.fork_duration_ns.get_or_insert(duration_ns);
+        }
+    }
+
+    /// A process exited. Closes its epoch when it is an epoch's child.
+    /// Returns the closed epoch's id.
+    pub fn on_exit(&mut self, pid: u32, ts: u64) -> Option<u32> {
+        let epoch = self.member.remove(&pid)?;
+        let e = &mut self.epochs[epoch as usize];
+        if e.child_pid == pid && e.end_ns.is_none() {
+            e.end_ns = Some(ts);
+            e.end_reason = Some("exit");
+            return Some(epoch);
+        }
+        None
+    }
+
+    /// Side and epoch of a fault of process `pid` that began at `ts`, counted in the
+    /// epoch's totals.
+    pub fn assign(&mut self, pid: u32, ts: u64, kind: FaultKind) -> (Role, Option<u32>) {
+        if pid == self.target {
+            // The most recent epoch that covers the fault: the parent's copies are caused by
+            // the newest child still sharing its pages.
+            let found = self.epochs.iter_mut().rev().find(|e| e.covers(ts));
+            return match found {
+                Some(e) => {
+                    e.faults.parent.add(kind);
+                    (Role::Parent, Some(e.id))
+                }
+                None => (Role::Parent, None),
+            };
+        }
+        match self.member.get(&pid) {
+            Some(&id) => {
+                self.epochs[id as usize].faults.child.add(kind);
+                (Role::Child, Some(id))
+            }
+            None => (Role::Child, None),
+        }
+    }
+
+    /// Ends every open epoch at `ts` (tracing stopped while children were alive).
+    pub fn close_all(&mut self, ts: u64) {
+        for e in self.epochs.iter_mut().filter(|e| e.end_ns.is_none()) {
+            e.end_ns = Some(ts.max(e.start_ns));
+            e.end_reason = Some("trace_end");
+        }
+    }
+
+    /// All epochs, in fork order.
+    pub fn epochs(&self) -> &[Epoch] {
+        &self.epochs
+    }
+
+    /// Whether `pid` is a fork child (or descendant) being followed.
+    pub fn is_member(&self, pid: u32) -> bool {
+        self.member.contains_key(&pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u32 = 100;
+
+    #[test]
+    fn epoch_opens_on_fork_and_closes_on_child_exit() {
+        let mut ep = ForkEpochs::new(T);
+        assert_eq!(ep.on_fork(T, 101, 200, 1_000), Some(0));
+        ep.on_fork_return(101, 200, 350);
+        assert_eq!(ep.assign(T, 1_500, FaultKind::CowCopy), (Role::Parent, Some(0)));
+        assert_eq!(ep.assign(200, 1_600, FaultKind::CowCopy), (Role::Child, Some(0)));
+        assert_eq!(ep.on_exit(200, 2_000), Some(0));
+        assert_eq!(ep.assign(T, 2_500, FaultKind::WpReuse), (Role::Parent, None));
+        let e = &ep.epochs()[0];
+        assert_eq!((e.start_ns, e.end_ns, e.fork_duration_ns), (1_000, Some(2_000), Some(350)));
+        assert_eq!(e.faults.parent.cow_copy, 1);
+        assert_eq!(e.faults.child.cow_copy, 1);
+        assert_eq!(e.faults.parent.wp_reuse, 0);
+        assert_eq!(e.end_reason, Some("exit"));
+    }
+
+    #[test]
+    fn late_arriving_parent_fault_is_assigned_by_timestamp() {
+        let mut ep = ForkEpochs::new(T);
+        ep.on_fork(T, T, 200, 1_000);
+        ep.on_exit(200, 2_000);
+        // emitted after the exit was seen, but it began inside the epoch
+        assert_eq!(ep.assign(T, 1_999, FaultKind::CowCopy), (Role::Parent, Some(0)));
+        assert_eq!(ep.assign(T, 999, FaultKind::FirstTouch), (Role::Parent, None));
+    }
+
+    #[test]
+    fn thread_exit_and_unrelated_exit_do_not_close() {
+        let mut ep = ForkEpochs::new(T);
+        ep.on_fork(T, T, 200, 1_000);
+        assert_eq!(ep.on_exit(T, 1_500), None);
+        assert_eq!(ep.on_exit(999, 1_500), None);
+        assert!(ep.epochs()[0].end_ns.is_none());
+        ep.close_all(3_000);
+        assert_eq!(ep.epochs()[0].end_ns, Some(3_000));
+        assert_eq!(ep.epochs()[0].end_reason, Some("trace_end"));
+    }
+
+    #[test]
+    fn grandchildren_join_their_parents_epoch_and_failed_forks_are_ignored() {
+        let mut ep = ForkEpochs::new(T);
+        ep.on_fork(T, T, 200, 1_000);
+        assert_eq!(ep.on_fork(200, 200, 300, 1_100), None);
+        assert_eq!(ep.assign(300, 1_200, FaultKind::FirstTouch), (Role::Child, Some(0)));
+        assert_eq!(ep.on_exit(300, 1_300), None, "grandchild exit must not close");
+        ep.on_fork_return(T, -11, 5);
+        assert_eq!(ep.epochs()[0].fork_duration_ns, None);
+        assert_eq!(ep.epochs().len(), 1);
+    }
+
+    #[test]
+    fn overlapping_epochs_assign_to_newest() {
+        let mut ep = ForkEpochs::new(T);
+        ep.on_fork(T, T, 200, 1_000);
+        ep.on_fork(T, T, 201, 2_000);
+        assert_eq!(ep.assign(T, 2_500, FaultKind::CowCopy).1, Some(1));
+        ep.on_exit(201, 3_000);
+        assert_eq!(ep.assign(T, 3_500, FaultKind::CowCopy).1, Some(0));
+    }
+}

@@ -1,0 +1,18 @@
+//! redis-memtrace: which fork, which command, which key caused this memory?
+//!
+//! The kernel side (`tracer-ebpf`) reports every page fault of a Redis process and its
+//! fork children with the evidence needed to classify it. This crate loads it, classifies
+//! and attributes the faults (pure functions over the event stream), and writes
+//! timelines.
+
+pub mod analysis;
+pub mod classify;
+pub mod clock;
+pub mod counts;
+pub mod fork_epochs;
+pub mod loader;
+pub mod reader;
+pub mod record;
+pub mod target;
+pub mod timeline;
+pub mod tracefs;

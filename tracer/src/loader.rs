@@ -1,0 +1,324 @@
+//! Loads the embedded eBPF object into the kernel and attaches every hook.
+//!
+//! The loader only moves bytes: it fills the object's `CONFIG` with tracepoint offsets read
+//! from this kernel, loads, attaches, and hands the ring buffer and counter maps to the
+//! caller. Dropping [`Probes`] detaches everything.
+
+use std::{path::Path, time::Instant};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use tracer_common::{CONFIG_GLOBAL, Config, FIELD_ABSENT, counter, maps};
+
+use crate::tracefs::{self, Format, TracefsError};
+
+/// The eBPF object built from `tracer-ebpf`, embedded at compile time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// Errors loading or attaching the eBPF programs.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// tracefs problem (not mounted, tracepoint or field missing).
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    /// The kernel refused the object.
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program failed to load or attach.
+    #[error("{what}: {source}")]
+    Program {
+        /// Which program and hook.
+        what: String,
+        /// Cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map was missing or had the wrong type.
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, String),
+    /// Listing CPUs failed.
+    #[error("cannot list online CPUs ({0}): {1}")]
+    Cpus(&'static str, std::io::Error),
+}
+
+/// Tunables of the kernel side.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeOptions {
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+}
+
+/// The attached programs and the maps userspace reads.
+pub struct Probes {
+    ebpf: Ebpf,
+    traced: BpfHashMap<MapData, u32, u32>,
+    /// Hooks that could not be attached on this kernel, with what is lost.
+    pub degraded: Vec<String>,
+    /// Time from opening the object to the last attach.
+    pub attach_time: std::time::Duration,
+}
+
+/// A tracepoint hook: program name, category, event, and whether it can be missed.
+struct Hook {
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    /// `None` when required; otherwise what is lost without it.
+    loses: Option<&'static str>,
+}
+
+const HOOKS: &[Hook] = &[
+    Hook { program: "page_fault_user", category: "exceptions", name: "page_fault_user", loses: None },
+    Hook {
+        program: "page_fault_kernel",
+        category: "exceptions",
+        name: "page_fault_kernel",
+        loses: Some("faults taken in kernel mode (e.g. read() into a buffer) are not seen"),
+    },
+    Hook { program: "mm_page_alloc", category: "kmem", name: "mm_page_alloc", loses: None },
+    Hook { program: "rss_stat", category: "kmem", name: "rss_stat", loses: None },
+    Hook { program: "task_newtask", category: "task", name: "task_newtask", loses: None },
+    Hook { program: "sched_process_fork", category: "sched", name: "sched_process_fork", loses: None },
+    Hook { program: "sched_process_exit", category: "sched", name: "sched_process_exit", loses: None },
+    Hook {
+        program: "reclaim_begin",
+        category: "vmscan",
+        name: "mm_vmscan_direct_reclaim_begin",
+        loses: Some("swap-outs by direct reclaim inside a fault may be counted as swap-ins"),
+    },
+    Hook {
+        program: "reclaim_end",
+        category: "vmscan",
+        name: "mm_vmscan_direct_reclaim_end",
+        loses: Some("swap-outs by direct reclaim inside a fault may be counted as swap-ins"),
+    },
+    Hook {
+        program: "reclaim_begin",
+        category: "vmscan",
+        name: "mm_vmscan_memcg_reclaim_begin",
+        loses: Some("swap-outs by memcg reclaim inside a fault may be counted as swap-ins"),
+    },
+    Hook {
+        program: "reclaim_end",
+        category: "vmscan",
+        name: "mm_vmscan_memcg_reclaim_end",
+        loses: Some("swap-outs by memcg reclaim inside a fault may be counted as swap-ins"),
+    },
+    Hook {
+        program: "mm_vmscan_write_folio",
+        category: "vmscan",
+        name: "mm_vmscan_write_folio",
+        loses: Some("swap writes are not counted"),
+    },
+    Hook {
+        program: "clone_enter",
+        category: "syscalls",
+        name: "sys_enter_clone",
+        loses: Some("fork durations are not measured"),
+    },
+    Hook {
+        program: "clone_exit",
+        category: "syscalls",
+        name: "sys_exit_clone",
+        loses: Some("fork durations are not measured"),
+    },
+    Hook {
+        program: "clone_enter",
+        category: "syscalls",
+        name: "sys_enter_clone3",
+        loses: Some("fork durations of clone3 callers are not measured"),
+    },
+    Hook {
+        program: "clone_exit",
+        category: "syscalls",
+        name: "sys_exit_clone3",
+        loses: Some("fork durations of clone3 callers are not measured"),
+    },
+];
+
+/// Reads every tracepoint layout the programs need from `root` (tracefs).
+pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
+    let fmt = |c: &str, n: &str| tracefs::read_format(root, c, n);
+    let optional = |f: Result<Format, TracefsError>, field: &str| {
+        f.ok().and_then(|f| f.optional(field)).unwrap_or(FIELD_ABSENT)
+    };
+    let fault = fmt("exceptions", "page_fault_user")?;
+    let fork = fmt("sched", "sched_process_fork")?;
+    let newtask = fmt("task", "task_newtask")?;
+    let rss = fmt("kmem", "rss_stat")?;
+    let alloc = fmt("kmem", "mm_page_alloc")?;
+    Ok(Config {
+        fault_address: fault.require("address")?,
+        fault_error_code: fault.require("error_code")?,
+        fork_child_pid: fork.require("child_pid")?,
+        newtask_pid: newtask.require("pid")?,
+        newtask_clone_flags: newtask.require("clone_flags")?,
+        exit_group_dead: optional(fmt("sched", "sched_process_exit"), "group_dead"),
+        rss_mm_id: rss.require("mm_id")?,
+        rss_curr: rss.require("curr")?,
+        rss_member: rss.require("member")?,
+        rss_size: rss.require("size")?,
+        alloc_order: alloc.require("order")?,
+        alloc_gfp: alloc.require("gfp_flags")?,
+        write_folio_pfn: optional(fmt("vmscan", "mm_vmscan_write_folio"), "pfn"),
+        write_folio_flags: optional(fmt("vmscan", "mm_vmscan_write_folio"), "reclaim_flags"),
+        sys_exit_ret: optional(fmt("syscalls", "sys_exit_clone"), "ret"),
+        _pad: 0,
+    })
+}
+
+/// Whether a hook's layout matches what `config` was built from (the kernel-mode fault
+/// and clone3 tracepoints share offsets with their siblings; attach them only if so).
+fn layout_matches(root: &Path, hook: &Hook, config: &Config) -> bool {
+    match (hook.category, hook.name) {
+        ("exceptions", "page_fault_kernel") => tracefs::read_format(root, hook.category, hook.name)
+            .ok()
+            .is_some_and(|f| {
+                f.optional("address") == Some(config.fault_address)
+                    && f.optional("error_code") == Some(config.fault_error_code)
+            }),
+        ("syscalls", "sys_exit_clone3") => tracefs::read_format(root, hook.category, hook.name)
+            .ok()
+            .is_some_and(|f| f.optional("ret") == Some(config.sys_exit_ret)),
+        _ => true,
+    }
+}
+
+impl Probes {
+    /// Loads and attaches everything. Nothing is traced until [`Probes::trace`] is called.
+    pub fn attach(opts: ProbeOptions) -> Result<Probes, LoadError> {
+        let started = Instant::now();
+        let root = tracefs::ensure_mounted()?;
+        let config = read_config(&root)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .map_max_entries(maps::EVENTS, opts.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(LoadError::Load)?;
+
+        let mut degraded = Vec::new();
+        for hook in HOOKS {
+            let what = format!("tracepoint {}:{} (program {})", hook.category, hook.name, hook.program);
+            let available = tracefs::exists(&root, hook.category, hook.name)
+                && layout_matches(&root, hook, &config);
+            if !available {
+                match hook.loses {
+                    None => {
+                        return Err(TracefsError::MissingTracepoint(
+                            format!("{}:{}", hook.category, hook.name),
+                            root.join("events").join(hook.category).join(hook.name),
+                        )
+                        .into());
+                    }
+                    Some(loss) => {
+                        degraded.push(format!("{}:{} unavailable: {loss}", hook.category, hook.name));
+                        continue;
+                    }
+                }
+            }
+            let prog: &mut TracePoint = program(&mut ebpf, hook.program)?
+                .try_into()
+                .map_err(|source| LoadError::Program { what: what.clone(), source })?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|source| LoadError::Program { what: what.clone(), source })?;
+            }
+            prog.attach(hook.category, hook.name)
+                .map_err(|source| LoadError::Program { what, source })?;
+        }
+
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| LoadError::Cpus(what, e))?;
+        for (name, event) in [
+            ("fault_done_minor", SoftwareEvent::PageFaultsMin),
+            ("fault_done_major", SoftwareEvent::PageFaultsMaj),
+        ] {
+            let what = format!("perf event {event:?} (program {name})");
+            let prog: &mut PerfEvent = program(&mut ebpf, name)?
+                .try_into()
+                .map_err(|source| LoadError::Program { what: what.clone(), source })?;
+            prog.load().map_err(|source| LoadError::Program { what: what.clone(), source })?;
+            for &cpu in &cpus {
+                prog.attach(
+                    PerfEventConfig::Software(event),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(1),
+                    false,
+                )
+                .map_err(|source| LoadError::Program { what: format!("{what} on CPU {cpu}"), source })?;
+            }
+        }
+
+        let traced = ebpf
+            .take_map(maps::TRACED)
+            .ok_or(LoadError::Map(maps::TRACED, "missing".into()))
+            .and_then(|m| {
+                BpfHashMap::try_from(m).map_err(|e| LoadError::Map(maps::TRACED, e.to_string()))
+            })?;
+        Ok(Probes {
+            ebpf,
+            traced,
+            degraded,
+            attach_time: started.elapsed(),
+        })
+    }
+
+    /// Starts tracing `pid` with `role` (`tracer_common::role`).
+    pub fn trace(&mut self, pid: u32, role: u32) -> Result<(), LoadError> {
+        self.traced
+            .insert(pid, role, 0)
+            .map_err(|e| LoadError::Map(maps::TRACED, e.to_string()))
+    }
+
+    /// Takes the ring buffer out, so it can be drained after the programs detach.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(LoadError::Map(maps::EVENTS, "missing".into()))?;
+        RingBuf::try_from(map).map_err(|e| LoadError::Map(maps::EVENTS, e.to_string()))
+    }
+
+    /// Takes the counters out, so they can be read after the programs detach.
+    pub fn take_counters(&mut self) -> Result<KernelCounterMap, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(maps::COUNTERS)
+            .ok_or(LoadError::Map(maps::COUNTERS, "missing".into()))?;
+        PerCpuArray::try_from(map)
+            .map(KernelCounterMap)
+            .map_err(|e| LoadError::Map(maps::COUNTERS, e.to_string()))
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::Map("program", format!("{name} missing from the eBPF object")))
+}
+
+/// The per-CPU counter array of the kernel side.
+pub struct KernelCounterMap(PerCpuArray<MapData, u64>);
+
+impl KernelCounterMap {
+    /// Sum over CPUs of counter `index` (`tracer_common::counter`).
+    pub fn sum(&self, index: u32) -> u64 {
+        self.0
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// All counters.
+    pub fn read(&self) -> crate::timeline::KernelCounters {
+        crate::timeline::KernelCounters {
+            ring_buffer_full: self.sum(counter::LOST),
+            inflight_map_full: self.sum(counter::INFLIGHT_FULL),
+            unmatched_completions: self.sum(counter::UNMATCHED),
+            system_swap_writes: self.sum(counter::SYS_SWAP_WRITES),
+        }
+    }
+}

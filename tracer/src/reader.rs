@@ -1,0 +1,71 @@
+//! Drains the ring buffer on a short timer and hands batches of decoded events on.
+//!
+//! The kernel side never wakes us (a wakeup per event costs an IPI inside the faulting
+//! thread), so a dedicated thread polls. The channel is bounded: if analysis falls
+//! behind, the ring buffer fills and the kernel counts what it drops.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::SyncSender,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tracer_common::Event;
+
+/// Events per batch handed to the analysis thread.
+const BATCH: usize = 8192;
+
+/// What the reader saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReaderStats {
+    /// Events decoded and delivered.
+    pub delivered: u64,
+    /// Records too short to be an event (should stay 0).
+    pub malformed: u64,
+}
+
+/// Starts the reader. After `stop` is set (and the programs are detached) it drains
+/// what is left once more and returns.
+pub fn spawn(
+    mut ring: RingBuf<MapData>,
+    tx: SyncSender<Vec<Event>>,
+    stop: Arc<AtomicBool>,
+    interval: Duration,
+) -> std::io::Result<JoinHandle<ReaderStats>> {
+    std::thread::Builder::new()
+        .name("ringbuf-reader".into())
+        .spawn(move || {
+            let mut stats = ReaderStats::default();
+            loop {
+                let stopping = stop.load(Ordering::Acquire);
+                let mut batch = Vec::with_capacity(BATCH);
+                while let Some(item) = ring.next() {
+                    match Event::from_bytes(&item) {
+                        Some(ev) => batch.push(ev),
+                        None => stats.malformed += 1,
+                    }
+                    if batch.len() == BATCH {
+                        stats.delivered += batch.len() as u64;
+                        if tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() {
+                            return stats;
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    stats.delivered += batch.len() as u64;
+                    if tx.send(batch).is_err() {
+                        return stats;
+                    }
+                }
+                if stopping {
+                    return stats;
+                }
+                std::thread::sleep(interval);
+            }
+        })
+}

@@ -1,0 +1,289 @@
+//! `redis-memtrace record`: attach, stream events through the analyzer into the timeline,
+//! stop on duration, signal or target exit, and always leave a complete timeline.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use tracer_common::role;
+
+use crate::{
+    analysis::{Analyzer, Summary},
+    clock,
+    fork_epochs::Epoch,
+    loader::{ProbeOptions, Probes},
+    reader,
+    target::{self, ProcessId},
+    timeline::{EndInfo, RunInfo, Trailer, json::JsonTimeline},
+};
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub enum TargetSpec {
+    /// An existing process.
+    Pid(u32),
+    /// A command to launch and trace from its first instruction.
+    Command(Vec<String>),
+}
+
+/// Options of one recording.
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    /// What to trace.
+    pub target: TargetSpec,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Timeline path.
+    pub output: PathBuf,
+    /// Ring buffer size, MiB (power of two).
+    pub ring_buffer_mb: u32,
+    /// How often the ring buffer is drained.
+    pub poll_interval: Duration,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// Outcome of a recording, for callers that want the numbers.
+#[derive(Debug)]
+pub struct RecordOutcome {
+    /// Where the timeline went.
+    pub output: PathBuf,
+    /// Totals.
+    pub summary: Summary,
+    /// Epochs.
+    pub epochs: Vec<Epoch>,
+    /// Events lost in the kernel.
+    pub lost_events: u64,
+    /// Exit status of a launched command.
+    pub target_exit_status: Option<i32>,
+}
+
+/// Runs one recording.
+pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("redis-memtrace record needs root (it loads eBPF programs): run it with sudo");
+    }
+    if !opts.ring_buffer_mb.is_power_of_two() || opts.ring_buffer_mb > 1024 {
+        bail!("--ring-buffer-mb must be a power of two between 1 and 1024, not {}", opts.ring_buffer_mb);
+    }
+
+    // Launch before any thread exists (fork in a single-threaded process).
+    let (mut launched, target_info, target_id) = match &opts.target {
+        TargetSpec::Pid(pid) => {
+            let (info, id) = target::describe(*pid)?;
+            (None, info, id)
+        }
+        TargetSpec::Command(argv) => {
+            let (l, info) = target::launch(argv)?;
+            let id = ProcessId { pid: l.pid, start_ticks: info.start_time_ticks };
+            (Some(l), info, id)
+        }
+    };
+    let pid = target_id.pid;
+
+    let mut timeline = JsonTimeline::create(&opts.output).with_context(|| {
+        format!(
+            "cannot write the timeline to {} (choose a writable path with -o)",
+            opts.output.display()
+        )
+    })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping exits at once; the output path is untouched then.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+
+    let setup = (|| -> Result<_> {
+        let mut probes = Probes::attach(ProbeOptions {
+            ring_buffer_bytes: opts.ring_buffer_mb << 20,
+        })?;
+        let ring = probes.take_events()?;
+        let counters = probes.take_counters()?;
+        Ok((probes, ring, counters))
+    })();
+    let (mut probes, ring, counters) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            timeline.abandon();
+            return Err(e);
+        }
+    };
+    if !opts.quiet {
+        for d in &probes.degraded {
+            eprintln!("redis-memtrace: warning: {d}");
+        }
+    }
+
+    // The reader runs before the target is added, so nothing emitted is left unread.
+    let (tx, rx) = mpsc::sync_channel(256);
+    let reader_stop = Arc::new(AtomicBool::new(false));
+    let reader = reader::spawn(ring, tx, Arc::clone(&reader_stop), opts.poll_interval)
+        .context("starting the ring buffer reader")?;
+
+    let start_mono = clock::monotonic_ns();
+    let run = RunInfo {
+        tracer_version: env!("CARGO_PKG_VERSION"),
+        kernel_release: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        monotonic_start_ns: start_mono,
+        wall_start_unix_ns: clock::wall_ns(),
+        attach_ns: probes.attach_time.as_nanos() as u64,
+        options: serde_json::json!({
+            "duration_ns": opts.duration.map(|d| d.as_nanos() as u64),
+            "ring_buffer_mb": opts.ring_buffer_mb,
+            "poll_interval_ns": opts.poll_interval.as_nanos() as u64,
+            "degraded": probes.degraded,
+        }),
+    };
+    let mut analyzer = Analyzer::new(pid, target::swap_bytes(pid).or(Some(0)));
+
+    let started = (|| -> Result<()> {
+        probes.trace(pid, role::TARGET)?;
+        if launched.is_none() {
+            target::still_running(target_id)?;
+            for child in target::children(pid) {
+                probes.trace(child, role::CHILD)?;
+                analyzer.adopt_running_child(child, start_mono);
+            }
+        }
+        timeline.write_header(&run, &target_info).context("writing the timeline")?;
+        if let Some(l) = launched.as_mut() {
+            l.release()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        drop(probes);
+        reader_stop.store(true, Ordering::Release);
+        drop(rx);
+        let _ = reader.join();
+        timeline.abandon();
+        return Err(e);
+    }
+    if !opts.quiet {
+        eprintln!(
+            "redis-memtrace: tracing pid {pid} ({}); attach took {:.1} ms; Ctrl-C to stop",
+            target_info.comm,
+            probes.attach_time.as_secs_f64() * 1e3
+        );
+    }
+
+    let deadline = opts.duration.map(|d| Instant::now() + d);
+    let mut exit_status = None;
+    let mut reason: Option<&'static str> = None;
+    let mut probes = Some(probes);
+    let mut last_liveness = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(batch) => {
+                for ev in &batch {
+                    if let Some(record) = analyzer.process(ev) {
+                        timeline.write_record(&record).context("writing the timeline")?;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if reason.is_none() {
+            if stop.load(Ordering::Relaxed) {
+                reason = Some("signal");
+            } else if analyzer.target_exited() {
+                reason = Some("target_exit");
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                reason = Some("duration");
+            } else if last_liveness.elapsed() >= Duration::from_millis(200) {
+                // Backstop in case the exit event itself was lost.
+                last_liveness = Instant::now();
+                let gone = match launched.as_ref() {
+                    Some(l) => {
+                        exit_status = exit_status.or_else(|| l.try_status());
+                        exit_status.is_some()
+                    }
+                    None => target::still_running(target_id).is_err(),
+                };
+                if gone {
+                    reason = Some("target_exit");
+                }
+            }
+            if reason.is_some() {
+                // Detach first, then let the reader drain what is left and hang up.
+                drop(probes.take());
+                reader_stop.store(true, Ordering::Release);
+            }
+        }
+    }
+    let stats = reader.join().unwrap_or_default();
+    let end_mono = clock::monotonic_ns();
+    if let Some(l) = launched.as_ref()
+        && exit_status.is_none()
+    {
+        exit_status = if reason == Some("target_exit") { l.wait() } else { l.try_status() };
+    }
+
+    let kernel = counters.read();
+    let lost = kernel.ring_buffer_full;
+    let (epochs, summary) = analyzer.finish(end_mono);
+    let trailer = Trailer {
+        epochs: epochs.clone(),
+        lost_events: lost,
+        kernel,
+        summary: summary.clone(),
+        end: EndInfo {
+            reason: reason.unwrap_or("signal").to_string(),
+            monotonic_end_ns: end_mono,
+            target_exit_status: exit_status,
+        },
+    };
+    let output = timeline.finish(&trailer).with_context(|| {
+        format!("finishing the timeline at {}", opts.output.display())
+    })?;
+    if !opts.quiet {
+        print_summary(&trailer, stats.delivered, end_mono.saturating_sub(start_mono), &output);
+    }
+    Ok(RecordOutcome {
+        output,
+        summary,
+        epochs,
+        lost_events: lost,
+        target_exit_status: exit_status,
+    })
+}
+
+fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::path::Path) {
+    let f = &t.summary.faults;
+    eprintln!(
+        "redis-memtrace: stopped ({}) after {:.2} s: {} events, {} lost",
+        t.end.reason,
+        elapsed_ns as f64 / 1e9,
+        delivered,
+        t.lost_events
+    );
+    eprintln!(
+        "  faults: cow_copy={} wp_reuse={} swap_in={} first_touch={} other={}",
+        f.cow_copy, f.wp_reuse, f.swap_in, f.first_touch, f.other
+    );
+    for e in &t.epochs {
+        eprintln!(
+            "  epoch {}: child {} lived {:.3} s, fork {} us, parent cow_copy={} child cow_copy={}",
+            e.id,
+            e.child_pid,
+            e.end_ns.unwrap_or(e.start_ns).saturating_sub(e.start_ns) as f64 / 1e9,
+            e.fork_duration_ns.map_or("?".into(), |d| (d / 1000).to_string()),
+            e.faults.parent.cow_copy,
+            e.faults.child.cow_copy,
+        );
+    }
+    eprintln!("  timeline: {}", output.display());
+}

@@ -1,0 +1,307 @@
+//! The JSON timeline, written as a stream: header, then one object per record inside
+//! `"events"`, then the trailer. Memory stays flat however long the run.
+//!
+//! The file is written under a temporary name in the destination directory and renamed
+//! when complete, so the output path never holds a truncated timeline.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufWriter, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use super::{RunInfo, SCHEMA_VERSION, TargetInfo, Trailer};
+use crate::analysis::Record;
+
+/// Streams one timeline to disk.
+pub struct JsonTimeline {
+    out: BufWriter<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    first: bool,
+}
+
+/// Temporary path used while `dest` is written.
+pub fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "timeline.json".into());
+    dest.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+impl JsonTimeline {
+    /// Creates the temporary file (mode 0600, never through an existing file or link).
+    /// Called before anything is attached, so an unwritable path fails early.
+    pub fn create(dest: &Path) -> io::Result<Self> {
+        let tmp = temp_path(dest);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        Ok(JsonTimeline {
+            out: BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            dest: dest.to_path_buf(),
+            first: true,
+        })
+    }
+
+    /// Writes everything known before tracing starts.
+    pub fn write_header(&mut self, run: &RunInfo, target: &TargetInfo) -> io::Result<()> {
+        write!(self.out, "{{\"schema_version\":{SCHEMA_VERSION},\"run\":")?;
+        to_writer(&mut self.out, run)?;
+        self.out.write_all(b",\"target\":")?;
+        to_writer(&mut self.out, target)?;
+        self.out.write_all(b",\"events\":[\n")
+    }
+
+    /// Appends one record to `events`.
+    pub fn write_record(&mut self, record: &Record) -> io::Result<()> {
+        if !self.first {
+            self.out.write_all(b",\n")?;
+        }
+        self.first = false;
+        write_record(&mut self.out, record)
+    }
+
+    /// Writes the trailer, syncs and moves the file into place.
+    pub fn finish(mut self, trailer: &Trailer) -> io::Result<PathBuf> {
+        self.out.write_all(b"\n],")?;
+        let value = serde_json::to_value(trailer).map_err(io::Error::other)?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(io::Error::other("trailer is not an object"));
+        };
+        let mut first = true;
+        for (key, value) in map {
+            if !first {
+                self.out.write_all(b",")?;
+            }
+            first = false;
+            to_writer(&mut self.out, &key)?;
+            self.out.write_all(b":")?;
+            to_writer(&mut self.out, &value)?;
+        }
+        self.out.write_all(b"}\n")?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&self.tmp, &self.dest)?;
+        Ok(self.dest)
+    }
+
+    /// Removes the temporary file (used when the run fails before producing anything).
+    pub fn abandon(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+fn to_writer<W: Write, T: Serialize + ?Sized>(w: &mut W, value: &T) -> io::Result<()> {
+    serde_json::to_writer(w, value).map_err(io::Error::other)
+}
+
+fn opt(v: Option<u32>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+/// Writes one record as a JSON object. Hand-formatted: this runs for every event.
+pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
+    use tracer_common::fault_flags as ff;
+    match record {
+        Record::Fault {
+            ts_ns,
+            pid,
+            tid,
+            kind,
+            addr,
+            role,
+            epoch,
+            error_code,
+            latency_ns,
+            flags,
+        } => {
+            let role = match role {
+                crate::fork_epochs::Role::Parent => "parent",
+                crate::fork_epochs::Role::Child => "child",
+            };
+            let b = |bit: u32| flags & bit != 0;
+            write!(
+                w,
+                "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"{}\",\"addr\":{addr},\
+\"role\":\"{role}\",\"epoch\":{},\"error_code\":{error_code},\"latency_ns\":{latency_ns},\
+\"huge\":{},\"major\":{},\"kernel_mode\":{},\"reclaim\":{}}}",
+                kind.name(),
+                opt(*epoch),
+                b(ff::ALLOC_HUGE),
+                b(ff::MAJOR),
+                b(ff::KERNEL_MODE),
+                b(ff::RECLAIM),
+            )
+        }
+        Record::Fork {
+            ts_ns,
+            pid,
+            tid,
+            child_pid,
+            epoch,
+        } => write!(
+            w,
+            "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"fork\",\"child_pid\":{child_pid},\"epoch\":{}}}",
+            opt(*epoch)
+        ),
+        Record::ForkReturn {
+            ts_ns,
+            pid,
+            tid,
+            ret,
+            duration_ns,
+        } => write!(
+            w,
+            "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"fork_return\",\"ret\":{ret},\"duration_ns\":{duration_ns}}}"
+        ),
+        Record::Exit {
+            ts_ns,
+            pid,
+            tid,
+            process_exit,
+            epoch,
+        } => write!(
+            w,
+            "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"exit\",\"process_exit\":{process_exit},\"epoch\":{}}}",
+            opt(*epoch)
+        ),
+        Record::SwapEnts {
+            ts_ns,
+            pid,
+            tid,
+            bytes,
+            delta_pages,
+        } => write!(
+            w,
+            "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"swap_level\",\"swap_bytes\":{bytes},\"delta_pages\":{}}}",
+            delta_pages.map_or_else(|| "null".to_string(), |d| d.to_string())
+        ),
+        Record::SwapWrite {
+            ts_ns,
+            pid,
+            tid,
+            pfn,
+        } => write!(
+            w,
+            "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"swap_write\",\"pfn\":{pfn}}}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        analysis::{Analyzer, Summary},
+        classify::FaultKind,
+        fork_epochs::Role,
+        timeline::{EndInfo, KernelCounters},
+    };
+
+    fn run() -> RunInfo {
+        RunInfo {
+            tracer_version: "test",
+            kernel_release: "6.18".into(),
+            monotonic_start_ns: 1,
+            wall_start_unix_ns: 2,
+            attach_ns: 3,
+            options: serde_json::json!({"duration": null}),
+        }
+    }
+
+    fn target() -> TargetInfo {
+        TargetInfo {
+            pid: 7,
+            comm: "a\"b\\c".into(),
+            exe: "/bin/x".into(),
+            start_time_ticks: 9,
+            command: Some(vec!["x".into(), "--y".into()]),
+        }
+    }
+
+    #[test]
+    fn every_record_kind_is_valid_json_with_required_fields() {
+        let records = [
+            Record::Fault {
+                ts_ns: 5,
+                pid: 7,
+                tid: 8,
+                kind: FaultKind::CowCopy,
+                addr: 0x7fff_0000_1000,
+                role: Role::Parent,
+                epoch: Some(0),
+                error_code: 7,
+                latency_ns: 900,
+                flags: tracer_common::fault_flags::MAJOR,
+            },
+            Record::Fork { ts_ns: 1, pid: 7, tid: 7, child_pid: 9, epoch: None },
+            Record::ForkReturn { ts_ns: 1, pid: 7, tid: 7, ret: -11, duration_ns: 4 },
+            Record::Exit { ts_ns: 1, pid: 9, tid: 9, process_exit: true, epoch: Some(0) },
+            Record::SwapEnts { ts_ns: 1, pid: 7, tid: 7, bytes: 4096, delta_pages: None },
+            Record::SwapWrite { ts_ns: 1, pid: 7, tid: 7, pfn: 3 },
+        ];
+        for r in &records {
+            let mut buf = Vec::new();
+            write_record(&mut buf, r).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&buf)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&buf)));
+            for key in ["ts_ns", "tid", "kind", "pid"] {
+                assert!(v.get(key).is_some(), "{key} missing in {v}");
+            }
+        }
+        let mut buf = Vec::new();
+        write_record(&mut buf, &records[0]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["kind"], "cow_copy");
+        assert_eq!(v["addr"], 0x7fff_0000_1000u64);
+        assert_eq!(v["major"], true);
+        assert_eq!(v["huge"], false);
+    }
+
+    #[test]
+    fn complete_file_parses_and_temp_file_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("t.json");
+        let mut tl = JsonTimeline::create(&dest).unwrap();
+        tl.write_header(&run(), &target()).unwrap();
+        let an = Analyzer::new(7, None);
+        for i in 0..3 {
+            tl.write_record(&Record::Exit { ts_ns: i, pid: 7, tid: 7, process_exit: false, epoch: None })
+                .unwrap();
+        }
+        let (epochs, summary) = an.finish(10);
+        let trailer = Trailer {
+            epochs,
+            lost_events: 0,
+            kernel: KernelCounters::default(),
+            summary,
+            end: EndInfo { reason: "duration".into(), monotonic_end_ns: 10, target_exit_status: None },
+        };
+        tl.finish(&trailer).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&dest).unwrap()).unwrap();
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["target"]["comm"], "a\"b\\c");
+        assert_eq!(v["events"].as_array().unwrap().len(), 3);
+        assert_eq!(v["summary"]["faults"]["cow_copy"], 0);
+        assert_eq!(v["summary"]["forks"], 0);
+        assert!(v["epochs"].as_array().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
+        let _ = Summary::default();
+    }
+
+    #[test]
+    fn refuses_to_write_through_an_existing_temp_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("t.json");
+        fs::write(temp_path(&dest), b"x").unwrap();
+        assert!(JsonTimeline::create(&dest).is_err());
+    }
+}

@@ -1,0 +1,83 @@
+//! Timeline output: the header known at start, the records streamed while tracing, and
+//! the trailer (epochs, losses, summary) known at the end.
+
+pub mod json;
+
+use serde::Serialize;
+
+use crate::{analysis::Summary, fork_epochs::Epoch};
+
+/// Version of the timeline format; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The traced process.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetInfo {
+    /// Process id.
+    pub pid: u32,
+    /// `/proc/PID/comm` at attach.
+    pub comm: String,
+    /// `/proc/PID/exe` at attach (the executable for a launched command).
+    pub exe: String,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): with the pid,
+    /// identifies the process even if the pid is reused.
+    pub start_time_ticks: u64,
+    /// The command line, when redis-memtrace launched it.
+    pub command: Option<Vec<String>>,
+}
+
+/// Facts about the run known at start.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// `redis-memtrace` version.
+    pub tracer_version: &'static str,
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// CLOCK_MONOTONIC at start, ns: every `ts_ns` uses this clock.
+    pub monotonic_start_ns: u64,
+    /// Wall clock at the same instant, ns since the Unix epoch.
+    pub wall_start_unix_ns: u128,
+    /// Time from opening the eBPF object to the last attach, ns.
+    pub attach_ns: u64,
+    /// Options the run was started with.
+    pub options: serde_json::Value,
+}
+
+/// Counters kept by the eBPF programs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct KernelCounters {
+    /// Events dropped because the ring buffer was full.
+    pub ring_buffer_full: u64,
+    /// Faults not tracked because too many threads were faulting at once.
+    pub inflight_map_full: u64,
+    /// Fault completions with no recorded entry.
+    pub unmatched_completions: u64,
+    /// Anonymous pages written to swap by the whole machine during the run.
+    pub system_swap_writes: u64,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndInfo {
+    /// `duration`, `signal`, `target_exit`.
+    pub reason: String,
+    /// CLOCK_MONOTONIC at the end, ns.
+    pub monotonic_end_ns: u64,
+    /// Exit status of a launched command (exit code, or 128 + signal).
+    pub target_exit_status: Option<i32>,
+}
+
+/// Everything written after the records.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trailer {
+    /// Fork epochs.
+    pub epochs: Vec<Epoch>,
+    /// Events the kernel could not deliver (sum of all causes).
+    pub lost_events: u64,
+    /// Kernel-side counters.
+    pub kernel: KernelCounters,
+    /// Totals.
+    pub summary: Summary,
+    /// How it ended.
+    pub end: EndInfo,
+}
