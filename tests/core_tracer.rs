@@ -1,1 +1,259 @@
+//! Integration tests of the core tracer: the real eBPF programs in the real kernel,
+//! tracing the fault generator, whose counts are known exactly.
+//!
+//! Needs root. Run serially (`--test-threads=1`, as `cargo xtask test` does): the kernel
+//! state (swap, attached programs) is shared.
 
+mod common;
+
+use std::{collections::BTreeMap, process::Command};
+
+use common::*;
+
+/// Fault counts inside the generator's region, keyed by (kind, role, epoch).
+fn region_counts(
+    t: &serde_json::Value,
+    region: (u64, u64),
+) -> BTreeMap<(String, String, String), u64> {
+    let mut out = BTreeMap::new();
+    for e in t["events"].as_array().expect("events array") {
+        let Some(addr) = e["addr"].as_u64() else {
+            continue;
+        };
+        if addr < region.0 || addr >= region.1 {
+            continue;
+        }
+        let key = (
+            e["kind"].as_str().unwrap().to_string(),
+            e["role"].as_str().unwrap().to_string(),
+            e["epoch"].to_string(),
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+fn key(kind: &str, role: &str, epoch: &str) -> (String, String, String) {
+    (kind.into(), role.into(), epoch.into())
+}
+
+/// Runs the generator under the tracer and checks every count inside its region exactly.
+fn exact_case(pages: u64, cow: u64, reuse: u64, swap: u64) {
+    require_root();
+    let _swap = (swap > 0).then(SwapGuard::ensure);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("timeline.json");
+    let args = [
+        "--pages".to_string(),
+        pages.to_string(),
+        "--cow".into(),
+        cow.to_string(),
+        "--reuse".into(),
+        reuse.to_string(),
+        "--swap".into(),
+        swap.to_string(),
+    ];
+    let run = record_command(&out, &args);
+    let region = run.region();
+    let child = run.value("child").unwrap().parse::<u64>().unwrap();
+    let t = read_timeline(&out);
+    let counts = region_counts(&t, region);
+
+    let mut expected = BTreeMap::new();
+    expected.insert(key("first_touch", "parent", "null"), pages);
+    if cow > 0 {
+        expected.insert(key("cow_copy", "parent", "0"), cow);
+    }
+    if reuse > 0 {
+        expected.insert(key("wp_reuse", "parent", "null"), reuse);
+    }
+    if swap > 0 {
+        expected.insert(key("swap_in", "parent", "null"), swap);
+    }
+    assert_eq!(
+        counts, expected,
+        "faults inside the region (stdout: {})",
+        run.stdout
+    );
+
+    assert_eq!(t["lost_events"], 0, "events were lost");
+    assert_eq!(t["summary"]["forks"], 1);
+    let epochs = t["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 1);
+    let e = &epochs[0];
+    assert_eq!(e["child_pid"].as_u64(), Some(child));
+    assert_eq!(e["end_reason"], "exit");
+    let (start, end) = (
+        e["start_ns"].as_u64().unwrap(),
+        e["end_ns"].as_u64().unwrap(),
+    );
+    assert!(end > start, "epoch must have a closed end after its start");
+    assert!(
+        e["fork_duration_ns"].as_u64().unwrap() > 0,
+        "fork duration measured"
+    );
+    assert!(e["faults"]["parent"]["cow_copy"].as_u64().unwrap() >= cow);
+    // Every summary field other tools read is present and an integer.
+    for k in ["cow_copy", "wp_reuse", "swap_in", "first_touch", "other"] {
+        assert!(t["summary"]["faults"][k].is_u64(), "summary.faults.{k}");
+    }
+    assert_eq!(t["target"]["comm"], "fault-gen");
+    assert_eq!(t["end"]["reason"], "target_exit");
+    assert_eq!(t["end"]["target_exit_status"], 0);
+}
+
+#[test]
+fn exact_counts_one_copy_one_swap_in() {
+    exact_case(2000, 1, 1000, 1);
+}
+
+#[test]
+fn exact_counts_thousand_copies_thousand_swap_ins() {
+    exact_case(3000, 1000, 1000, 1000);
+}
+
+#[test]
+fn exact_counts_hundred_thousand_copies() {
+    exact_case(110_000, 100_000, 10_000, 1000);
+}
+
+#[test]
+fn unrelated_busy_process_emits_nothing() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("timeline.json");
+    // A busy process faulting as fast as it can, not traced.
+    let mut busy = KillOnDrop(
+        Command::new(fault_gen())
+            .args([
+                "--pages",
+                "2048",
+                "--loop-seconds",
+                "6",
+                "--loop-mode",
+                "touch",
+                "--workers",
+                "2",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let busy_pid = busy.0.id() as u64;
+    let run = record_command(
+        &out,
+        &[
+            "--pages".into(),
+            "5000".into(),
+            "--cow".into(),
+            "2000".into(),
+        ],
+    );
+    let status = busy.0.wait().unwrap();
+    assert!(status.success());
+    let child = run.value("child").unwrap().parse::<u64>().unwrap();
+    let t = read_timeline(&out);
+    let target = t["target"]["pid"].as_u64().unwrap();
+    let mut pids = std::collections::BTreeSet::new();
+    for e in t["events"].as_array().unwrap() {
+        pids.insert(e["pid"].as_u64().unwrap());
+    }
+    assert!(!pids.contains(&busy_pid), "the busy process was traced");
+    assert_eq!(
+        pids,
+        [target, child].into_iter().collect(),
+        "only the target and its child"
+    );
+    let counts = region_counts(&t, run.region());
+    assert_eq!(counts[&key("cow_copy", "parent", "0")], 2000);
+    assert_eq!(counts[&key("first_touch", "parent", "null")], 5000);
+}
+
+#[test]
+fn huge_page_faults_are_flagged() {
+    require_root();
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if thp.contains("[never]") || thp.is_empty() {
+        panic!("THP is disabled on this machine ({thp:?}); this test needs madvise or always");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("timeline.json");
+    let run = record_command(
+        &out,
+        &[
+            "--pages".into(),
+            "16".into(),
+            "--no-fork".into(),
+            "--thp".into(),
+            "3".into(),
+        ],
+    );
+    let (lo, hi) = run.range("thp_region");
+    let t = read_timeline(&out);
+    let faults: Vec<_> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["addr"].as_u64().is_some_and(|a| a >= lo && a < hi))
+        .collect();
+    assert_eq!(faults.len(), 3, "one fault per huge page");
+    for f in faults {
+        assert_eq!(f["kind"], "first_touch");
+        assert_eq!(f["huge"], true);
+    }
+    assert!(t["summary"]["huge_faults"].as_u64().unwrap() >= 3);
+    assert_eq!(t["summary"]["forks"], 0);
+}
+
+#[test]
+fn attach_to_running_pid() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("timeline.json");
+    let run = record_pid(
+        &out,
+        &[
+            "--pages".into(),
+            "1500".into(),
+            "--cow".into(),
+            "700".into(),
+            "--reuse".into(),
+            "300".into(),
+        ],
+    );
+    let t = read_timeline(&out);
+    let counts = region_counts(&t, run.region());
+    let expected: BTreeMap<_, _> = [
+        (key("first_touch", "parent", "null"), 1500),
+        (key("cow_copy", "parent", "0"), 700),
+        (key("wp_reuse", "parent", "null"), 300),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counts, expected);
+    assert_eq!(t["target"]["comm"], "fault-gen");
+    assert_eq!(t["end"]["reason"], "target_exit");
+    assert!(t["target"]["command"].is_null());
+}
+
+#[test]
+fn no_programs_left_after_a_run() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("timeline.json");
+    record_command(&out, &["--pages".into(), "10".into(), "--no-fork".into()]);
+    let progs = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&progs.stdout);
+    for name in [
+        "page_fault_user",
+        "fault_done_mino",
+        "rss_stat",
+        "mm_page_alloc",
+    ] {
+        assert!(!text.contains(name), "program {name} still loaded:\n{text}");
+    }
+}

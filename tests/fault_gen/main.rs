@@ -12,8 +12,10 @@
 //! `step NAME COUNT` line as each step completes, and exits non-zero with a message if a
 //! step cannot be done exactly (e.g. no swap).
 //!
-//! `--loop-seconds S` instead maps, touches and unmaps the region repeatedly for S seconds
-//! (a benchmark load) and prints `faults N` (one per page touched).
+//! `--loop-seconds S` is a benchmark load instead: for S seconds, in `--workers` processes,
+//! either map, touch and unmap the region (`--loop-mode touch`: first touches) or drop the
+//! pages and read each back (`--loop-mode zero`: zero-page maps, the cheapest fault the
+//! kernel has, classified `other`). It prints `faults N`, one per page accessed.
 
 use std::{
     fs::File,
@@ -46,12 +48,21 @@ struct Args {
     /// Huge pages to touch in a separate MADV_HUGEPAGE region.
     #[arg(long, default_value_t = 0)]
     thp: usize,
+    /// Print `ready PID`, then wait for SIGUSR1 before step 1 (for attaching with --pid).
+    #[arg(long)]
+    wait_signal: bool,
     /// Skip the fork (steps 2 and 3).
     #[arg(long)]
     no_fork: bool,
-    /// Benchmark mode: map/touch/unmap `pages` repeatedly for this many seconds.
+    /// Benchmark mode: generate faults on `pages` pages for this many seconds.
     #[arg(long)]
     loop_seconds: Option<f64>,
+    /// Benchmark fault kind: `touch` (first touch) or `zero` (zero-page read).
+    #[arg(long, default_value = "zero", value_parser = ["touch", "zero"])]
+    loop_mode: String,
+    /// Benchmark processes.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 fn die(msg: &str) -> ! {
@@ -72,7 +83,10 @@ fn map(len: usize) -> *mut u8 {
         )
     };
     if p == libc::MAP_FAILED {
-        die(&format!("mmap of {len} bytes failed: {}", std::io::Error::last_os_error()));
+        die(&format!(
+            "mmap of {len} bytes failed: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     p.cast()
 }
@@ -80,7 +94,10 @@ fn map(len: usize) -> *mut u8 {
 fn advise(p: *mut u8, len: usize, advice: libc::c_int, what: &str) {
     // SAFETY: range inside a mapping we own.
     if unsafe { libc::madvise(p.cast(), len, advice) } != 0 {
-        die(&format!("madvise({what}) failed: {}", std::io::Error::last_os_error()));
+        die(&format!(
+            "madvise({what}) failed: {}",
+            std::io::Error::last_os_error()
+        ));
     }
 }
 
@@ -117,19 +134,89 @@ fn swap_total_kb() -> u64 {
         .unwrap_or(0)
 }
 
-fn bench(args: &Args, seconds: f64) {
+fn bench_worker(args: &Args, seconds: f64) -> u64 {
     let len = args.pages * PAGE;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut faults = 0u64;
+    if args.loop_mode == "touch" {
+        while Instant::now() < deadline {
+            let base = map(len);
+            advise(base, len, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE");
+            write_pages(base, 0, args.pages, 1);
+            faults += args.pages as u64;
+            // SAFETY: unmapping exactly what we mapped.
+            unsafe { libc::munmap(base.cast(), len) };
+        }
+        return faults;
+    }
+    let base = map(len);
+    advise(base, len, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE");
+    let mut sum = 0u64;
     while Instant::now() < deadline {
-        let base = map(len);
-        advise(base, len, libc::MADV_NOHUGEPAGE, "MADV_NOHUGEPAGE");
-        write_pages(base, 0, args.pages, 1);
+        // Dropping the pages and reading each one back: every read maps the shared zero
+        // page, the cheapest fault there is (no allocation, no zeroing, no copy).
+        advise(base, len, libc::MADV_DONTNEED, "MADV_DONTNEED");
+        for i in 0..args.pages {
+            // SAFETY: inside the mapping; volatile so each page is really read.
+            sum += u64::from(unsafe { ptr::read_volatile(base.add(i * PAGE)) });
+        }
         faults += args.pages as u64;
-        // SAFETY: unmapping exactly what we mapped.
-        unsafe { libc::munmap(base.cast(), len) };
+    }
+    std::hint::black_box(sum);
+    faults
+}
+
+fn bench(args: &Args, seconds: f64) {
+    let mut pipes = Vec::new();
+    for _ in 1..args.workers.max(1) {
+        let mut fds = [0i32; 2];
+        // SAFETY: fds is a valid 2-int array.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            die("pipe failed");
+        }
+        // SAFETY: single-threaded at this point; the child runs the loop and exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            die("fork failed");
+        }
+        if pid == 0 {
+            let n = bench_worker(args, seconds);
+            // SAFETY: valid fd and buffer.
+            unsafe {
+                libc::write(fds[1], n.to_le_bytes().as_ptr().cast(), 8);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closing our copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        pipes.push((pid, fds[0]));
+    }
+    let mut faults = bench_worker(args, seconds);
+    for (pid, fd) in pipes {
+        let mut b = [0u8; 8];
+        // SAFETY: valid fd and buffer; then reap the worker.
+        unsafe {
+            libc::read(fd, b.as_mut_ptr().cast(), 8);
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+        faults += u64::from_le_bytes(b);
     }
     println!("faults {faults}");
+}
+
+fn wait_for_usr1() {
+    // SAFETY: plain signal-mask manipulation on this single thread, then sigwait.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, ptr::null_mut());
+        println!("ready {}", libc::getpid());
+        let _ = std::io::stdout().flush();
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+    }
 }
 
 fn main() {
@@ -145,6 +232,9 @@ fn main() {
         "plan pages={} cow={} reuse={} swap={} thp={} fork={}",
         args.pages, args.cow, args.reuse, args.swap, args.thp, !args.no_fork
     );
+    if args.wait_signal {
+        wait_for_usr1();
+    }
     let len = args.pages * PAGE;
     let base = map(len);
     // Keep every fault 4 KiB so counts are exact.
@@ -193,7 +283,8 @@ fn main() {
         if swap_total_kb() == 0 {
             die("--swap needs swap space and this machine has none (swapon a file first)");
         }
-        let mut pagemap = File::open("/proc/self/pagemap").unwrap_or_else(|_| die("cannot open pagemap"));
+        let mut pagemap =
+            File::open("/proc/self/pagemap").unwrap_or_else(|_| die("cannot open pagemap"));
         let _ = pagemap.seek(SeekFrom::Start(0));
         let swap_len = args.swap * PAGE;
         let mut swapped = 0;
@@ -206,7 +297,10 @@ fn main() {
             std::thread::sleep(Duration::from_millis(50));
         }
         if swapped != args.swap {
-            die(&format!("only {swapped} of {} pages reached swap", args.swap));
+            die(&format!(
+                "only {swapped} of {} pages reached swap",
+                args.swap
+            ));
         }
         println!("swapped {swapped}");
         let mut sum = 0u64;
@@ -222,8 +316,17 @@ fn main() {
         let len = (args.thp + 1) * HUGE;
         let raw = map(len);
         let aligned = ((raw as usize + HUGE - 1) & !(HUGE - 1)) as *mut u8;
-        advise(aligned, args.thp * HUGE, libc::MADV_HUGEPAGE, "MADV_HUGEPAGE");
-        println!("thp_region {:#x} {:#x}", aligned as usize, aligned as usize + args.thp * HUGE);
+        advise(
+            aligned,
+            args.thp * HUGE,
+            libc::MADV_HUGEPAGE,
+            "MADV_HUGEPAGE",
+        );
+        println!(
+            "thp_region {:#x} {:#x}",
+            aligned as usize,
+            aligned as usize + args.thp * HUGE
+        );
         for i in 0..args.thp {
             // SAFETY: inside the aligned part of the mapping.
             unsafe { ptr::write_volatile(aligned.add(i * HUGE), 1) };

@@ -95,7 +95,10 @@ fn is_traced(tgid: u32) -> bool {
 fn emit(event: Event) {
     // Never wake the reader from here: a wakeup is an irq_work inside the faulting
     // thread's path. Userspace drains on a short timer instead.
-    if EVENTS.output::<Event>(&event, BPF_RB_NO_WAKEUP as u64).is_err() {
+    if EVENTS
+        .output::<Event>(&event, BPF_RB_NO_WAKEUP as u64)
+        .is_err()
+    {
         bump(counter::LOST);
     }
 }
@@ -200,7 +203,13 @@ fn fault_done(extra: u32) {
     let state = unsafe { *ptr };
     let _ = INFLIGHT.remove(tid);
     let now = now_ns();
-    emit(fault_event(&state, tgid, tid, extra, now.saturating_sub(state.ts_ns)));
+    emit(fault_event(
+        &state,
+        tgid,
+        tid,
+        extra,
+        now.saturating_sub(state.ts_ns),
+    ));
 }
 
 /// Adds evidence bits to the fault running on the current thread, if any.
@@ -420,7 +429,11 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         kind: kind::EXIT,
         tgid,
         tid,
-        flags: if group_dead { exit_flags::GROUP_DEAD } else { 0 },
+        flags: if group_dead {
+            exit_flags::GROUP_DEAD
+        } else {
+            0
+        },
         addr: 0,
         arg: 0,
         duration_ns: 0,

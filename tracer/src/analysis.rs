@@ -305,8 +305,7 @@ impl Analyzer {
     fn swap_ents(&mut self, ev: &Event) -> Record {
         let bytes = ev.arg;
         let previous = self.swap_bytes.insert(ev.tgid, bytes);
-        let delta_pages =
-            previous.map(|p| (bytes as i64 - p as i64) / PAGE_SIZE as i64);
+        let delta_pages = previous.map(|p| (bytes as i64 - p as i64) / PAGE_SIZE as i64);
         if let Some(d) = delta_pages {
             let swap = &mut self.summary.swap;
             if d > 0 {
@@ -372,13 +371,23 @@ mod tests {
             ev(kind::FAULT, 10, T, ff::ALLOC | ff::ANON_RSS, a, 0x6),
             ev(kind::FAULT, 20, T, ff::ALLOC | ff::ANON_RSS, b, 0x6),
             ev(kind::FORK, 30, T, 0, C as u64, 0x1200011),
-            Event { duration_ns: 77, ..ev(kind::FORK_RET, 25, T, 0, 0, C as u64) },
+            Event {
+                duration_ns: 77,
+                ..ev(kind::FORK_RET, 25, T, 0, 0, C as u64)
+            },
             ev(kind::FAULT, 40, T, ff::ALLOC, a, 0x7),
             ev(kind::FAULT, 45, C, ff::ALLOC, 0x7ffd_0000_0000, 0x7),
             ev(kind::EXIT, 50, C, exit_flags::GROUP_DEAD, 0, 0),
             ev(kind::FAULT, 60, T, 0, b, 0x7),
             ev(kind::SWAP_ENTS, 70, T, swap_flags::CURR, 0, 4096),
-            ev(kind::SWAP_ENTS, 80, T, swap_flags::CURR | swap_flags::IN_FAULT, 0, 0),
+            ev(
+                kind::SWAP_ENTS,
+                80,
+                T,
+                swap_flags::CURR | swap_flags::IN_FAULT,
+                0,
+                0,
+            ),
             ev(kind::FAULT, 79, T, ff::SWAP_ENTS | ff::ANON_RSS, a, 0x4),
             ev(kind::EXIT, 90, T, exit_flags::GROUP_DEAD, 0, 0),
         ]
@@ -387,18 +396,30 @@ mod tests {
     #[test]
     fn recorded_stream_yields_exact_counts_epochs_and_sides() {
         let mut an = Analyzer::new(T, Some(0));
-        let records: Vec<_> = recorded_stream().iter().filter_map(|e| an.process(e)).collect();
+        let records: Vec<_> = recorded_stream()
+            .iter()
+            .filter_map(|e| an.process(e))
+            .collect();
         assert_eq!(records.len(), 12);
         assert!(an.target_exited());
         let (epochs, s) = an.finish(100);
         assert_eq!(
             s.faults,
-            KindCounts { cow_copy: 2, wp_reuse: 1, swap_in: 1, first_touch: 2, other: 0 }
+            KindCounts {
+                cow_copy: 2,
+                wp_reuse: 1,
+                swap_in: 1,
+                first_touch: 2,
+                other: 0
+            }
         );
         assert_eq!(s.by_role.child.cow_copy, 1);
         assert_eq!(s.by_role.parent.cow_copy, 1);
         assert_eq!(s.forks, 1);
-        assert_eq!((s.swap.pages_out, s.swap.pages_in, s.swap.pages_discarded), (1, 1, 0));
+        assert_eq!(
+            (s.swap.pages_out, s.swap.pages_in, s.swap.pages_discarded),
+            (1, 1, 0)
+        );
         assert_eq!(epochs.len(), 1);
         let e = &epochs[0];
         assert_eq!((e.child_pid, e.start_ns, e.end_ns), (C, 30, Some(50)));
@@ -406,8 +427,23 @@ mod tests {
         assert_eq!(e.faults.parent.cow_copy, 1);
         assert_eq!(e.faults.child.cow_copy, 1);
         // the reuse after the child exited belongs to no epoch
-        let reuse = records.iter().find(|r| matches!(r, Record::Fault { kind: FaultKind::WpReuse, .. }));
-        assert!(matches!(reuse, Some(Record::Fault { epoch: None, role: Role::Parent, .. })));
+        let reuse = records.iter().find(|r| {
+            matches!(
+                r,
+                Record::Fault {
+                    kind: FaultKind::WpReuse,
+                    ..
+                }
+            )
+        });
+        assert!(matches!(
+            reuse,
+            Some(Record::Fault {
+                epoch: None,
+                role: Role::Parent,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -421,9 +457,21 @@ mod tests {
     fn swap_deltas_need_a_baseline() {
         let mut an = Analyzer::new(T, None);
         let first = an.process(&ev(kind::SWAP_ENTS, 1, T, 0, 0, 8192)).unwrap();
-        assert!(matches!(first, Record::SwapEnts { delta_pages: None, .. }));
+        assert!(matches!(
+            first,
+            Record::SwapEnts {
+                delta_pages: None,
+                ..
+            }
+        ));
         let second = an.process(&ev(kind::SWAP_ENTS, 2, T, 0, 0, 0)).unwrap();
-        assert!(matches!(second, Record::SwapEnts { delta_pages: Some(-2), .. }));
+        assert!(matches!(
+            second,
+            Record::SwapEnts {
+                delta_pages: Some(-2),
+                ..
+            }
+        ));
         assert_eq!(an.summary().swap.pages_discarded, 2);
     }
 

@@ -95,7 +95,10 @@ mod tests {
     fn fork_copy_on_write() {
         assert_eq!(classify(ff::ALLOC, WRITE_P), FaultKind::CowCopy);
         // kernel-mode copy_to_user into a shared page (error code without the user bit)
-        assert_eq!(classify(ff::ALLOC | ff::KERNEL_MODE, 0x3), FaultKind::CowCopy);
+        assert_eq!(
+            classify(ff::ALLOC | ff::KERNEL_MODE, 0x3),
+            FaultKind::CowCopy
+        );
     }
 
     #[test]
@@ -106,8 +109,14 @@ mod tests {
 
     #[test]
     fn zero_fill_and_zero_page_copy_are_first_touch() {
-        assert_eq!(classify(ff::ALLOC | ff::ANON_RSS, WRITE_NP), FaultKind::FirstTouch);
-        assert_eq!(classify(ff::ALLOC | ff::ANON_RSS, WRITE_P), FaultKind::FirstTouch);
+        assert_eq!(
+            classify(ff::ALLOC | ff::ANON_RSS, WRITE_NP),
+            FaultKind::FirstTouch
+        );
+        assert_eq!(
+            classify(ff::ALLOC | ff::ANON_RSS, WRITE_P),
+            FaultKind::FirstTouch
+        );
         assert!(is_huge(ff::ALLOC | ff::ALLOC_HUGE | ff::ANON_RSS));
         assert!(!is_huge(ff::ALLOC | ff::ANON_RSS));
     }
@@ -115,7 +124,10 @@ mod tests {
     #[test]
     fn swap_in_wins_over_everything_but_incomplete() {
         // swap cache hit: no allocation at all
-        assert_eq!(classify(ff::SWAP_ENTS | ff::ANON_RSS, READ_NP), FaultKind::SwapIn);
+        assert_eq!(
+            classify(ff::SWAP_ENTS | ff::ANON_RSS, READ_NP),
+            FaultKind::SwapIn
+        );
         // read from disk: readahead allocations, major
         let disk = ff::SWAP_ENTS | ff::ANON_RSS | ff::ALLOC | ff::MAJOR;
         assert_eq!(classify(disk, READ_NP), FaultKind::SwapIn);
@@ -135,6 +147,9 @@ mod tests {
         assert_eq!(classify(ff::FILE_RSS, READ_NP), FaultKind::Other);
         assert_eq!(classify(0, READ_NP), FaultKind::Other);
         // page cache miss: allocation, file RSS
-        assert_eq!(classify(ff::ALLOC | ff::FILE_RSS, READ_NP), FaultKind::Other);
+        assert_eq!(
+            classify(ff::ALLOC | ff::FILE_RSS, READ_NP),
+            FaultKind::Other
+        );
     }
 }

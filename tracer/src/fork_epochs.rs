@@ -197,12 +197,24 @@ mod tests {
         let mut ep = ForkEpochs::new(T);
         assert_eq!(ep.on_fork(T, 101, 200, 1_000), Some(0));
         ep.on_fork_return(101, 200, 350);
-        assert_eq!(ep.assign(T, 1_500, FaultKind::CowCopy), (Role::Parent, Some(0)));
-        assert_eq!(ep.assign(200, 1_600, FaultKind::CowCopy), (Role::Child, Some(0)));
+        assert_eq!(
+            ep.assign(T, 1_500, FaultKind::CowCopy),
+            (Role::Parent, Some(0))
+        );
+        assert_eq!(
+            ep.assign(200, 1_600, FaultKind::CowCopy),
+            (Role::Child, Some(0))
+        );
         assert_eq!(ep.on_exit(200, 2_000), Some(0));
-        assert_eq!(ep.assign(T, 2_500, FaultKind::WpReuse), (Role::Parent, None));
+        assert_eq!(
+            ep.assign(T, 2_500, FaultKind::WpReuse),
+            (Role::Parent, None)
+        );
         let e = &ep.epochs()[0];
-        assert_eq!((e.start_ns, e.end_ns, e.fork_duration_ns), (1_000, Some(2_000), Some(350)));
+        assert_eq!(
+            (e.start_ns, e.end_ns, e.fork_duration_ns),
+            (1_000, Some(2_000), Some(350))
+        );
         assert_eq!(e.faults.parent.cow_copy, 1);
         assert_eq!(e.faults.child.cow_copy, 1);
         assert_eq!(e.faults.parent.wp_reuse, 0);
@@ -215,8 +227,14 @@ mod tests {
         ep.on_fork(T, T, 200, 1_000);
         ep.on_exit(200, 2_000);
         // emitted after the exit was seen, but it began inside the epoch
-        assert_eq!(ep.assign(T, 1_999, FaultKind::CowCopy), (Role::Parent, Some(0)));
-        assert_eq!(ep.assign(T, 999, FaultKind::FirstTouch), (Role::Parent, None));
+        assert_eq!(
+            ep.assign(T, 1_999, FaultKind::CowCopy),
+            (Role::Parent, Some(0))
+        );
+        assert_eq!(
+            ep.assign(T, 999, FaultKind::FirstTouch),
+            (Role::Parent, None)
+        );
     }
 
     #[test]
@@ -236,8 +254,15 @@ mod tests {
         let mut ep = ForkEpochs::new(T);
         ep.on_fork(T, T, 200, 1_000);
         assert_eq!(ep.on_fork(200, 200, 300, 1_100), None);
-        assert_eq!(ep.assign(300, 1_200, FaultKind::FirstTouch), (Role::Child, Some(0)));
-        assert_eq!(ep.on_exit(300, 1_300), None, "grandchild exit must not close");
+        assert_eq!(
+            ep.assign(300, 1_200, FaultKind::FirstTouch),
+            (Role::Child, Some(0))
+        );
+        assert_eq!(
+            ep.on_exit(300, 1_300),
+            None,
+            "grandchild exit must not close"
+        );
         ep.on_fork_return(T, -11, 5);
         assert_eq!(ep.epochs()[0].fork_duration_ns, None);
         assert_eq!(ep.epochs().len(), 1);

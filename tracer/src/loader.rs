@@ -74,18 +74,48 @@ struct Hook {
 }
 
 const HOOKS: &[Hook] = &[
-    Hook { program: "page_fault_user", category: "exceptions", name: "page_fault_user", loses: None },
+    Hook {
+        program: "page_fault_user",
+        category: "exceptions",
+        name: "page_fault_user",
+        loses: None,
+    },
     Hook {
         program: "page_fault_kernel",
         category: "exceptions",
         name: "page_fault_kernel",
         loses: Some("faults taken in kernel mode (e.g. read() into a buffer) are not seen"),
     },
-    Hook { program: "mm_page_alloc", category: "kmem", name: "mm_page_alloc", loses: None },
-    Hook { program: "rss_stat", category: "kmem", name: "rss_stat", loses: None },
-    Hook { program: "task_newtask", category: "task", name: "task_newtask", loses: None },
-    Hook { program: "sched_process_fork", category: "sched", name: "sched_process_fork", loses: None },
-    Hook { program: "sched_process_exit", category: "sched", name: "sched_process_exit", loses: None },
+    Hook {
+        program: "mm_page_alloc",
+        category: "kmem",
+        name: "mm_page_alloc",
+        loses: None,
+    },
+    Hook {
+        program: "rss_stat",
+        category: "kmem",
+        name: "rss_stat",
+        loses: None,
+    },
+    Hook {
+        program: "task_newtask",
+        category: "task",
+        name: "task_newtask",
+        loses: None,
+    },
+    Hook {
+        program: "sched_process_fork",
+        category: "sched",
+        name: "sched_process_fork",
+        loses: None,
+    },
+    Hook {
+        program: "sched_process_exit",
+        category: "sched",
+        name: "sched_process_exit",
+        loses: None,
+    },
     Hook {
         program: "reclaim_begin",
         category: "vmscan",
@@ -146,7 +176,9 @@ const HOOKS: &[Hook] = &[
 pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
     let fmt = |c: &str, n: &str| tracefs::read_format(root, c, n);
     let optional = |f: Result<Format, TracefsError>, field: &str| {
-        f.ok().and_then(|f| f.optional(field)).unwrap_or(FIELD_ABSENT)
+        f.ok()
+            .and_then(|f| f.optional(field))
+            .unwrap_or(FIELD_ABSENT)
     };
     let fault = fmt("exceptions", "page_fault_user")?;
     let fork = fmt("sched", "sched_process_fork")?;
@@ -204,7 +236,10 @@ impl Probes {
 
         let mut degraded = Vec::new();
         for hook in HOOKS {
-            let what = format!("tracepoint {}:{} (program {})", hook.category, hook.name, hook.program);
+            let what = format!(
+                "tracepoint {}:{} (program {})",
+                hook.category, hook.name, hook.program
+            );
             let available = tracefs::exists(&root, hook.category, hook.name)
                 && layout_matches(&root, hook, &config);
             if !available {
@@ -217,16 +252,26 @@ impl Probes {
                         .into());
                     }
                     Some(loss) => {
-                        degraded.push(format!("{}:{} unavailable: {loss}", hook.category, hook.name));
+                        degraded.push(format!(
+                            "{}:{} unavailable: {loss}",
+                            hook.category, hook.name
+                        ));
                         continue;
                     }
                 }
             }
-            let prog: &mut TracePoint = program(&mut ebpf, hook.program)?
-                .try_into()
-                .map_err(|source| LoadError::Program { what: what.clone(), source })?;
+            let prog: &mut TracePoint =
+                program(&mut ebpf, hook.program)?
+                    .try_into()
+                    .map_err(|source| LoadError::Program {
+                        what: what.clone(),
+                        source,
+                    })?;
             if prog.fd().is_err() {
-                prog.load().map_err(|source| LoadError::Program { what: what.clone(), source })?;
+                prog.load().map_err(|source| LoadError::Program {
+                    what: what.clone(),
+                    source,
+                })?;
             }
             prog.attach(hook.category, hook.name)
                 .map_err(|source| LoadError::Program { what, source })?;
@@ -238,10 +283,17 @@ impl Probes {
             ("fault_done_major", SoftwareEvent::PageFaultsMaj),
         ] {
             let what = format!("perf event {event:?} (program {name})");
-            let prog: &mut PerfEvent = program(&mut ebpf, name)?
-                .try_into()
-                .map_err(|source| LoadError::Program { what: what.clone(), source })?;
-            prog.load().map_err(|source| LoadError::Program { what: what.clone(), source })?;
+            let prog: &mut PerfEvent =
+                program(&mut ebpf, name)?
+                    .try_into()
+                    .map_err(|source| LoadError::Program {
+                        what: what.clone(),
+                        source,
+                    })?;
+            prog.load().map_err(|source| LoadError::Program {
+                what: what.clone(),
+                source,
+            })?;
             for &cpu in &cpus {
                 prog.attach(
                     PerfEventConfig::Software(event),
@@ -249,7 +301,10 @@ impl Probes {
                     SamplePolicy::Period(1),
                     false,
                 )
-                .map_err(|source| LoadError::Program { what: format!("{what} on CPU {cpu}"), source })?;
+                .map_err(|source| LoadError::Program {
+                    what: format!("{what} on CPU {cpu}"),
+                    source,
+                })?;
             }
         }
 
@@ -295,7 +350,10 @@ impl Probes {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program, LoadError> {
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut aya::programs::Program, LoadError> {
     ebpf.program_mut(name)
         .ok_or_else(|| LoadError::Map("program", format!("{name} missing from the eBPF object")))
 }

@@ -51,7 +51,10 @@ pub fn spawn(
                     }
                     if batch.len() == BATCH {
                         stats.delivered += batch.len() as u64;
-                        if tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() {
+                        if tx
+                            .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                            .is_err()
+                        {
                             return stats;
                         }
                     }

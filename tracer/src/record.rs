@@ -71,7 +71,10 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         bail!("redis-memtrace record needs root (it loads eBPF programs): run it with sudo");
     }
     if !opts.ring_buffer_mb.is_power_of_two() || opts.ring_buffer_mb > 1024 {
-        bail!("--ring-buffer-mb must be a power of two between 1 and 1024, not {}", opts.ring_buffer_mb);
+        bail!(
+            "--ring-buffer-mb must be a power of two between 1 and 1024, not {}",
+            opts.ring_buffer_mb
+        );
     }
 
     // Launch before any thread exists (fork in a single-threaded process).
@@ -82,7 +85,10 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         }
         TargetSpec::Command(argv) => {
             let (l, info) = target::launch(argv)?;
-            let id = ProcessId { pid: l.pid, start_ticks: info.start_time_ticks };
+            let id = ProcessId {
+                pid: l.pid,
+                start_ticks: info.start_time_ticks,
+            };
             (Some(l), info, id)
         }
     };
@@ -100,7 +106,8 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         // A second signal while stopping exits at once; the output path is untouched then.
         signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
             .context("installing signal handlers")?;
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
 
     let setup = (|| -> Result<_> {
@@ -157,7 +164,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                 analyzer.adopt_running_child(child, start_mono);
             }
         }
-        timeline.write_header(&run, &target_info).context("writing the timeline")?;
+        timeline
+            .write_header(&run, &target_info)
+            .context("writing the timeline")?;
         if let Some(l) = launched.as_mut() {
             l.release()?;
         }
@@ -189,7 +198,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             Ok(batch) => {
                 for ev in &batch {
                     if let Some(record) = analyzer.process(ev) {
-                        timeline.write_record(&record).context("writing the timeline")?;
+                        timeline
+                            .write_record(&record)
+                            .context("writing the timeline")?;
                     }
                 }
             }
@@ -229,7 +240,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     if let Some(l) = launched.as_ref()
         && exit_status.is_none()
     {
-        exit_status = if reason == Some("target_exit") { l.wait() } else { l.try_status() };
+        exit_status = if reason == Some("target_exit") {
+            l.wait()
+        } else {
+            l.try_status()
+        };
     }
 
     let kernel = counters.read();
@@ -246,11 +261,16 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             target_exit_status: exit_status,
         },
     };
-    let output = timeline.finish(&trailer).with_context(|| {
-        format!("finishing the timeline at {}", opts.output.display())
-    })?;
+    let output = timeline
+        .finish(&trailer)
+        .with_context(|| format!("finishing the timeline at {}", opts.output.display()))?;
     if !opts.quiet {
-        print_summary(&trailer, stats.delivered, end_mono.saturating_sub(start_mono), &output);
+        print_summary(
+            &trailer,
+            stats.delivered,
+            end_mono.saturating_sub(start_mono),
+            &output,
+        );
     }
     Ok(RecordOutcome {
         output,
@@ -280,7 +300,8 @@ fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::pat
             e.id,
             e.child_pid,
             e.end_ns.unwrap_or(e.start_ns).saturating_sub(e.start_ns) as f64 / 1e9,
-            e.fork_duration_ns.map_or("?".into(), |d| (d / 1000).to_string()),
+            e.fork_duration_ns
+                .map_or("?".into(), |d| (d / 1000).to_string()),
             e.faults.parent.cow_copy,
             e.faults.child.cow_copy,
         );

@@ -45,7 +45,8 @@ pub struct ProcessId {
 
 /// Reads comm, exe and start time of a running process.
 pub fn describe(pid: u32) -> Result<(TargetInfo, ProcessId), TargetError> {
-    let proc = procfs::process::Process::new(pid as i32).map_err(|_| TargetError::NoSuchPid(pid))?;
+    let proc =
+        procfs::process::Process::new(pid as i32).map_err(|_| TargetError::NoSuchPid(pid))?;
     let stat = proc.stat().map_err(|_| TargetError::NoSuchPid(pid))?;
     let exe = proc
         .exe()
@@ -58,7 +59,13 @@ pub fn describe(pid: u32) -> Result<(TargetInfo, ProcessId), TargetError> {
         start_time_ticks: stat.starttime,
         command: None,
     };
-    Ok((info, ProcessId { pid, start_ticks: stat.starttime }))
+    Ok((
+        info,
+        ProcessId {
+            pid,
+            start_ticks: stat.starttime,
+        },
+    ))
 }
 
 /// Checks that `id` still names the same running process.
@@ -85,7 +92,10 @@ pub fn children(pid: u32) -> Vec<u32> {
     };
     for task in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|s| s.parse::<u32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|s| s.parse::<u32>().ok()),
+            );
         }
     }
     out
@@ -93,7 +103,10 @@ pub fn children(pid: u32) -> Vec<u32> {
 
 /// `VmSwap` of a process in bytes.
 pub fn swap_bytes(pid: u32) -> Option<u64> {
-    let status = procfs::process::Process::new(pid as i32).ok()?.status().ok()?;
+    let status = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .status()
+        .ok()?;
     status.vmswap.map(|kb| kb * 1024)
 }
 
@@ -118,16 +131,22 @@ fn resolve(program: &str) -> Option<PathBuf> {
 /// Forks a child that waits until [`Launched::release`] and then execs `argv`.
 /// Must be called while the process is single-threaded.
 pub fn launch(argv: &[String]) -> Result<(Launched, TargetInfo), TargetError> {
-    let program = argv.first().ok_or_else(|| TargetError::Launch("".into(), "empty command".into()))?;
+    let program = argv
+        .first()
+        .ok_or_else(|| TargetError::Launch("".into(), "empty command".into()))?;
     let fail = |why: String| TargetError::Launch(program.clone(), why);
     let exe = resolve(program).ok_or_else(|| fail("not found in PATH".into()))?;
     let exe = exe.canonicalize().map_err(|e| fail(e.to_string()))?;
     let c_args = argv
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| fail("argument contains a NUL byte".into())))
+        .map(|a| {
+            CString::new(a.as_bytes()).map_err(|_| fail("argument contains a NUL byte".into()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let c_prog = CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| fail("bad path".into()))?;
-    let (gate_rx, gate_tx) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(e.to_string()))?;
+    let c_prog =
+        CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| fail("bad path".into()))?;
+    let (gate_rx, gate_tx) =
+        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(e.to_string()))?;
     // SAFETY: called before any thread is started; the child only calls read, execvp,
     // write and _exit, which are async-signal-safe.
     match unsafe { fork() }.map_err(|e| fail(e.to_string()))? {
@@ -140,7 +159,10 @@ pub fn launch(argv: &[String]) -> Result<(Launched, TargetInfo), TargetError> {
                 unsafe { libc::_exit(126) };
             }
             let _ = execvp(&c_prog, &c_args);
-            let _ = write(std::io::stderr(), b"redis-memtrace: exec of the command failed\n");
+            let _ = write(
+                std::io::stderr(),
+                b"redis-memtrace: exec of the command failed\n",
+            );
             // SAFETY: as above.
             unsafe { libc::_exit(127) }
         }
@@ -162,7 +184,13 @@ pub fn launch(argv: &[String]) -> Result<(Launched, TargetInfo), TargetError> {
                 start_time_ticks,
                 command: Some(argv.to_vec()),
             };
-            Ok((Launched { pid, gate: Some(gate_tx) }, info))
+            Ok((
+                Launched {
+                    pid,
+                    gate: Some(gate_tx),
+                },
+                info,
+            ))
         }
     }
 }
@@ -171,7 +199,8 @@ impl Launched {
     /// Lets the command exec.
     pub fn release(&mut self) -> Result<(), TargetError> {
         if let Some(gate) = self.gate.take() {
-            write(&gate, b"g").map_err(|e| TargetError::Launch(self.pid.to_string(), e.to_string()))?;
+            write(&gate, b"g")
+                .map_err(|e| TargetError::Launch(self.pid.to_string(), e.to_string()))?;
         }
         Ok(())
     }

@@ -1,1 +1,157 @@
-fn main() {}
+//! `cargo xtask`: everything needed on a fresh machine, in one place.
+//!
+//! - `setup`: idempotent; mounts tracefs, adds rust-src to nightly, builds bpf-linker against
+//!   rustc's own LLVM, installs the Debian packages the tests use. Every other command runs it.
+//! - `build`: the `redis-memtrace` binary (with the eBPF object embedded) and the fault generator.
+//! - `test`: formatting, clippy, unit tests and the root integration tests, serially.
+//! - `bench`: events/s delivered and lost, and fault-rate overhead, in one run.
+//! - `demo`: the main job: trace a workload with forks, copy-on-write and swap, and show it.
+
+mod bench;
+mod demo;
+mod setup;
+mod swap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "redis-memtrace automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install and prepare everything the build and tests need (idempotent).
+    Setup,
+    /// Build the tracer and the test workloads (release).
+    Build,
+    /// Run lints, unit tests and the root integration tests.
+    Test {
+        /// Only the tests whose names contain this.
+        filter: Option<String>,
+    },
+    /// Measure events/s delivered and lost, and the tracer's cost to the traced process.
+    Bench {
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Alternating runs per configuration.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Trace a workload with a fork, copy-on-write and swap, and print what was seen.
+    Demo {
+        /// Folder for the outputs.
+        #[arg(long, default_value = "memtrace-out")]
+        out: PathBuf,
+    },
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// `cargo` with the toolchain that runs xtask.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Release binary path.
+pub fn bin(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+fn build() -> Result<()> {
+    setup::setup()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tracer",
+        "-p",
+        "memtrace-tests",
+        "--bins",
+    ]))
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    build()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "-p",
+        "tracer",
+        "-p",
+        "tracer-common",
+        "-p",
+        "memtrace-tests",
+        "-p",
+        "xtask",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "tracer",
+        "-p",
+        "tracer-common",
+        "-p",
+        "memtrace-tests",
+    ])
+    .env("MEMTRACE_BIN", bin("redis-memtrace"))
+    .arg("--");
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    // One tracer at a time: the tests share swap and the kernel's hooks.
+    cmd.arg("--test-threads=1");
+    run(&mut cmd)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build(),
+        Cmd::Test { filter } => test(filter),
+        Cmd::Bench { seconds, rounds } => {
+            build()?;
+            bench::bench(seconds, rounds)
+        }
+        Cmd::Demo { out } => {
+            build()?;
+            demo::demo(&out)
+        }
+    }
+}

@@ -242,11 +242,40 @@ mod tests {
                 latency_ns: 900,
                 flags: tracer_common::fault_flags::MAJOR,
             },
-            Record::Fork { ts_ns: 1, pid: 7, tid: 7, child_pid: 9, epoch: None },
-            Record::ForkReturn { ts_ns: 1, pid: 7, tid: 7, ret: -11, duration_ns: 4 },
-            Record::Exit { ts_ns: 1, pid: 9, tid: 9, process_exit: true, epoch: Some(0) },
-            Record::SwapEnts { ts_ns: 1, pid: 7, tid: 7, bytes: 4096, delta_pages: None },
-            Record::SwapWrite { ts_ns: 1, pid: 7, tid: 7, pfn: 3 },
+            Record::Fork {
+                ts_ns: 1,
+                pid: 7,
+                tid: 7,
+                child_pid: 9,
+                epoch: None,
+            },
+            Record::ForkReturn {
+                ts_ns: 1,
+                pid: 7,
+                tid: 7,
+                ret: -11,
+                duration_ns: 4,
+            },
+            Record::Exit {
+                ts_ns: 1,
+                pid: 9,
+                tid: 9,
+                process_exit: true,
+                epoch: Some(0),
+            },
+            Record::SwapEnts {
+                ts_ns: 1,
+                pid: 7,
+                tid: 7,
+                bytes: 4096,
+                delta_pages: None,
+            },
+            Record::SwapWrite {
+                ts_ns: 1,
+                pid: 7,
+                tid: 7,
+                pfn: 3,
+            },
         ];
         for r in &records {
             let mut buf = Vec::new();
@@ -274,8 +303,14 @@ mod tests {
         tl.write_header(&run(), &target()).unwrap();
         let an = Analyzer::new(7, None);
         for i in 0..3 {
-            tl.write_record(&Record::Exit { ts_ns: i, pid: 7, tid: 7, process_exit: false, epoch: None })
-                .unwrap();
+            tl.write_record(&Record::Exit {
+                ts_ns: i,
+                pid: 7,
+                tid: 7,
+                process_exit: false,
+                epoch: None,
+            })
+            .unwrap();
         }
         let (epochs, summary) = an.finish(10);
         let trailer = Trailer {
@@ -283,7 +318,11 @@ mod tests {
             lost_events: 0,
             kernel: KernelCounters::default(),
             summary,
-            end: EndInfo { reason: "duration".into(), monotonic_end_ns: 10, target_exit_status: None },
+            end: EndInfo {
+                reason: "duration".into(),
+                monotonic_end_ns: 10,
+                target_exit_status: None,
+            },
         };
         tl.finish(&trailer).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&dest).unwrap()).unwrap();
@@ -293,7 +332,11 @@ mod tests {
         assert_eq!(v["summary"]["faults"]["cow_copy"], 0);
         assert_eq!(v["summary"]["forks"], 0);
         assert!(v["epochs"].as_array().unwrap().is_empty());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
         let _ = Summary::default();
     }
 
