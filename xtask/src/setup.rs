@@ -72,16 +72,15 @@ fn bpf_linker() -> Result<()> {
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("cannot ask the nightly rustc for its sysroot")?;
     let lib = PathBuf::from(sysroot.trim()).join("lib");
+    // The versioned soname ("libLLVM.so.22.1-rust-1.97.0-nightly") is the one to link.
     let llvm = std::fs::read_dir(&lib)
         .with_context(|| format!("reading {}", lib.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
-        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
-    // "libLLVM.so.22.1-rust-1.97.0-nightly" -> major 22
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
     let major: String = llvm
         .trim_start_matches("libLLVM.so.")
-        .trim_start_matches("libLLVM-")
         .chars()
         .take_while(|c| c.is_ascii_digit())
         .collect();
