@@ -172,7 +172,9 @@ impl Event {
     }
 }
 
-/// State of a fault between its entry tracepoint and its completion, keyed by tid.
+/// State of a fault between its entry tracepoint and its completion, keyed by tid. One
+/// slot per traced thread, reused fault after fault (updated in place: no map update or
+/// delete on the hot path), removed when the thread exits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Inflight {
@@ -184,8 +186,8 @@ pub struct Inflight {
     pub error_code: u64,
     /// [`fault_flags`] gathered so far.
     pub flags: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// 1 while a fault is in progress on the thread, 0 between faults.
+    pub active: u32,
 }
 const _: () = assert!(core::mem::size_of::<Inflight>() == 32);
 
@@ -198,10 +200,6 @@ pub const FIELD_ABSENT: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// `exceptions:page_fault_{user,kernel}` `address`.
-    pub fault_address: u32,
-    /// `exceptions:page_fault_{user,kernel}` `error_code`.
-    pub fault_error_code: u32,
     /// `sched:sched_process_fork` `child_pid`.
     pub fork_child_pid: u32,
     /// `task:task_newtask` `pid`.
@@ -231,13 +229,11 @@ pub struct Config {
     /// Explicit padding.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 
 impl Config {
     /// A configuration with every field absent (the value compiled into the object).
     pub const ABSENT: Config = Config {
-        fault_address: FIELD_ABSENT,
-        fault_error_code: FIELD_ABSENT,
         fork_child_pid: FIELD_ABSENT,
         newtask_pid: FIELD_ABSENT,
         newtask_clone_flags: FIELD_ABSENT,

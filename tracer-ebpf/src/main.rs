@@ -15,9 +15,9 @@
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, perf_event, tracepoint},
+    macros::{map, perf_event, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{PerfEventContext, TracePointContext},
+    programs::{PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
     CLONE_THREAD, Config, Event, FIELD_ABSENT, GFP_MOVABLE, Inflight, RECLAIM_WB_ANON, counter,
@@ -119,49 +119,60 @@ fn current() -> (u32, u32) {
 // Faults
 // ---------------------------------------------------------------------------------------
 
-#[tracepoint]
-pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    fault_entry(&ctx, 0);
+// The hottest hooks (every fault on the machine) are raw tracepoints: no trace record is
+// built and the arguments are read straight from the prototype
+// `(unsigned long address, struct pt_regs *regs, unsigned long error_code)`, which has
+// been stable since the tracepoints were added (3.13).
+
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
+    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), 0);
     0
 }
 
-#[tracepoint]
-pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
-    fault_entry(&ctx, ff::KERNEL_MODE);
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
+    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), ff::KERNEL_MODE);
     0
 }
 
 #[inline(always)]
-fn fault_entry(ctx: &TracePointContext, mode: u32) {
+fn fault_entry(addr: u64, error_code: u64, mode: u32) {
     let (tgid, tid) = current();
     if !is_traced(tgid) {
         return;
     }
-    let Some(addr) = field::<u64>(ctx, cfg(&CONFIG.fault_address)) else {
-        return;
-    };
     if addr >= USER_TOP {
         return; // a kernel address: not this process's memory
     }
-    let error_code = field::<u64>(ctx, cfg(&CONFIG.fault_error_code)).unwrap_or(0);
     let fresh = Inflight {
         ts_ns: now_ns(),
         addr,
         error_code,
         flags: mode,
-        _pad: 0,
+        active: 1,
     };
-    if let Some(prev) = INFLIGHT.get_ptr_mut(tid) {
-        // SAFETY: entry owned by this thread; no other thread uses this tid's key.
-        let old = unsafe { *prev };
-        // The previous fault never completed (error, or a retry that went back to user
-        // space): report it rather than merge evidence of two faults.
-        emit(fault_event(&old, tgid, tid, ff::INCOMPLETE, 0));
-        // SAFETY: as above.
-        unsafe { *prev = fresh };
+    if let Some(slot) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: the slot belongs to this thread; no other thread uses this tid's key.
+        unsafe {
+            if (*slot).active != 0 {
+                // The previous fault never completed (error, or a retry that went back
+                // to user space): report it rather than merge evidence of two faults.
+                emit(fault_event(&*slot, tgid, tid, ff::INCOMPLETE, 0));
+            }
+            *slot = fresh;
+        }
     } else if INFLIGHT.insert(tid, fresh, 0).is_err() {
         bump(counter::INFLIGHT_FULL);
     }
+}
+
+/// The in-progress fault of thread `tid`, if any.
+#[inline(always)]
+fn active_fault(tid: u32) -> Option<*mut Inflight> {
+    let slot = INFLIGHT.get_ptr_mut(tid)?;
+    // SAFETY: the slot belongs to the current thread.
+    (unsafe { (*slot).active } != 0).then_some(slot)
 }
 
 #[inline(always)]
@@ -193,29 +204,30 @@ pub fn fault_done_major(_ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 fn fault_done(extra: u32) {
     let (tgid, tid) = current();
-    let Some(ptr) = INFLIGHT.get_ptr(tid) else {
+    let Some(slot) = active_fault(tid) else {
         if is_traced(tgid) {
             bump(counter::UNMATCHED);
         }
         return;
     };
-    // SAFETY: entry owned by this thread.
-    let state = unsafe { *ptr };
-    let _ = INFLIGHT.remove(tid);
-    let now = now_ns();
+    // SAFETY: the slot belongs to this thread.
+    let state = unsafe {
+        (*slot).active = 0;
+        *slot
+    };
     emit(fault_event(
         &state,
         tgid,
         tid,
         extra,
-        now.saturating_sub(state.ts_ns),
+        now_ns().saturating_sub(state.ts_ns),
     ));
 }
 
 /// Adds evidence bits to the fault running on the current thread, if any.
 #[inline(always)]
 fn mark_inflight(tid: u32, bits: u32) -> Option<u32> {
-    let ptr = INFLIGHT.get_ptr_mut(tid)?;
+    let ptr = active_fault(tid)?;
     // SAFETY: entry owned by this thread.
     unsafe {
         let before = (*ptr).flags;
@@ -227,8 +239,8 @@ fn mark_inflight(tid: u32, bits: u32) -> Option<u32> {
 #[tracepoint]
 pub fn mm_page_alloc(ctx: TracePointContext) -> u32 {
     let (_, tid) = current();
-    // Cheap presence test first: this fires for every page allocation on the machine.
-    if INFLIGHT.get_ptr(tid).is_none() {
+    // Cheap test first: this fires for every page allocation on the machine.
+    if active_fault(tid).is_none() {
         return 0;
     }
     let gfp = field::<u64>(&ctx, cfg(&CONFIG.alloc_gfp)).unwrap_or(0);
@@ -283,7 +295,7 @@ pub fn rss_stat(ctx: TracePointContext) -> u32 {
     // Reclaim inside a fault changes counters for pages it evicts; that is not evidence
     // about the fault itself.
     let mut in_fault = false;
-    if let Some(ptr) = INFLIGHT.get_ptr_mut(tid) {
+    if let Some(ptr) = active_fault(tid) {
         // SAFETY: entry owned by this thread.
         unsafe {
             if (*ptr).flags & ff::IN_RECLAIM == 0 {
@@ -328,7 +340,7 @@ pub fn reclaim_begin(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn reclaim_end(_ctx: TracePointContext) -> u32 {
     let (_, tid) = current();
-    if let Some(ptr) = INFLIGHT.get_ptr_mut(tid) {
+    if let Some(ptr) = active_fault(tid) {
         // SAFETY: entry owned by this thread.
         unsafe { (*ptr).flags &= !ff::IN_RECLAIM };
     }

@@ -10,7 +10,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, TracePoint,
+        PerfEvent, RawTracePoint, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
@@ -73,19 +73,17 @@ struct Hook {
     loses: Option<&'static str>,
 }
 
+/// Raw tracepoints (program, event, what is lost without it; `None` = required).
+const RAW_HOOKS: &[(&str, &str, Option<&str>)] = &[
+    ("page_fault_user", "page_fault_user", None),
+    (
+        "page_fault_kernel",
+        "page_fault_kernel",
+        Some("faults taken in kernel mode (e.g. read() into a buffer) are not seen"),
+    ),
+];
+
 const HOOKS: &[Hook] = &[
-    Hook {
-        program: "page_fault_user",
-        category: "exceptions",
-        name: "page_fault_user",
-        loses: None,
-    },
-    Hook {
-        program: "page_fault_kernel",
-        category: "exceptions",
-        name: "page_fault_kernel",
-        loses: Some("faults taken in kernel mode (e.g. read() into a buffer) are not seen"),
-    },
     Hook {
         program: "mm_page_alloc",
         category: "kmem",
@@ -180,14 +178,16 @@ pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
             .and_then(|f| f.optional(field))
             .unwrap_or(FIELD_ABSENT)
     };
+    // The fault hooks are raw tracepoints (arguments, not record fields); the format is
+    // still read to confirm the tracepoint exists with the fields its prototype feeds.
     let fault = fmt("exceptions", "page_fault_user")?;
+    fault.require("address")?;
+    fault.require("error_code")?;
     let fork = fmt("sched", "sched_process_fork")?;
     let newtask = fmt("task", "task_newtask")?;
     let rss = fmt("kmem", "rss_stat")?;
     let alloc = fmt("kmem", "mm_page_alloc")?;
     Ok(Config {
-        fault_address: fault.require("address")?,
-        fault_error_code: fault.require("error_code")?,
         fork_child_pid: fork.require("child_pid")?,
         newtask_pid: newtask.require("pid")?,
         newtask_clone_flags: newtask.require("clone_flags")?,
@@ -209,12 +209,6 @@ pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
 /// and clone3 tracepoints share offsets with their siblings; attach them only if so).
 fn layout_matches(root: &Path, hook: &Hook, config: &Config) -> bool {
     match (hook.category, hook.name) {
-        ("exceptions", "page_fault_kernel") => tracefs::read_format(root, hook.category, hook.name)
-            .ok()
-            .is_some_and(|f| {
-                f.optional("address") == Some(config.fault_address)
-                    && f.optional("error_code") == Some(config.fault_error_code)
-            }),
         ("syscalls", "sys_exit_clone3") => tracefs::read_format(root, hook.category, hook.name)
             .ok()
             .is_some_and(|f| f.optional("ret") == Some(config.sys_exit_ret)),
@@ -235,6 +229,26 @@ impl Probes {
             .map_err(LoadError::Load)?;
 
         let mut degraded = Vec::new();
+        for &(name, event, loses) in RAW_HOOKS {
+            let what = format!("raw tracepoint {event} (program {name})");
+            let prog: &mut RawTracePoint =
+                program(&mut ebpf, name)?
+                    .try_into()
+                    .map_err(|source| LoadError::Program {
+                        what: what.clone(),
+                        source,
+                    })?;
+            prog.load().map_err(|source| LoadError::Program {
+                what: what.clone(),
+                source,
+            })?;
+            if let Err(source) = prog.attach(event) {
+                match loses {
+                    None => return Err(LoadError::Program { what, source }),
+                    Some(loss) => degraded.push(format!("{event} unavailable ({source}): {loss}")),
+                }
+            }
+        }
         for hook in HOOKS {
             let what = format!(
                 "tracepoint {}:{} (program {})",
