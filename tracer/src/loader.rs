@@ -231,17 +231,8 @@ impl Probes {
         let mut degraded = Vec::new();
         for &(name, event, loses) in RAW_HOOKS {
             let what = format!("raw tracepoint {event} (program {name})");
-            let prog: &mut RawTracePoint =
-                program(&mut ebpf, name)?
-                    .try_into()
-                    .map_err(|source| LoadError::Program {
-                        what: what.clone(),
-                        source,
-                    })?;
-            prog.load().map_err(|source| LoadError::Program {
-                what: what.clone(),
-                source,
-            })?;
+            let prog: &mut RawTracePoint = typed(&mut ebpf, name, &what)?;
+            prog.load().map_err(failed(&what))?;
             if let Err(source) = prog.attach(event) {
                 match loses {
                     None => return Err(LoadError::Program { what, source }),
@@ -274,18 +265,9 @@ impl Probes {
                     }
                 }
             }
-            let prog: &mut TracePoint =
-                program(&mut ebpf, hook.program)?
-                    .try_into()
-                    .map_err(|source| LoadError::Program {
-                        what: what.clone(),
-                        source,
-                    })?;
+            let prog: &mut TracePoint = typed(&mut ebpf, hook.program, &what)?;
             if prog.fd().is_err() {
-                prog.load().map_err(|source| LoadError::Program {
-                    what: what.clone(),
-                    source,
-                })?;
+                prog.load().map_err(failed(&what))?;
             }
             prog.attach(hook.category, hook.name)
                 .map_err(|source| LoadError::Program { what, source })?;
@@ -297,17 +279,8 @@ impl Probes {
             ("fault_done_major", SoftwareEvent::PageFaultsMaj),
         ] {
             let what = format!("perf event {event:?} (program {name})");
-            let prog: &mut PerfEvent =
-                program(&mut ebpf, name)?
-                    .try_into()
-                    .map_err(|source| LoadError::Program {
-                        what: what.clone(),
-                        source,
-                    })?;
-            prog.load().map_err(|source| LoadError::Program {
-                what: what.clone(),
-                source,
-            })?;
+            let prog: &mut PerfEvent = typed(&mut ebpf, name, &what)?;
+            prog.load().map_err(failed(&what))?;
             for &cpu in &cpus {
                 prog.attach(
                     PerfEventConfig::Software(event),
@@ -362,6 +335,22 @@ impl Probes {
             .map(KernelCounterMap)
             .map_err(|e| LoadError::Map(maps::COUNTERS, e.to_string()))
     }
+}
+
+/// Builds the error for a failed load or attach of `what`.
+fn failed(what: &str) -> impl FnOnce(aya::programs::ProgramError) -> LoadError + '_ {
+    move |source| LoadError::Program {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// The program `name`, as type `P`.
+fn typed<'a, P>(ebpf: &'a mut Ebpf, name: &str, what: &str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    program(ebpf, name)?.try_into().map_err(failed(what))
 }
 
 fn program<'a>(

@@ -102,15 +102,15 @@ fn build() -> Result<()> {
 fn test(filter: Option<String>) -> Result<()> {
     build()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--release",
+    let packages = [
         "-p",
         "tracer",
         "-p",
         "tracer-common",
         "-p",
         "memtrace-tests",
+    ];
+    run(cargo().args(["clippy", "--release"]).args(packages).args([
         "-p",
         "xtask",
         "--all-targets",
@@ -119,19 +119,10 @@ fn test(filter: Option<String>) -> Result<()> {
         "warnings",
     ]))?;
     let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--release",
-        "--no-fail-fast",
-        "-p",
-        "tracer",
-        "-p",
-        "tracer-common",
-        "-p",
-        "memtrace-tests",
-    ])
-    .env("MEMTRACE_BIN", bin("redis-memtrace"))
-    .arg("--");
+    cmd.args(["test", "--release", "--no-fail-fast"])
+        .args(packages)
+        .env("MEMTRACE_BIN", bin("redis-memtrace"))
+        .arg("--");
     if let Some(f) = filter {
         cmd.arg(f);
     }
