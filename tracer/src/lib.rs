@@ -6,6 +6,7 @@
 //! timelines.
 
 pub mod analysis;
+pub mod attribution;
 pub mod classify;
 pub mod clock;
 pub mod counts;
@@ -13,6 +14,8 @@ pub mod fork_epochs;
 pub mod loader;
 pub mod reader;
 pub mod record;
+pub mod redis;
+pub mod samples;
 pub mod target;
 pub mod timeline;
 pub mod tracefs;

@@ -1,0 +1,5 @@
+//! Attribution of faults to Redis commands, keys, cluster slots and internal phases.
+
+pub mod keys;
+pub mod keyslot;
+pub mod top_n;

@@ -1,0 +1,5 @@
+//! Everything that knows about a running redis-server: where it is, how its memory is
+//! laid out, and what INFO says.
+
+pub mod info;
+pub mod locate;
