@@ -13,6 +13,8 @@ pub mod maps {
     pub const TRACED: &str = "TRACED";
     /// Per-CPU kernel-side counters, indexed by [`crate::counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `tgid -> RedisLayout` for traced Redis servers (attribution on).
+    pub const REDIS: &str = "REDIS";
 }
 
 /// Name of the global [`Config`] variable in the eBPF object.
@@ -32,6 +34,8 @@ pub mod kind {
     pub const SWAP_ENTS: u32 = 5;
     /// Reclaim wrote an anonymous page to swap from a traced process's context.
     pub const SWAP_WRITE: u32 = 6;
+    /// What a Redis thread was doing when a fault began; a [`crate::ContextEvent`].
+    pub const CONTEXT: u32 = 7;
 }
 
 /// Bits of [`Event::flags`] for [`kind::FAULT`]: what the kernel did while the fault ran.
@@ -78,6 +82,154 @@ pub mod role {
     pub const TARGET: u32 = 1;
     /// A process forked by a traced process.
     pub const CHILD: u32 = 2;
+    /// Or-ed into the role of a Redis server whose layout is in [`crate::maps::REDIS`]:
+    /// its faults carry a [`crate::ContextEvent`].
+    pub const ATTRIBUTE: u32 = 0x100;
+    /// The role without flag bits.
+    pub const MASK: u32 = 0xff;
+}
+
+/// Values of [`ContextEvent::phase`]: what the faulting Redis thread was doing.
+pub mod phase {
+    /// Executing a command: `cmd`, `argc` and `key` are filled in.
+    pub const COMMAND: u32 = 0;
+    /// The main thread outside a command; the innermost Redis function recognised on its
+    /// stack is `FIRST_RANGE + i` for the layout's range `i`.
+    pub const FIRST_RANGE: u32 = 1;
+    /// The main thread outside a command, in nothing recognised.
+    pub const MAIN_OTHER: u32 = 100;
+    /// A thread other than the main one; `cmd` holds the thread's name (`comm`).
+    pub const THREAD: u32 = 101;
+    /// The server's memory could not be read (e.g. the page holding `server` is not
+    /// resident).
+    pub const UNREADABLE: u32 = 102;
+}
+
+/// Bits of [`ContextEvent::flags`].
+pub mod context_flags {
+    /// The key argument is an integer-encoded object: `key_len` holds the value.
+    pub const KEY_INT: u32 = 1 << 0;
+    /// The command has a key argument (`argc > 1`) and it was read.
+    pub const HAS_KEY: u32 = 1 << 1;
+    /// The user stack could not be read for phase detection.
+    pub const NO_STACK: u32 = 1 << 2;
+}
+
+/// Longest key prefix the kernel copies (userspace may keep less).
+pub const KEY_CAP: usize = 256;
+/// Longest command or thread name the kernel copies.
+pub const NAME_CAP: usize = 32;
+/// Phase ranges a [`RedisLayout`] can carry.
+pub const PHASE_RANGES: usize = 8;
+/// Stack words scanned for return addresses when the main thread is outside a command.
+pub const STACK_WORDS: usize = 192;
+
+/// Where a running Redis server keeps what attribution needs, in its own address space:
+/// the address of the global `server` and the offsets of a few fields of Redis's
+/// `struct redisServer`, `client` and `redisCommand`. Derived by the loader from the
+/// binary's symbols and verified against the live process before use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedisLayout {
+    /// Run-time address of `server`.
+    pub server_addr: u64,
+    /// `server.current_client` (client executing a command, or NULL).
+    pub off_current_client: u32,
+    /// `server.stat_numcommands` (changes between commands: dedups context events).
+    pub off_stat_numcommands: u32,
+    /// `client.argc`.
+    pub off_client_argc: u32,
+    /// `client.argv`.
+    pub off_client_argv: u32,
+    /// `client.cmd`.
+    pub off_client_cmd: u32,
+    /// `redisCommand` name pointer (`declared_name` in 7.x, `name` in 6.x).
+    pub off_cmd_name: u32,
+    /// Key bytes to copy (at most [`KEY_CAP`]).
+    pub key_max: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Start addresses of the functions that name a phase (0 = unused).
+    pub range_lo: [u64; PHASE_RANGES],
+    /// End addresses (exclusive).
+    pub range_hi: [u64; PHASE_RANGES],
+}
+const _: () = assert!(core::mem::size_of::<RedisLayout>() == 168);
+
+/// What a Redis thread was doing when one of its faults began. Emitted at fault entry
+/// only when it differs from the thread's previous context, so a fault is attributed to
+/// the latest context of its thread with `ts_ns` at or before the fault's own.
+///
+/// The first 20 bytes match [`Event`] (`ts_ns`, `kind`, `tgid`, `tid`), so a reader can
+/// tell the two apart by `kind`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextEvent {
+    /// Monotonic timestamp: the entry of the fault that found this context.
+    pub ts_ns: u64,
+    /// Always [`kind::CONTEXT`].
+    pub kind: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// One of [`phase`].
+    pub phase: u32,
+    /// `server.current_client` (0 outside commands).
+    pub client: u64,
+    /// `server.stat_numcommands` at the fault.
+    pub seq: u64,
+    /// `client.argc`.
+    pub argc: u32,
+    /// [`context_flags`].
+    pub flags: u32,
+    /// Original key length in bytes (or the integer value with `KEY_INT`).
+    pub key_len: u64,
+    /// Bytes of `key` that are valid.
+    pub key_captured: u32,
+    /// Bytes of `name` that are valid.
+    pub name_len: u32,
+    /// Command name (lowercase as Redis declares it) or thread name.
+    pub name: [u8; NAME_CAP],
+    /// First key argument, truncated to `key_captured` bytes.
+    pub key: [u8; KEY_CAP],
+}
+/// Size of [`ContextEvent`] on the wire.
+pub const CONTEXT_SIZE: usize = 352;
+const _: () = assert!(core::mem::size_of::<ContextEvent>() == CONTEXT_SIZE);
+
+impl ContextEvent {
+    /// Decodes a context event from ring-buffer bytes by copy; `None` when too short or
+    /// not a context.
+    pub fn from_bytes(bytes: &[u8]) -> Option<ContextEvent> {
+        if bytes.len() < CONTEXT_SIZE {
+            return None;
+        }
+        // SAFETY: length checked; plain old data of integers and byte arrays, no invalid
+        // bit patterns; read_unaligned makes no alignment assumption.
+        let ev = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<ContextEvent>()) };
+        (ev.kind == kind::CONTEXT).then_some(ev)
+    }
+
+    /// An all-zero context (for tests and builders).
+    pub const fn zeroed() -> ContextEvent {
+        ContextEvent {
+            ts_ns: 0,
+            kind: kind::CONTEXT,
+            tgid: 0,
+            tid: 0,
+            phase: 0,
+            client: 0,
+            seq: 0,
+            argc: 0,
+            flags: 0,
+            key_len: 0,
+            key_captured: 0,
+            name_len: 0,
+            name: [0; NAME_CAP],
+            key: [0; KEY_CAP],
+        }
+    }
 }
 
 /// Indices into the [`maps::COUNTERS`] per-CPU array.
@@ -188,8 +340,16 @@ pub struct Inflight {
     pub flags: u32,
     /// 1 while a fault is in progress on the thread, 0 between faults.
     pub active: u32,
+    /// Client of the last context emitted for this thread.
+    pub ctx_client: u64,
+    /// `stat_numcommands` of the last context emitted for this thread.
+    pub ctx_seq: u64,
+    /// Phase of the last context emitted, plus one (0: none emitted yet).
+    pub ctx_phase: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Inflight>() == 32);
+const _: () = assert!(core::mem::size_of::<Inflight>() == 56);
 
 /// Marks a tracepoint field that this kernel does not have.
 pub const FIELD_ABSENT: u32 = u32::MAX;
@@ -262,4 +422,6 @@ mod user {
     unsafe impl aya::Pod for super::Inflight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RedisLayout {}
 }

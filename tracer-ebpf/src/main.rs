@@ -14,14 +14,19 @@
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes, bpf_task_pt_regs, generated,
+    },
     macros::{map, perf_event, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{PerfEventContext, RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    CLONE_THREAD, Config, Event, FIELD_ABSENT, GFP_MOVABLE, Inflight, RECLAIM_WB_ANON, counter,
-    exit_flags, fault_flags as ff, kind, role, rss_member, swap_flags,
+    CLONE_THREAD, Config, ContextEvent, Event, FIELD_ABSENT, GFP_MOVABLE, Inflight, KEY_CAP,
+    NAME_CAP, PHASE_RANGES, RECLAIM_WB_ANON, RedisLayout, STACK_WORDS, context_flags, counter,
+    exit_flags, fault_flags as ff, kind, phase, role, rss_member, swap_flags,
 };
 
 /// Tracepoint field offsets; overwritten by the loader before load.
@@ -52,6 +57,14 @@ static CLONE_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0)
 /// from other contexts (kswapd, process_madvise) can be attributed.
 #[map]
 static MM_OWNER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// tgid -> where the Redis server keeps what attribution reads.
+#[map]
+static REDIS: HashMap<u32, RedisLayout> = HashMap::with_max_entries(64, 0);
+
+/// Per-CPU scratch for the user stack words scanned by phase detection.
+#[map]
+static STACK: PerCpuArray<[u64; STACK_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Kernel-side counters (see `tracer_common::counter`).
 #[map]
@@ -126,44 +139,301 @@ fn current() -> (u32, u32) {
 
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
-    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), 0);
+    // For a user-mode fault `regs` are the user registers: the stack to scan.
+    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), 0, ctx.arg::<u64>(1));
     0
 }
 
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
-    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), ff::KERNEL_MODE);
+    // `regs` are kernel registers here; the user ones are looked up only if needed.
+    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), ff::KERNEL_MODE, 0);
     0
 }
 
 #[inline(always)]
-fn fault_entry(addr: u64, error_code: u64, mode: u32) {
+fn fault_entry(addr: u64, error_code: u64, mode: u32, user_regs: u64) {
     let (tgid, tid) = current();
-    if !is_traced(tgid) {
+    // SAFETY: value copied out immediately.
+    let Some(traced_as) = (unsafe { TRACED.get(tgid) }).copied() else {
         return;
-    }
+    };
     if addr >= USER_TOP {
         return; // a kernel address: not this process's memory
     }
-    let fresh = Inflight {
-        ts_ns: now_ns(),
-        addr,
-        error_code,
-        flags: mode,
-        active: 1,
-    };
-    if let Some(slot) = INFLIGHT.get_ptr_mut(tid) {
-        // SAFETY: the slot belongs to this thread; no other thread uses this tid's key.
-        unsafe {
-            if (*slot).active != 0 {
-                // The previous fault never completed (error, or a retry that went back
-                // to user space): report it rather than merge evidence of two faults.
-                emit(fault_event(&*slot, tgid, tid, ff::INCOMPLETE, 0));
+    let ts_ns = now_ns();
+    let slot = match INFLIGHT.get_ptr_mut(tid) {
+        Some(slot) => {
+            // SAFETY: the slot belongs to this thread; no other thread uses this tid's key.
+            unsafe {
+                if (*slot).active != 0 {
+                    // The previous fault never completed (error, or a retry that went
+                    // back to user space): report it rather than merge two faults.
+                    emit(fault_event(&*slot, tgid, tid, ff::INCOMPLETE, 0));
+                }
+                // Field by field: the context-dedup fields survive from fault to fault.
+                (*slot).ts_ns = ts_ns;
+                (*slot).addr = addr;
+                (*slot).error_code = error_code;
+                (*slot).flags = mode;
+                (*slot).active = 1;
             }
-            *slot = fresh;
+            slot
         }
-    } else if INFLIGHT.insert(tid, fresh, 0).is_err() {
-        bump(counter::INFLIGHT_FULL);
+        None => {
+            let fresh = Inflight {
+                ts_ns,
+                addr,
+                error_code,
+                flags: mode,
+                active: 1,
+                ctx_client: 0,
+                ctx_seq: 0,
+                ctx_phase: 0,
+                _pad: 0,
+            };
+            if INFLIGHT.insert(tid, fresh, 0).is_err() {
+                bump(counter::INFLIGHT_FULL);
+                return;
+            }
+            match INFLIGHT.get_ptr_mut(tid) {
+                Some(slot) => slot,
+                None => return,
+            }
+        }
+    };
+    if traced_as & role::ATTRIBUTE != 0 {
+        redis_context(tgid, tid, ts_ns, slot, user_regs);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis attribution
+// ---------------------------------------------------------------------------------------
+//
+// Nothing runs per command: when a fault of the Redis server begins, the faulting thread
+// is the one doing the work, in Redis's own address space, so what it is executing is read
+// from the exported global `server` right then (`current_client`, its `cmd` and `argv`).
+// A context event goes out only when it differs from the thread's previous one.
+
+/// Offset of `sp` in x86-64 `struct pt_regs`.
+const PT_REGS_SP: u64 = 19 * 8;
+
+#[inline(always)]
+fn read_user<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user never faults: a bad or non-resident address is an error.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn redis_context(tgid: u32, tid: u32, ts_ns: u64, slot: *mut Inflight, user_regs: u64) {
+    // SAFETY: value used while the program runs; the map entry is only replaced by the
+    // loader between runs of the same server.
+    let Some(layout) = (unsafe { REDIS.get(tgid) }) else {
+        return;
+    };
+    if tid != tgid {
+        // Not the main thread (bio, io threads, allocator): its name says what it is.
+        // SAFETY: slot owned by this thread.
+        if unsafe { (*slot).ctx_phase } == phase::THREAD + 1 {
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { (*slot).ctx_phase = phase::THREAD + 1 };
+        emit_context(ts_ns, tgid, tid, phase::THREAD, 0, 0, 0, layout);
+        return;
+    }
+    let client = read_user::<u64>(layout.server_addr + layout.off_current_client as u64);
+    let seq = read_user::<u64>(layout.server_addr + layout.off_stat_numcommands as u64);
+    let (ph, client, seq, flags) = match (client, seq) {
+        (Some(0), Some(seq)) => {
+            let (ph, flags) = main_thread_phase(layout, user_regs);
+            (ph, 0, seq, flags)
+        }
+        (Some(c), Some(seq)) => (phase::COMMAND, c, seq, 0),
+        _ => (phase::UNREADABLE, 0, 0, 0),
+    };
+    // SAFETY: slot owned by this thread.
+    unsafe {
+        if (*slot).ctx_phase == ph + 1 && (*slot).ctx_client == client && (*slot).ctx_seq == seq
+        {
+            return;
+        }
+        (*slot).ctx_phase = ph + 1;
+        (*slot).ctx_client = client;
+        (*slot).ctx_seq = seq;
+    }
+    emit_context(ts_ns, tgid, tid, ph, client, seq, flags, layout);
+}
+
+/// Which Redis function the main thread is in, outside any command: the innermost
+/// return address on its user stack that falls in one of the layout's ranges. The
+/// binary has no frame pointers, so the stack is scanned word by word.
+#[inline(always)]
+fn main_thread_phase(layout: &RedisLayout, user_regs: u64) -> (u32, u32) {
+    let regs = if user_regs != 0 {
+        user_regs
+    } else {
+        // SAFETY: helpers without preconditions; the result is only read through
+        // bpf_probe_read_kernel.
+        unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
+    };
+    // SAFETY: probe read of a kernel pointer; failure is handled.
+    let Ok(sp) = (unsafe { bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64) }) else {
+        return (phase::MAIN_OTHER, context_flags::NO_STACK);
+    };
+    let Some(words) = STACK.get_ptr_mut(0) else {
+        return (phase::MAIN_OTHER, context_flags::NO_STACK);
+    };
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let words = unsafe { &mut *words };
+    // SAFETY: bounded copy into our own buffer; a short stack fails cleanly.
+    let read = unsafe {
+        generated::bpf_probe_read_user(
+            words.as_mut_ptr().cast(),
+            (STACK_WORDS * 8) as u32,
+            sp as *const core::ffi::c_void,
+        )
+    };
+    if read != 0 {
+        return (phase::MAIN_OTHER, context_flags::NO_STACK);
+    }
+    let mut i = 0;
+    while i < STACK_WORDS {
+        let w = words[i];
+        let mut r = 0;
+        while r < PHASE_RANGES {
+            if w >= layout.range_lo[r] && w < layout.range_hi[r] {
+                return (phase::FIRST_RANGE + r as u32, 0);
+            }
+            r += 1;
+        }
+        i += 1;
+    }
+    (phase::MAIN_OTHER, 0)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit_context(
+    ts_ns: u64,
+    tgid: u32,
+    tid: u32,
+    ph: u32,
+    client: u64,
+    seq: u64,
+    flags: u32,
+    layout: &RedisLayout,
+) {
+    let Some(mut entry) = EVENTS.reserve::<ContextEvent>(0) else {
+        bump(counter::LOST);
+        return;
+    };
+    // SAFETY: reserved ring-buffer memory of the right size; initialised completely
+    // here before any field is read or the event is submitted.
+    let ev = unsafe {
+        let raw = entry.as_mut_ptr();
+        core::ptr::write_bytes(raw, 0, 1);
+        &mut *raw
+    };
+    ev.ts_ns = ts_ns;
+    ev.kind = kind::CONTEXT;
+    ev.tgid = tgid;
+    ev.tid = tid;
+    ev.phase = ph;
+    ev.client = client;
+    ev.seq = seq;
+    ev.flags = flags;
+    if ph == phase::THREAD {
+        if let Ok(comm) = bpf_get_current_comm() {
+            let n = comm.len().min(NAME_CAP);
+            ev.name[..n].copy_from_slice(&comm[..n]);
+            ev.name_len = n as u32;
+        }
+    } else if ph == phase::COMMAND {
+        command_details(ev, client, layout);
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+}
+
+/// Fills in the command name and first key of the client executing a command.
+#[inline(always)]
+fn command_details(ev: &mut ContextEvent, client: u64, layout: &RedisLayout) {
+    if let Some(cmd) = read_user::<u64>(client + layout.off_client_cmd as u64)
+        && cmd != 0
+        && let Some(name) = read_user::<u64>(cmd + layout.off_cmd_name as u64)
+    {
+        // SAFETY: bounded string copy into the event.
+        if let Ok(n) = unsafe { bpf_probe_read_user_str_bytes(name as *const u8, &mut ev.name) }
+            .map(|b| b.len())
+        {
+            ev.name_len = n as u32;
+        }
+    }
+    let argc = read_user::<i32>(client + layout.off_client_argc as u64).unwrap_or(0);
+    ev.argc = argc.max(0) as u32;
+    if argc < 2 {
+        return;
+    }
+    let Some(argv) = read_user::<u64>(client + layout.off_client_argv as u64) else {
+        return;
+    };
+    // argv[1] is the first key of nearly every keyed command (userspace knows which
+    // commands have none).
+    let Some(obj) = read_user::<u64>(argv + 8) else {
+        return;
+    };
+    // robj: `unsigned type:4, encoding:4, lru:24; int refcount; void *ptr;`
+    let (Some(head), Some(ptr)) = (read_user::<u32>(obj), read_user::<u64>(obj + 8)) else {
+        return;
+    };
+    let encoding = (head >> 4) & 0xf;
+    const OBJ_ENCODING_RAW: u32 = 0;
+    const OBJ_ENCODING_INT: u32 = 1;
+    const OBJ_ENCODING_EMBSTR: u32 = 8;
+    if encoding == OBJ_ENCODING_INT {
+        ev.key_len = ptr;
+        ev.flags |= context_flags::KEY_INT | context_flags::HAS_KEY;
+        return;
+    }
+    if encoding != OBJ_ENCODING_RAW && encoding != OBJ_ENCODING_EMBSTR {
+        return;
+    }
+    let Some(len) = sds_len(ptr) else {
+        return;
+    };
+    ev.key_len = len;
+    ev.flags |= context_flags::HAS_KEY;
+    let max = (layout.key_max as u64).min(KEY_CAP as u64);
+    let n = if len < max { len } else { max };
+    let n = n as u32;
+    if n == 0 || n > KEY_CAP as u32 {
+        return;
+    }
+    // SAFETY: n is bounded by KEY_CAP, the size of the destination.
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            ev.key.as_mut_ptr().cast(),
+            n,
+            ptr as *const core::ffi::c_void,
+        )
+    };
+    if rc == 0 {
+        ev.key_captured = n;
+    }
+}
+
+/// Length of an sds string from its header (the byte before the string holds the type).
+#[inline(always)]
+fn sds_len(s: u64) -> Option<u64> {
+    let flags = read_user::<u8>(s - 1)?;
+    match flags & 7 {
+        0 => Some((flags >> 3) as u64),                // SDS_TYPE_5
+        1 => read_user::<u8>(s - 3).map(|v| v as u64), // SDS_TYPE_8: len, alloc, flags
+        2 => read_user::<u16>(s - 5).map(|v| v as u64),
+        3 => read_user::<u32>(s - 9).map(|v| v as u64),
+        4 => read_user::<u64>(s - 17),
+        _ => None,
     }
 }
 

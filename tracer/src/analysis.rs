@@ -1,12 +1,16 @@
 //! The pure core: turns the kernel's event stream into timeline records, fork epochs and
 //! a summary. No I/O; unit-tested with recorded streams.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
-use tracer_common::{Event, exit_flags, fault_flags as ff, kind, swap_flags};
+use tracer_common::{ContextEvent, Event, exit_flags, fault_flags as ff, kind, swap_flags};
 
 use crate::{
+    attribution::{
+        aggregate::{AggregateReport, Aggregates},
+        context::{Attribution, Attributor},
+    },
     classify::{FaultKind, classify, is_huge},
     counts::KindCounts,
     fork_epochs::{Epoch, ForkEpochs, Role},
@@ -40,6 +44,8 @@ pub enum Record {
         latency_ns: u64,
         /// Raw evidence bits (`tracer_common::fault_flags`).
         flags: u32,
+        /// Command/key or phase, when attribution is on.
+        attribution: Option<Arc<Attribution>>,
     },
     /// The target or a child forked.
     Fork {
@@ -167,6 +173,33 @@ pub struct Summary {
     pub events_received: u64,
     /// Events of a kind this version does not know.
     pub unknown_events: u64,
+    /// Faults by command, key, slot and phase (Redis targets with attribution on).
+    pub attribution: Option<AggregateReport>,
+    /// Context events received from the kernel (attribution on).
+    pub context_events: u64,
+}
+
+/// How attribution is configured for a Redis target.
+#[derive(Debug, Clone)]
+pub struct AttributionOptions {
+    /// Labels of the kernel's phase ranges.
+    pub phases: Vec<Option<&'static str>>,
+    /// Key bytes kept.
+    pub key_max: usize,
+    /// Rows in each top-N table.
+    pub top_n: usize,
+    /// Keys each heavy-hitters sketch tracks.
+    pub key_capacity: usize,
+}
+
+#[derive(Debug)]
+struct AttributionState {
+    attributor: Attributor,
+    total: Aggregates,
+    per_epoch: HashMap<u32, Aggregates>,
+    fork_child: Arc<Attribution>,
+    top_n: usize,
+    key_capacity: usize,
 }
 
 /// Consumes kernel events in arrival order.
@@ -178,6 +211,7 @@ pub struct Analyzer {
     swap_bytes: HashMap<u32, u64>,
     target_exit_ns: Option<u64>,
     last_ts: u64,
+    attribution: Option<AttributionState>,
 }
 
 impl Analyzer {
@@ -194,7 +228,58 @@ impl Analyzer {
             swap_bytes,
             target_exit_ns: None,
             last_ts: 0,
+            attribution: None,
         }
+    }
+
+    /// Turns attribution on (the target is a Redis server whose layout the kernel has).
+    pub fn enable_attribution(&mut self, opts: AttributionOptions) {
+        self.attribution = Some(AttributionState {
+            attributor: Attributor::new(opts.phases, opts.key_max),
+            total: Aggregates::new(opts.key_capacity),
+            per_epoch: HashMap::new(),
+            fork_child: Arc::new(Attribution::phase("fork-child")),
+            top_n: opts.top_n,
+            key_capacity: opts.key_capacity,
+        });
+    }
+
+    /// Processes a context event (what a Redis thread was doing).
+    pub fn process_context(&mut self, ev: &ContextEvent) {
+        self.summary.events_received += 1;
+        self.summary.context_events += 1;
+        self.last_ts = self.last_ts.max(ev.ts_ns);
+        if let Some(a) = self.attribution.as_mut()
+            && ev.tgid == self.target
+        {
+            a.attributor.on_context(ev);
+        }
+    }
+
+    /// Labels the epoch of fork child `child` (reason and Redis's own numbers).
+    pub fn label_epoch(
+        &mut self,
+        child: u32,
+        reason: Option<String>,
+        redis: Option<crate::fork_epochs::EpochRedisInfo>,
+    ) {
+        if let Some(e) = self.epochs.epoch_of_child_mut(child) {
+            if reason.is_some() {
+                e.reason = reason;
+            }
+            if redis.is_some() {
+                e.redis = redis;
+            }
+        }
+    }
+
+    /// Mutable access to Redis's view of the epoch of `child` (to add numbers later).
+    pub fn epoch_redis_mut(
+        &mut self,
+        child: u32,
+    ) -> Option<&mut crate::fork_epochs::EpochRedisInfo> {
+        let e = self.epochs.epoch_of_child_mut(child)?;
+        Some(e.redis.get_or_insert_with(Default::default))
     }
 
     /// Registers a fork child that was running before tracing started.
@@ -239,6 +324,11 @@ impl Analyzer {
             }
             kind::EXIT => {
                 let process_exit = ev.flags & exit_flags::GROUP_DEAD != 0;
+                if ev.tgid == self.target
+                    && let Some(a) = self.attribution.as_mut()
+                {
+                    a.attributor.on_thread_exit(ev.tid);
+                }
                 let epoch = if process_exit {
                     if ev.tgid == self.target {
                         self.target_exit_ns = Some(ev.ts_ns);
@@ -288,6 +378,22 @@ impl Analyzer {
         s.kernel_mode_faults += count(ff::KERNEL_MODE);
         s.incomplete_faults += count(ff::INCOMPLETE);
         s.faults_with_reclaim += count(ff::RECLAIM);
+        let attribution = self.attribution.as_mut().and_then(|a| {
+            let at = match role {
+                Role::Child => Some(Arc::clone(&a.fork_child)),
+                Role::Parent if ev.tgid == self.target => a.attributor.for_thread(ev.tid),
+                Role::Parent => None,
+            };
+            a.total.add(kind, at.as_deref());
+            if let Some(id) = epoch {
+                let cap = a.key_capacity;
+                a.per_epoch
+                    .entry(id)
+                    .or_insert_with(|| Aggregates::new(cap))
+                    .add(kind, at.as_deref());
+            }
+            at
+        });
         Record::Fault {
             ts_ns: ev.ts_ns,
             pid: ev.tgid,
@@ -299,6 +405,7 @@ impl Analyzer {
             error_code: ev.arg,
             latency_ns: ev.duration_ns,
             flags: ev.flags,
+            attribution,
         }
     }
 
@@ -333,6 +440,17 @@ impl Analyzer {
     /// Ends the run at `end_ts`: open epochs are closed there.
     pub fn finish(mut self, end_ts: u64) -> (Vec<Epoch>, Summary) {
         self.epochs.close_all(end_ts.max(self.last_ts));
+        if let Some(a) = &self.attribution {
+            self.summary.attribution = Some(a.total.report(a.top_n));
+            for e in self.epochs.epochs_mut() {
+                e.attribution = Some(
+                    a.per_epoch
+                        .get(&e.id)
+                        .map(|agg| agg.report(a.top_n))
+                        .unwrap_or_default(),
+                );
+            }
+        }
         (self.epochs.epochs().to_vec(), self.summary)
     }
 

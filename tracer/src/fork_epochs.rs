@@ -53,6 +53,26 @@ pub struct Epoch {
     pub end_reason: Option<&'static str>,
     /// Faults during the epoch.
     pub faults: EpochFaults,
+    /// Why Redis forked: `bgsave`, `aof-rewrite`, `replication`, `module`, `other`
+    /// (absent when the target is not a Redis server with attribution on).
+    pub reason: Option<String>,
+    /// What Redis itself reported about this fork, when INFO was reachable.
+    pub redis: Option<EpochRedisInfo>,
+    /// Attributed faults of the epoch (parent and child).
+    pub attribution: Option<crate::attribution::aggregate::AggregateReport>,
+}
+
+/// Redis's own view of one fork, side by side with the tracer's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EpochRedisInfo {
+    /// How the reason was found (`server.child_type`, `INFO`, `child title`).
+    pub reason_source: String,
+    /// INFO `latest_fork_usec` read right after the fork.
+    pub latest_fork_usec: Option<u64>,
+    /// Tracer's fork duration minus Redis's, microseconds (positive: tracer longer).
+    pub fork_usec_difference: Option<i64>,
+    /// INFO `rdb_last_cow_size` (or `aof_last_cow_size`) after the child exited, bytes.
+    pub last_cow_size: Option<u64>,
 }
 
 impl Epoch {
@@ -110,6 +130,9 @@ impl ForkEpochs {
             started_before_trace: before,
             end_reason: None,
             faults: EpochFaults::default(),
+            reason: None,
+            redis: None,
+            attribution: None,
         });
         self.member.insert(child, id);
         id
@@ -173,6 +196,16 @@ impl ForkEpochs {
             e.end_ns = Some(ts.max(e.start_ns));
             e.end_reason = Some("trace_end");
         }
+    }
+
+    /// The latest epoch of fork child `child`.
+    pub fn epoch_of_child_mut(&mut self, child: u32) -> Option<&mut Epoch> {
+        self.epochs.iter_mut().rev().find(|e| e.child_pid == child)
+    }
+
+    /// All epochs, in fork order, for labelling.
+    pub fn epochs_mut(&mut self) -> &mut [Epoch] {
+        &mut self.epochs
     }
 
     /// All epochs, in fork order.

@@ -14,7 +14,7 @@ use aya::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use tracer_common::{CONFIG_GLOBAL, Config, FIELD_ABSENT, counter, maps};
+use tracer_common::{CONFIG_GLOBAL, Config, FIELD_ABSENT, RedisLayout, counter, maps};
 
 use crate::tracefs::{self, Format, TracefsError};
 
@@ -307,6 +307,20 @@ impl Probes {
             degraded,
             attach_time: started.elapsed(),
         })
+    }
+
+    /// Gives the kernel the layout of the Redis server `pid`; trace it afterwards with
+    /// `role::TARGET | role::ATTRIBUTE` to turn attribution on.
+    pub fn set_redis_layout(&mut self, pid: u32, layout: RedisLayout) -> Result<(), LoadError> {
+        let mut map: BpfHashMap<_, u32, RedisLayout> = self
+            .ebpf
+            .map_mut(maps::REDIS)
+            .ok_or(LoadError::Map(maps::REDIS, "missing".into()))
+            .and_then(|m| {
+                BpfHashMap::try_from(m).map_err(|e| LoadError::Map(maps::REDIS, e.to_string()))
+            })?;
+        map.insert(pid, layout, 0)
+            .map_err(|e| LoadError::Map(maps::REDIS, e.to_string()))
     }
 
     /// Starts tracing `pid` with `role` (`tracer_common::role`).

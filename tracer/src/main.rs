@@ -33,7 +33,10 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let target = match (args.pid, args.command.is_empty()) {
         (Some(pid), true) => TargetSpec::Pid(pid),
         (None, false) => TargetSpec::Command(args.command),
-        (None, true) => anyhow::bail!("nothing to trace: give --pid PID or -- COMMAND ARGS..."),
+        (None, true) => match args.redis {
+            Some(addr) => TargetSpec::Redis(addr),
+            None => TargetSpec::AutoRedis,
+        },
         (Some(_), false) => anyhow::bail!("give either --pid or a command, not both"),
     };
     let opts = RecordOptions {
@@ -43,6 +46,10 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         ring_buffer_mb: args.ring_buffer_mb,
         poll_interval: Duration::from_millis(args.poll_ms.max(1)),
         quiet: args.quiet,
+        attribution: !args.no_attribution,
+        key_max: args.key_bytes as usize,
+        top_n: args.top.max(1),
+        interval: args.interval.max(Duration::from_millis(10)),
     };
     record(&opts)?;
     Ok(ExitCode::SUCCESS)

@@ -15,7 +15,26 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tracer_common::Event;
+use tracer_common::{ContextEvent, Event, kind};
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone)]
+pub enum Raw {
+    /// A fixed-size event.
+    Event(Event),
+    /// What a Redis thread was doing (boxed: it is seven times larger).
+    Context(Box<ContextEvent>),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Option<Raw> {
+    let ev = Event::from_bytes(bytes)?;
+    if ev.kind == kind::CONTEXT {
+        ContextEvent::from_bytes(bytes).map(|c| Raw::Context(Box::new(c)))
+    } else {
+        Some(Raw::Event(ev))
+    }
+}
 
 /// Events per batch handed to the analysis thread.
 const BATCH: usize = 8192;
@@ -33,7 +52,7 @@ pub struct ReaderStats {
 /// what is left once more and returns.
 pub fn spawn(
     mut ring: RingBuf<MapData>,
-    tx: SyncSender<Vec<Event>>,
+    tx: SyncSender<Vec<Raw>>,
     stop: Arc<AtomicBool>,
     interval: Duration,
 ) -> std::io::Result<JoinHandle<ReaderStats>> {
@@ -45,8 +64,8 @@ pub fn spawn(
                 let stopping = stop.load(Ordering::Acquire);
                 let mut batch = Vec::with_capacity(BATCH);
                 while let Some(item) = ring.next() {
-                    match Event::from_bytes(&item) {
-                        Some(ev) => batch.push(ev),
+                    match decode(&item) {
+                        Some(raw) => batch.push(raw),
                         None => stats.malformed += 1,
                     }
                     if batch.len() == BATCH {

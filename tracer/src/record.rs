@@ -15,11 +15,17 @@ use anyhow::{Context, Result, bail};
 use tracer_common::role;
 
 use crate::{
-    analysis::{Analyzer, Summary},
+    analysis::{Analyzer, Record, Summary},
     clock,
     fork_epochs::Epoch,
     loader::{ProbeOptions, Probes},
-    reader,
+    reader::{self, Raw},
+    redis::{
+        info::{ConnSpec, parse_target},
+        locate,
+        session::RedisSession,
+    },
+    samples::Sampler,
     target::{self, ProcessId},
     timeline::{EndInfo, RunInfo, Trailer, json::JsonTimeline},
 };
@@ -31,6 +37,10 @@ pub enum TargetSpec {
     Pid(u32),
     /// A command to launch and trace from its first instruction.
     Command(Vec<String>),
+    /// A Redis server by address (`HOST:PORT` or a `redis://` URL); must run here.
+    Redis(String),
+    /// The only redis-server running on this machine.
+    AutoRedis,
 }
 
 /// Options of one recording.
@@ -48,6 +58,14 @@ pub struct RecordOptions {
     pub poll_interval: Duration,
     /// No progress output.
     pub quiet: bool,
+    /// Attribute faults of a Redis target to commands, keys and phases.
+    pub attribution: bool,
+    /// Key bytes kept per key.
+    pub key_max: usize,
+    /// Rows of each top-N table.
+    pub top_n: usize,
+    /// Memory sampling interval.
+    pub interval: Duration,
 }
 
 /// Outcome of a recording, for callers that want the numbers.
@@ -78,9 +96,26 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     }
 
     // Launch before any thread exists (fork in a single-threaded process).
+    let mut warnings: Vec<String> = Vec::new();
+    let mut redis_spec: Option<ConnSpec> = None;
     let (mut launched, target_info, target_id) = match &opts.target {
         TargetSpec::Pid(pid) => {
             let (info, id) = target::describe(*pid)?;
+            (None, info, id)
+        }
+        TargetSpec::Redis(spec) => {
+            let resolved = locate::resolve_redis(spec, Duration::from_secs(2))?;
+            warnings.extend(resolved.warnings);
+            redis_spec = resolved.conn.map(|c| c.spec().clone());
+            if redis_spec.is_none() {
+                redis_spec = parse_target(spec).ok();
+            }
+            let (info, id) = target::describe(resolved.pid)?;
+            (None, info, id)
+        }
+        TargetSpec::AutoRedis => {
+            let server = locate::auto_select()?;
+            let (info, id) = target::describe(server.pid)?;
             (None, info, id)
         }
         TargetSpec::Command(argv) => {
@@ -151,17 +186,45 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             "ring_buffer_mb": opts.ring_buffer_mb,
             "poll_interval_ns": opts.poll_interval.as_nanos() as u64,
             "degraded": probes.degraded,
+            "attribution": opts.attribution,
+            "key_max_bytes": opts.key_max,
+            "top_n": opts.top_n,
+            "interval_ns": opts.interval.as_nanos() as u64,
         }),
     };
     let mut analyzer = Analyzer::new(pid, target::swap_bytes(pid).or(Some(0)));
 
+    // Attribution for a running Redis: prove the layout, give it to the kernel, then
+    // start tracing with the attribution role. A launched command is tried once it runs.
+    let mut session: Option<RedisSession> = None;
+    let mut attribution_pending = opts.attribution && launched.is_some();
+    if opts.attribution && launched.is_none() {
+        match try_attribution(&mut probes, pid, redis_spec.clone(), opts, &mut analyzer) {
+            Ok(Some((s, w))) => {
+                warnings.extend(w);
+                session = Some(s);
+            }
+            Ok(None) => {}
+            Err(w) => warnings.push(w),
+        }
+    }
+    let target_role = if session.is_some() {
+        role::TARGET | role::ATTRIBUTE
+    } else {
+        role::TARGET
+    };
+
     let started = (|| -> Result<()> {
-        probes.trace(pid, role::TARGET)?;
+        probes.trace(pid, target_role)?;
         if launched.is_none() {
             target::still_running(target_id)?;
             for child in target::children(pid) {
                 probes.trace(child, role::CHILD)?;
                 analyzer.adopt_running_child(child, start_mono);
+                if let Some(s) = session.as_mut() {
+                    let (why, info) = s.on_fork(child);
+                    analyzer.label_epoch(child, why, Some(info));
+                }
             }
         }
         timeline
@@ -186,7 +249,25 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             target_info.comm,
             probes.attach_time.as_secs_f64() * 1e3
         );
+        if let Some(s) = &session {
+            eprintln!(
+                "redis-memtrace: Redis {} attribution on ({} layout, {})",
+                s.info.version,
+                s.info.layout.unwrap_or("?"),
+                if s.info.client_verified {
+                    "verified against a live client"
+                } else {
+                    "verified from process memory"
+                }
+            );
+        }
+        for w in &warnings {
+            eprintln!("redis-memtrace: warning: {w}");
+        }
     }
+    let mut sampler = start_sampler(pid, session.as_ref(), opts.interval);
+    let mut exited_children: std::collections::HashSet<u32> = Default::default();
+    let mut last_attribution_try = Instant::now();
 
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut exit_status = None;
@@ -196,16 +277,87 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(batch) => {
-                for ev in &batch {
-                    if let Some(record) = analyzer.process(ev) {
-                        timeline
-                            .write_record(&record)
-                            .context("writing the timeline")?;
+                for raw in &batch {
+                    let ev = match raw {
+                        Raw::Context(c) => {
+                            analyzer.process_context(c);
+                            continue;
+                        }
+                        Raw::Event(ev) => ev,
+                    };
+                    let Some(record) = analyzer.process(ev) else {
+                        continue;
+                    };
+                    match &record {
+                        Record::Fork {
+                            child_pid,
+                            epoch: Some(_),
+                            ..
+                        } => {
+                            if let Some(s) = session.as_mut() {
+                                let (why, info) = s.on_fork(*child_pid);
+                                analyzer.label_epoch(*child_pid, why, Some(info));
+                            }
+                        }
+                        Record::Exit {
+                            pid: p,
+                            process_exit: true,
+                            ..
+                        } => {
+                            exited_children.insert(*p);
+                        }
+                        _ => {}
                     }
+                    timeline
+                        .write_record(&record)
+                        .context("writing the timeline")?;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(s) = session.as_mut() {
+            for (child, bytes) in s.poll_cow_sizes(&|c| exited_children.contains(&c)) {
+                if let Some(r) = analyzer.epoch_redis_mut(child) {
+                    r.last_cow_size = Some(bytes);
+                }
+            }
+        }
+        if attribution_pending
+            && reason.is_none()
+            && last_attribution_try.elapsed() >= Duration::from_millis(200)
+            && let Some(p) = probes.as_mut()
+        {
+            // A launched server: try once it has exec'd and set itself up.
+            last_attribution_try = Instant::now();
+            if target::comm(pid).as_deref() == Some("redis-server") {
+                match try_attribution(p, pid, None, opts, &mut analyzer) {
+                    Ok(Some((s, w))) => {
+                        if let Err(e) = p.trace(pid, role::TARGET | role::ATTRIBUTE) {
+                            warnings.push(format!("cannot turn attribution on: {e}"));
+                        }
+                        if !opts.quiet {
+                            eprintln!(
+                                "redis-memtrace: Redis {} attribution on ({} layout)",
+                                s.info.version,
+                                s.info.layout.unwrap_or("?")
+                            );
+                            for w in &w {
+                                eprintln!("redis-memtrace: warning: {w}");
+                            }
+                        }
+                        warnings.extend(w);
+                        if sampler.is_none() {
+                            sampler = start_sampler(pid, Some(&s), opts.interval);
+                        }
+                        session = Some(s);
+                        attribution_pending = false;
+                    }
+                    Ok(None) => attribution_pending = false,
+                    // Not listening yet, or memory not set up: try again shortly.
+                    Err(_) => {}
+                }
+            }
         }
         if reason.is_none() {
             if stop.load(Ordering::Relaxed) {
@@ -247,14 +399,41 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         };
     }
 
+    // Redis publishes a fork's CoW size shortly after reaping the child: give it a second.
+    if let Some(s) = session.as_mut() {
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            for (child, bytes) in s.poll_cow_sizes(&|c| exited_children.contains(&c)) {
+                if let Some(r) = analyzer.epoch_redis_mut(child) {
+                    r.last_cow_size = Some(bytes);
+                }
+            }
+            if !s.has_pending(&|c| exited_children.contains(&c)) || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let (samples, sample_warnings) = sampler.take().map(Sampler::stop).unwrap_or_default();
+    warnings.extend(sample_warnings);
     let kernel = counters.read();
     let lost = kernel.ring_buffer_full;
-    let (epochs, summary) = analyzer.finish(end_mono);
+    let (mut epochs, summary) = analyzer.finish(end_mono);
+    for e in &mut epochs {
+        if let (Some(r), Some(ours)) = (e.redis.as_mut(), e.fork_duration_ns)
+            && let Some(theirs) = r.latest_fork_usec
+        {
+            r.fork_usec_difference = Some((ours / 1000) as i64 - theirs as i64);
+        }
+    }
     let trailer = Trailer {
         epochs: epochs.clone(),
         lost_events: lost,
         kernel,
         summary: summary.clone(),
+        redis: session.as_ref().map(|s| s.info.clone()),
+        samples,
+        warnings,
         end: EndInfo {
             reason: reason.unwrap_or("signal").to_string(),
             monotonic_end_ns: end_mono,
@@ -279,6 +458,40 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         lost_events: lost,
         target_exit_status: exit_status,
     })
+}
+
+/// Proves a layout for a Redis target and hands it to the kernel. `Ok(None)`: not a
+/// Redis server (nothing to attribute); `Err`: a warning saying why attribution is off.
+fn try_attribution(
+    probes: &mut Probes,
+    pid: u32,
+    spec: Option<ConnSpec>,
+    opts: &RecordOptions,
+    analyzer: &mut Analyzer,
+) -> Result<Option<(RedisSession, Vec<String>)>, String> {
+    let comm = target::comm(pid).unwrap_or_default();
+    match RedisSession::start(pid, spec, opts.key_max) {
+        Ok((session, warnings)) => {
+            probes
+                .set_redis_layout(pid, session.kernel_layout())
+                .map_err(|e| format!("attribution off: {e}"))?;
+            analyzer.enable_attribution(session.attribution_options(opts.top_n));
+            Ok(Some((session, warnings)))
+        }
+        Err(crate::redis::verify::VerifyError::NoServerSymbol) if comm != "redis-server" => {
+            Ok(None)
+        }
+        Err(e) => Err(format!(
+            "Redis attribution off, faults are still counted (attribution `unknown`): {e}"
+        )),
+    }
+}
+
+fn start_sampler(pid: u32, session: Option<&RedisSession>, interval: Duration) -> Option<Sampler> {
+    let conn = session.and_then(|s| s.spec()).and_then(|spec| {
+        crate::redis::info::RedisConn::open(spec, Duration::from_millis(500)).ok()
+    });
+    Sampler::spawn(pid, conn, interval).ok()
 }
 
 fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::path::Path) {

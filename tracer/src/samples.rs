@@ -1,1 +1,591 @@
-//! (being written)
+//! Memory samples on the timeline: the server's and its fork child's memory from
+//! /proc/PID/smaps_rollup, Redis's own view from `INFO`, and machine-wide swap traffic
+//! from /proc/vmstat, taken by a background thread at a fixed interval.
+//!
+//! Every `ts_ns` is CLOCK_MONOTONIC ([`crate::clock::monotonic_ns`]), the clock of the
+//! fault events, so samples and events share one time axis.
+//!
+//! Cost on the target: reading smaps_rollup walks the process's page tables under its
+//! mmap lock (milliseconds for a multi-GiB heap), and `INFO` runs on Redis's main thread;
+//! intervals of 100 ms or more keep both negligible.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, RecvTimeoutError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use procfs::process::{Process, SmapsRollup};
+
+use crate::{
+    clock,
+    redis::info::{Info, InfoError, RedisConn},
+};
+
+/// Samples kept at most (about 200 bytes each); later ones are counted, not kept.
+pub const MAX_SAMPLES: usize = 1_000_000;
+
+/// How often a lost Redis connection is retried while sampling.
+const INFO_RETRY: Duration = Duration::from_secs(10);
+
+/// Errors taking one sample.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// /proc/PID/smaps_rollup could not be read (process gone, kernel without it).
+    #[error("cannot read /proc/{pid}/smaps_rollup: {why}")]
+    Proc {
+        /// The process.
+        pid: u32,
+        /// The reason.
+        why: String,
+    },
+    /// `INFO` failed.
+    #[error(transparent)]
+    Info(#[from] InfoError),
+}
+
+/// One process's memory, from /proc/PID/smaps_rollup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProcMem {
+    /// Resident set size (`Rss`).
+    pub rss_bytes: u64,
+    /// Swapped out anonymous memory (`Swap`).
+    pub swap_bytes: u64,
+    /// Resident transparent huge pages (`AnonHugePages`).
+    pub anon_huge_bytes: u64,
+    /// Dirty pages mapped only by this process (`Private_Dirty`): in a fork child these
+    /// are the pages it has copied; in the parent, the ones no longer shared.
+    pub private_dirty_bytes: u64,
+}
+
+impl ProcMem {
+    /// Extracts the fields from a parsed smaps_rollup; `None` if it holds no mapping
+    /// (an exiting process reads as empty).
+    pub fn from_rollup(rollup: &SmapsRollup) -> Option<ProcMem> {
+        let map = &rollup.memory_map_rollup.0.first()?.extension.map;
+        // procfs has already converted the kB values to bytes.
+        let get = |key: &str| map.get(key).copied().unwrap_or(0);
+        Some(ProcMem {
+            rss_bytes: get("Rss"),
+            swap_bytes: get("Swap"),
+            anon_huge_bytes: get("AnonHugePages"),
+            private_dirty_bytes: get("Private_Dirty"),
+        })
+    }
+}
+
+/// Reads the memory of process `pid` from /proc/PID/smaps_rollup (Linux 4.14+).
+pub fn read_proc_mem(pid: u32) -> Result<ProcMem, SampleError> {
+    let fail = |why: String| SampleError::Proc { pid, why };
+    let proc_pid = i32::try_from(pid).map_err(|_| fail("not a PID".into()))?;
+    let rollup = Process::new(proc_pid)
+        .and_then(|p| p.smaps_rollup())
+        .map_err(|e| fail(e.to_string()))?;
+    ProcMem::from_rollup(&rollup).ok_or_else(|| fail("empty (process exiting?)".into()))
+}
+
+/// Redis's view of its memory, from `INFO`. Fields a server version does not report are
+/// `None` (e.g. `current_cow_size` is new in 6.2/7.0).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct InfoMem {
+    /// Bytes allocated by Redis (`used_memory`).
+    pub used_memory: Option<u64>,
+    /// RSS as Redis sees it (`used_memory_rss`).
+    pub used_memory_rss: Option<u64>,
+    /// `used_memory_rss / used_memory`.
+    pub mem_fragmentation_ratio: Option<f64>,
+    /// Allocator's allocated bytes.
+    pub allocator_allocated: Option<u64>,
+    /// Allocator's active pages, bytes.
+    pub allocator_active: Option<u64>,
+    /// Allocator's resident bytes.
+    pub allocator_resident: Option<u64>,
+    /// Configured limit, 0 for none.
+    pub maxmemory: Option<u64>,
+    /// Copy-on-write bytes of the running fork child.
+    pub current_cow_size: Option<u64>,
+    /// Copy-on-write bytes of the last RDB child.
+    pub rdb_last_cow_size: Option<u64>,
+    /// Duration of the last fork() call, µs.
+    pub latest_fork_usec: Option<u64>,
+    /// Forks since start (tells a fork between two samples).
+    pub total_forks: Option<u64>,
+    /// An RDB save (BGSAVE or replica full sync) is running.
+    pub rdb_bgsave_in_progress: bool,
+    /// An AOF rewrite is running.
+    pub aof_rewrite_in_progress: bool,
+}
+
+impl InfoMem {
+    /// Picks the memory fields out of a parsed `INFO` reply (memory, persistence and stats
+    /// sections).
+    pub fn from_info(info: &Info) -> InfoMem {
+        InfoMem {
+            used_memory: info.get_u64("used_memory"),
+            used_memory_rss: info.get_u64("used_memory_rss"),
+            mem_fragmentation_ratio: info.get_f64("mem_fragmentation_ratio"),
+            allocator_allocated: info.get_u64("allocator_allocated"),
+            allocator_active: info.get_u64("allocator_active"),
+            allocator_resident: info.get_u64("allocator_resident"),
+            maxmemory: info.get_u64("maxmemory"),
+            current_cow_size: info.get_u64("current_cow_size"),
+            rdb_last_cow_size: info.get_u64("rdb_last_cow_size"),
+            latest_fork_usec: info.get_u64("latest_fork_usec"),
+            total_forks: info.get_u64("total_forks"),
+            rdb_bgsave_in_progress: info.get_flag("rdb_bgsave_in_progress").unwrap_or(false),
+            aof_rewrite_in_progress: info.get_flag("aof_rewrite_in_progress").unwrap_or(false),
+        }
+    }
+}
+
+/// Runs `INFO` (default sections: one round trip, and multi-section `INFO a b` needs
+/// Redis 7) and extracts [`InfoMem`].
+pub fn query_info(conn: &mut RedisConn) -> Result<InfoMem, SampleError> {
+    Ok(InfoMem::from_info(&conn.info("")?))
+}
+
+/// One point on the timeline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC, ns.
+    pub ts_ns: u64,
+    /// The server's memory; `None` if /proc could not be read.
+    pub server: Option<ProcMem>,
+    /// A live fork child (PID, memory), if one exists.
+    pub child: Option<(u32, ProcMem)>,
+    /// Redis's `INFO`, when a connection was given and works.
+    pub info: Option<InfoMem>,
+    /// Pages swapped in machine-wide since the previous sample (`pswpin`).
+    pub pswpin_delta: Option<u64>,
+    /// Pages swapped out machine-wide since the previous sample (`pswpout`).
+    pub pswpout_delta: Option<u64>,
+}
+
+/// A live fork child of `pid` that is a redis-server (BGSAVE, AOF rewrite, replica sync).
+fn redis_child(pid: u32, have_children_file: bool) -> Option<u32> {
+    let kids = if have_children_file {
+        crate::target::children(pid)
+    } else {
+        // Without CONFIG_PROC_CHILDREN: find processes whose parent is `pid`.
+        procfs::process::all_processes()
+            .ok()?
+            .flatten()
+            .filter_map(|p| p.stat().ok())
+            .filter(|s| u32::try_from(s.ppid).ok() == Some(pid))
+            .filter_map(|s| u32::try_from(s.pid).ok())
+            .collect()
+    };
+    kids.into_iter().find(|&kid| {
+        Process::new(kid as i32)
+            .and_then(|p| p.stat())
+            .is_ok_and(|s| s.comm == "redis-server" && !matches!(s.state, 'Z' | 'X'))
+    })
+}
+
+/// `(pswpin, pswpout)` from /proc/vmstat.
+fn swap_counters() -> Option<(i64, i64)> {
+    let vm = procfs::vmstat().ok()?;
+    Some((*vm.get("pswpin")?, *vm.get("pswpout")?))
+}
+
+/// The sampling thread's state.
+struct Worker {
+    pid: u32,
+    conn: Option<RedisConn>,
+    /// INFO failed and has not worked since.
+    info_down: bool,
+    /// The "INFO unavailable" warning was given (it is given once per run).
+    info_warned: bool,
+    last_info_retry: Option<Instant>,
+    have_children_file: bool,
+    prev_swap: Option<(i64, i64)>,
+    samples: Vec<Sample>,
+    cap: usize,
+    dropped: u64,
+    warnings: Vec<String>,
+    proc_warned: bool,
+}
+
+impl Worker {
+    fn sample(&mut self) -> Sample {
+        let ts_ns = clock::monotonic_ns();
+        let server = match read_proc_mem(self.pid) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                if !self.proc_warned {
+                    self.proc_warned = true;
+                    self.warnings
+                        .push(format!("{e}; later samples without it are not reported"));
+                }
+                None
+            }
+        };
+        let child = redis_child(self.pid, self.have_children_file)
+            .and_then(|kid| read_proc_mem(kid).ok().map(|m| (kid, m)));
+        let info = self.info();
+        let swap = swap_counters();
+        let delta = |f: fn((i64, i64)) -> i64| {
+            let (prev, now) = (self.prev_swap?, swap?);
+            u64::try_from(f(now) - f(prev)).ok()
+        };
+        let (pswpin_delta, pswpout_delta) = (delta(|s| s.0), delta(|s| s.1));
+        self.prev_swap = swap;
+        Sample {
+            ts_ns,
+            server,
+            child,
+            info,
+            pswpin_delta,
+            pswpout_delta,
+        }
+    }
+
+    fn info(&mut self) -> Option<InfoMem> {
+        let conn = self.conn.as_mut()?;
+        if self.info_down {
+            let now = Instant::now();
+            if self
+                .last_info_retry
+                .is_some_and(|t| now.duration_since(t) < INFO_RETRY)
+            {
+                return None;
+            }
+            self.last_info_retry = Some(now);
+            // After a failure the old connection may still owe a reply: start afresh.
+            conn.reconnect().ok()?;
+        }
+        match query_info(conn) {
+            Ok(m) => {
+                self.info_down = false;
+                Some(m)
+            }
+            Err(e) => {
+                if !self.info_warned {
+                    self.info_warned = true;
+                    self.warnings.push(format!(
+                        "Redis INFO unavailable: {e}; samples continue from /proc"
+                    ));
+                }
+                self.info_down = true;
+                self.last_info_retry = Some(Instant::now());
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, sample: Sample) {
+        if self.samples.len() < self.cap {
+            self.samples.push(sample);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn finish(mut self) -> (Vec<Sample>, Vec<String>) {
+        if self.dropped > 0 {
+            self.warnings.push(format!(
+                "{} memory samples dropped after the first {} (raise --sample-interval)",
+                self.dropped, self.cap
+            ));
+        }
+        (self.samples, self.warnings)
+    }
+}
+
+/// A background thread sampling one process at a fixed interval.
+pub struct Sampler {
+    stop_tx: Option<mpsc::Sender<()>>,
+    handle: Option<JoinHandle<(Vec<Sample>, Vec<String>)>>,
+    latest: Arc<Mutex<Option<Sample>>>,
+}
+
+impl Sampler {
+    /// Starts sampling `pid` (and its fork child, and Redis `INFO` through `conn` if
+    /// given): one sample now, then one every `interval` (at least 1 ms).
+    pub fn spawn(
+        pid: u32,
+        conn: Option<RedisConn>,
+        interval: Duration,
+    ) -> std::io::Result<Sampler> {
+        Sampler::spawn_capped(pid, conn, interval, MAX_SAMPLES)
+    }
+
+    fn spawn_capped(
+        pid: u32,
+        conn: Option<RedisConn>,
+        interval: Duration,
+        cap: usize,
+    ) -> std::io::Result<Sampler> {
+        let interval = interval.max(Duration::from_millis(1));
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let latest = Arc::new(Mutex::new(None));
+        let shared = Arc::clone(&latest);
+        let mut worker = Worker {
+            pid,
+            conn,
+            info_down: false,
+            info_warned: false,
+            last_info_retry: None,
+            have_children_file: Path::new(&format!("/proc/{pid}/task/{pid}/children")).exists(),
+            prev_swap: None,
+            samples: Vec::new(),
+            cap,
+            dropped: 0,
+            warnings: Vec::new(),
+            proc_warned: false,
+        };
+        let handle = std::thread::Builder::new()
+            .name("memtrace-sampler".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                loop {
+                    let sample = worker.sample();
+                    match shared.lock() {
+                        Ok(mut g) => *g = Some(sample.clone()),
+                        Err(poisoned) => *poisoned.into_inner() = Some(sample.clone()),
+                    }
+                    worker.push(sample);
+                    // Fixed schedule; ticks missed because a sample was slow are skipped
+                    // rather than taken in a burst.
+                    next += interval;
+                    let now = Instant::now();
+                    if next <= now {
+                        next = now + interval;
+                    }
+                    match stop_rx.recv_timeout(next - now) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        // Stop asked, or the Sampler was dropped.
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                worker.finish()
+            })?;
+        Ok(Sampler {
+            stop_tx: Some(stop_tx),
+            handle: Some(handle),
+            latest,
+        })
+    }
+
+    /// The most recent sample.
+    pub fn latest(&self) -> Option<Sample> {
+        match self.latest.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Stops the thread (within one sample's time, not one interval) and returns every
+    /// sample kept plus the warnings.
+    pub fn stop(mut self) -> (Vec<Sample>, Vec<String>) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(out)) => out,
+            Some(Err(_)) => (Vec::new(), vec!["memory sampler thread panicked".into()]),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread; join so it does not outlive us.
+        self.stop_tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use procfs::FromBufRead;
+
+    use super::*;
+    use crate::redis::{info::tests::INFO_7_0, locate::test_server::TestRedis};
+
+    #[test]
+    fn proc_mem_from_rollup_text() {
+        let text = "56132f3d1000-7fff028af000 ---p 00000000 00:00 0                          [rollup]\n\
+Rss:                1608 kB\n\
+Pss:                 422 kB\n\
+Private_Dirty:       112 kB\n\
+AnonHugePages:      2048 kB\n\
+Swap:                  4 kB\n\
+SwapPss:               4 kB\n";
+        let rollup = SmapsRollup::from_buf_read(text.as_bytes()).unwrap();
+        assert_eq!(
+            ProcMem::from_rollup(&rollup),
+            Some(ProcMem {
+                rss_bytes: 1608 * 1024,
+                swap_bytes: 4 * 1024,
+                anon_huge_bytes: 2048 * 1024,
+                private_dirty_bytes: 112 * 1024,
+            })
+        );
+        let empty = SmapsRollup::from_buf_read(&b""[..]).unwrap();
+        assert_eq!(ProcMem::from_rollup(&empty), None);
+    }
+
+    #[test]
+    fn own_proc_mem() {
+        let m = read_proc_mem(std::process::id()).unwrap();
+        assert!(m.rss_bytes > 0, "{m:?}");
+        assert!(m.private_dirty_bytes <= m.rss_bytes, "{m:?}");
+        let e = read_proc_mem(u32::MAX).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot read /proc/4294967295/smaps_rollup"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn info_mem_from_captured_info() {
+        let m = InfoMem::from_info(&Info::parse(INFO_7_0));
+        assert_eq!(
+            m,
+            InfoMem {
+                used_memory: Some(1_058_528),
+                used_memory_rss: Some(12_341_248),
+                mem_fragmentation_ratio: Some(12.12),
+                allocator_allocated: Some(1_850_592),
+                allocator_active: Some(2_015_232),
+                allocator_resident: Some(4_685_824),
+                maxmemory: Some(0),
+                current_cow_size: Some(520_192),
+                rdb_last_cow_size: Some(364_544),
+                latest_fork_usec: Some(1076),
+                total_forks: Some(4),
+                rdb_bgsave_in_progress: true,
+                aof_rewrite_in_progress: false,
+            }
+        );
+        // An older server without the CoW fields.
+        let m = InfoMem::from_info(&Info::parse(
+            "used_memory:10\r\nrdb_bgsave_in_progress:0\r\n",
+        ));
+        assert_eq!(m.used_memory, Some(10));
+        assert_eq!(m.current_cow_size, None);
+        assert!(!m.rdb_bgsave_in_progress);
+    }
+
+    #[test]
+    fn sampler_on_self() {
+        let start = clock::monotonic_ns();
+        let sampler = Sampler::spawn(std::process::id(), None, Duration::from_millis(100)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(sampler.latest().is_some());
+        let t = Instant::now();
+        let (samples, warnings) = sampler.stop();
+        assert!(
+            t.elapsed() < Duration::from_millis(50),
+            "stop took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            (3..=5).contains(&samples.len()),
+            "{} samples",
+            samples.len()
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(samples[0].ts_ns >= start);
+        assert!(samples.windows(2).all(|w| w[0].ts_ns < w[1].ts_ns));
+        for s in &samples {
+            assert!(s.server.is_some_and(|m| m.rss_bytes > 0));
+            assert!(s.child.is_none() && s.info.is_none());
+        }
+        assert!(samples[0].pswpin_delta.is_none());
+        assert!(samples[1..].iter().all(|s| s.pswpout_delta.is_some()));
+        // Serializable as the timeline will need.
+        let json = serde_json::to_value(&samples[0]).unwrap();
+        assert!(json["server"]["rss_bytes"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn sampler_cap_counts_drops() {
+        let sampler =
+            Sampler::spawn_capped(std::process::id(), None, Duration::from_millis(5), 2).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let (samples, warnings) = sampler.stop();
+        assert_eq!(samples.len(), 2);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("memory samples dropped"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn sampler_sees_redis_fork_child_and_info() {
+        let Some(server) = TestRedis::start(&["--rdb-key-save-delay", "1000"]) else {
+            return;
+        };
+        let timeout = Duration::from_secs(2);
+        let mut setup = crate::redis::info::connect(&server.addr(), timeout).unwrap();
+        for i in 0..1000 {
+            let _: () = ::redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg("v")
+                .query(setup.raw())
+                .unwrap();
+        }
+        let conn = crate::redis::info::connect(&server.addr(), timeout).unwrap();
+        let sampler = Sampler::spawn(server.pid(), Some(conn), Duration::from_millis(50)).unwrap();
+        let _: String = ::redis::cmd("BGSAVE").query(setup.raw()).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        let (samples, warnings) = sampler.stop();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(
+            samples
+                .iter()
+                .all(|s| s.info.as_ref().is_some_and(|i| i.used_memory.is_some()))
+        );
+        let forked: Vec<&Sample> = samples.iter().filter(|s| s.child.is_some()).collect();
+        assert!(!forked.is_empty(), "no sample saw the BGSAVE child");
+        let (kid, mem) = forked[0].child.unwrap();
+        assert_ne!(kid, server.pid());
+        assert!(mem.rss_bytes > 0);
+        assert!(
+            samples
+                .iter()
+                .any(|s| s.info.as_ref().is_some_and(|i| i.rdb_bgsave_in_progress))
+        );
+    }
+
+    #[test]
+    fn info_failure_warns_once_and_proc_continues() {
+        let Some(mut server) = TestRedis::start(&[]) else {
+            return;
+        };
+        let pid = server.pid();
+        let conn = crate::redis::info::connect(&server.addr(), Duration::from_millis(500)).unwrap();
+        let sampler = Sampler::spawn(pid, Some(conn), Duration::from_millis(30)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        let (samples, warnings) = sampler.stop();
+        let info_warnings: Vec<_> = warnings
+            .iter()
+            .filter(|w| w.starts_with("Redis INFO unavailable: "))
+            .collect();
+        assert_eq!(info_warnings.len(), 1, "{warnings:?}");
+        assert!(info_warnings[0].ends_with("; samples continue from /proc"));
+        assert!(samples.first().is_some_and(|s| s.info.is_some()));
+        assert!(
+            samples
+                .last()
+                .is_some_and(|s| s.info.is_none() && s.server.is_none())
+        );
+        // Sampling went on after the failure.
+        let after = samples.iter().filter(|s| s.info.is_none()).count();
+        assert!(after >= 3, "{after} samples after the failure");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+    }
+}

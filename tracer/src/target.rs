@@ -230,3 +230,10 @@ impl Drop for Launched {
         self.gate.take();
     }
 }
+
+/// `/proc/PID/comm` without the newline, if the process exists.
+pub fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}

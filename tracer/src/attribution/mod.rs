@@ -1,5 +1,7 @@
 //! Attribution of faults to Redis commands, keys, cluster slots and internal phases.
 
+pub mod aggregate;
+pub mod context;
 pub mod keys;
 pub mod keyslot;
 pub mod top_n;

@@ -1,1 +1,444 @@
-//! (being written)
+//! Bounded-memory heavy hitters: which keys (or slots, commands...) account for most of
+//! the faults, without keeping a counter per distinct key.
+//!
+//! A Redis instance can touch millions of distinct keys during one fork epoch, and the
+//! tracer must not grow without bound while it records. [`TopN`] implements the
+//! Space-Saving algorithm (Metwally, Agrawal, El Abbadi, "Efficient Computation of
+//! Frequent and Top-k Elements in Data Streams", ICDT 2005), weighted form: it keeps at
+//! most `capacity` counters, and when a new key arrives with the table full, the key with
+//! the smallest count is replaced and the newcomer inherits that count as its possible
+//! overestimation. This gives, for every reported key, `count - error <= true <= count`,
+//! with `error <= total / capacity`; every key whose true weight exceeds
+//! `total / capacity` is guaranteed to be reported; and the counts are exact while the
+//! number of distinct keys is at most `capacity`.
+//!
+//! The minimum is found with an indexed binary min-heap over the counters (positions kept
+//! in a side vector, so moving an entry never re-hashes its key): `O(log capacity)` per
+//! [`TopN::add`], memory fixed at `capacity` entries.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use serde::Serialize;
+
+/// Most entries allocated up front: a huge requested capacity must not allocate (or
+/// abort on allocation failure) before any key is seen.
+const MAX_PREALLOC: usize = 1024;
+
+/// One heavy hitter reported by [`TopN::top`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Counted<K> {
+    /// The key.
+    pub key: K,
+    /// Estimated total weight of the key: never below the true total.
+    pub count: u64,
+    /// Maximum overestimation in `count`: the count of the entry this key replaced when it
+    /// entered the table, 0 if it never replaced one (then `count` is exact).
+    pub error: u64,
+}
+
+impl<K> Counted<K> {
+    /// Guaranteed lower bound on the key's true total weight (`count - error`).
+    pub fn lower_bound(&self) -> u64 {
+        self.count.saturating_sub(self.error)
+    }
+}
+
+/// One counter of the table.
+#[derive(Debug, Clone)]
+struct Entry<K> {
+    key: K,
+    count: u64,
+    error: u64,
+}
+
+/// Space-Saving heavy-hitter summary holding at most `capacity` keys.
+///
+/// Deterministic: the same sequence of [`TopN::add`] calls always produces the same
+/// summary (the hash map is only used for lookups, never iterated).
+#[derive(Debug, Clone)]
+pub struct TopN<K: Eq + Hash + Clone> {
+    /// Maximum number of entries, at least 1.
+    capacity: usize,
+    /// Sum of all weights ever added (saturating).
+    total: u64,
+    /// The counters. An entry's index ("slot") never changes: eviction reuses the slot.
+    entries: Vec<Entry<K>>,
+    /// Min-heap of slots ordered by count: `heap[0]` is the slot with the smallest count.
+    heap: Vec<usize>,
+    /// `pos[slot]` is the slot's index in `heap`.
+    pos: Vec<usize>,
+    /// Key to slot.
+    index: HashMap<K, usize>,
+}
+
+impl<K: Eq + Hash + Clone> TopN<K> {
+    /// An empty summary keeping at most `capacity` keys (a capacity of 0 is taken as 1).
+    pub fn with_capacity(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let prealloc = capacity.min(MAX_PREALLOC);
+        Self {
+            capacity,
+            total: 0,
+            entries: Vec::with_capacity(prealloc),
+            heap: Vec::with_capacity(prealloc),
+            pos: Vec::with_capacity(prealloc),
+            index: HashMap::with_capacity(prealloc),
+        }
+    }
+
+    /// Maximum number of keys kept.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Adds `weight` to `key`'s count. A weight of 0 changes nothing (it neither inserts
+    /// the key nor evicts another one). Counts and the total saturate at `u64::MAX`.
+    pub fn add(&mut self, key: K, weight: u64) {
+        if weight == 0 {
+            return;
+        }
+        self.total = self.total.saturating_add(weight);
+
+        if let Some(&slot) = self.index.get(&key) {
+            let entry = &mut self.entries[slot];
+            entry.count = entry.count.saturating_add(weight);
+            // The count only grew, so in a min-heap the entry can only move down.
+            self.sift_down(self.pos[slot]);
+            return;
+        }
+
+        if self.entries.len() < self.capacity {
+            let slot = self.entries.len();
+            self.entries.push(Entry {
+                key: key.clone(),
+                count: weight,
+                error: 0,
+            });
+            self.index.insert(key, slot);
+            self.heap.push(slot);
+            self.pos.push(slot);
+            self.sift_up(slot);
+            return;
+        }
+
+        // Full: the newcomer takes over the minimum entry, inheriting its count as both
+        // a base (it may have occurred that often unseen) and its error bound.
+        let slot = self.heap[0];
+        let entry = &mut self.entries[slot];
+        let min = entry.count;
+        let evicted = std::mem::replace(&mut entry.key, key.clone());
+        entry.count = min.saturating_add(weight);
+        entry.error = min;
+        self.index.remove(&evicted);
+        self.index.insert(key, slot);
+        self.sift_down(0);
+    }
+
+    /// Number of keys currently kept (never more than [`TopN::capacity`]).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key has been added (with a non-zero weight).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Sum of all weights ever added, including those of keys since evicted (saturating).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Upper bound on the true weight of any key not currently kept: the smallest count
+    /// in a full table, 0 while the table is not full (then no key was ever evicted).
+    pub fn min_count(&self) -> u64 {
+        if self.entries.len() < self.capacity {
+            return 0;
+        }
+        self.heap
+            .first()
+            .and_then(|&slot| self.entries.get(slot))
+            .map_or(0, |entry| entry.count)
+    }
+
+    /// Count of the entry at heap position `i`.
+    fn count_at(&self, i: usize) -> u64 {
+        self.entries[self.heap[i]].count
+    }
+
+    /// Swaps heap positions `i` and `j`, keeping `pos` in step.
+    fn swap(&mut self, i: usize, j: usize) {
+        self.heap.swap(i, j);
+        self.pos[self.heap[i]] = i;
+        self.pos[self.heap[j]] = j;
+    }
+
+    /// Moves the entry at heap position `i` up until its parent is not larger.
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.count_at(parent) <= self.count_at(i) {
+                break;
+            }
+            self.swap(i, parent);
+            i = parent;
+        }
+    }
+
+    /// Moves the entry at heap position `i` down until no child is smaller.
+    fn sift_down(&mut self, mut i: usize) {
+        let len = self.heap.len();
+        loop {
+            let left = 2 * i + 1;
+            if left >= len {
+                break;
+            }
+            let right = left + 1;
+            let smallest = if right < len && self.count_at(right) < self.count_at(left) {
+                right
+            } else {
+                left
+            };
+            if self.count_at(i) <= self.count_at(smallest) {
+                break;
+            }
+            self.swap(i, smallest);
+            i = smallest;
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone + Ord> TopN<K> {
+    /// The `n` keys with the highest counts, highest first; equal counts are ordered by
+    /// key, so the result is deterministic. Returns fewer than `n` if fewer are kept.
+    pub fn top(&self, n: usize) -> Vec<Counted<K>> {
+        let mut ranked: Vec<&Entry<K>> = self.entries.iter().collect();
+        // Keys are unique, so an unstable sort is still fully determined.
+        ranked.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        ranked
+            .into_iter()
+            .take(n)
+            .map(|entry| Counted {
+                key: entry.key.clone(),
+                count: entry.count,
+                error: entry.error,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// Checks the heap and index invariants the algorithm relies on.
+    fn assert_consistent<K: Eq + Hash + Clone + std::fmt::Debug>(t: &TopN<K>) {
+        assert!(t.entries.len() <= t.capacity);
+        assert_eq!(t.heap.len(), t.entries.len());
+        assert_eq!(t.pos.len(), t.entries.len());
+        assert_eq!(t.index.len(), t.entries.len());
+        for (slot, entry) in t.entries.iter().enumerate() {
+            assert_eq!(t.index.get(&entry.key), Some(&slot));
+            assert_eq!(t.heap[t.pos[slot]], slot);
+        }
+        for i in 1..t.heap.len() {
+            assert!(t.count_at((i - 1) / 2) <= t.count_at(i));
+        }
+    }
+
+    #[test]
+    fn exact_when_distinct_fits() {
+        let mut t = TopN::with_capacity(4);
+        for (key, weight) in [("a", 3), ("b", 1), ("c", 7), ("a", 2), ("d", 5), ("b", 4)] {
+            t.add(key, weight);
+        }
+        assert_consistent(&t);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.total(), 22);
+        assert_eq!(t.min_count(), 5);
+        let top = t.top(10);
+        let got: Vec<_> = top.iter().map(|c| (c.key, c.count, c.error)).collect();
+        // "a" and "b" tie at 5; the tie is broken by key.
+        assert_eq!(
+            got,
+            vec![("c", 7, 0), ("a", 5, 0), ("b", 5, 0), ("d", 5, 0)]
+        );
+        assert_eq!(t.top(2).len(), 2);
+        assert!(t.top(0).is_empty());
+    }
+
+    #[test]
+    fn zero_weight_is_noop_and_capacity_clamps() {
+        let mut t = TopN::with_capacity(0);
+        assert_eq!(t.capacity(), 1);
+        assert!(t.is_empty());
+        t.add(1u32, 0);
+        assert!(t.is_empty());
+        assert_eq!(t.total(), 0);
+        t.add(1, 2);
+        t.add(2, 0);
+        assert_eq!(
+            t.top(5),
+            vec![Counted {
+                key: 1,
+                count: 2,
+                error: 0
+            }]
+        );
+        t.add(2, 1);
+        // Capacity 1: 2 replaced 1 and inherited its count as error.
+        assert_eq!(
+            t.top(5),
+            vec![Counted {
+                key: 2,
+                count: 3,
+                error: 2
+            }]
+        );
+        assert_eq!(t.top(5)[0].lower_bound(), 1);
+        assert_consistent(&t);
+    }
+
+    #[test]
+    fn saturates_instead_of_overflowing() {
+        let mut t = TopN::with_capacity(1);
+        t.add(0u8, u64::MAX);
+        t.add(0, u64::MAX);
+        t.add(1, 5);
+        assert_eq!(t.total(), u64::MAX);
+        assert_eq!(
+            t.top(1),
+            vec![Counted {
+                key: 1,
+                count: u64::MAX,
+                error: u64::MAX
+            }]
+        );
+    }
+
+    #[test]
+    fn huge_capacity_does_not_preallocate() {
+        let mut t = TopN::with_capacity(usize::MAX);
+        t.add("k", 1);
+        assert_eq!(t.len(), 1);
+    }
+
+    /// Interleaves `light` distinct weight-1 keys with 10 heavy keys that each receive
+    /// `heavy_total` in chunks of `chunk`, spread evenly through the stream, and checks the
+    /// Space-Saving guarantees on the result.
+    fn check_skewed(capacity: usize, light: u64, heavy_total: u64, chunk: u64) {
+        let heavy_keys = 10u64;
+        let rounds = heavy_total / chunk;
+        let every = light / rounds;
+        let mut t = TopN::with_capacity(capacity);
+        let mut truth: BTreeMap<u64, u64> = BTreeMap::new();
+        // Heavy keys are 0..10, light ones from 1_000_000 up.
+        for i in 0..light {
+            t.add(1_000_000 + i, 1);
+            truth.insert(1_000_000 + i, 1);
+            if i % every == every - 1 && *truth.get(&0).unwrap_or(&0) < heavy_total {
+                for h in 0..heavy_keys {
+                    t.add(h, chunk);
+                    *truth.entry(h).or_default() += chunk;
+                }
+            }
+            assert!(t.len() <= capacity);
+        }
+        assert_consistent(&t);
+        let total = t.total();
+        assert_eq!(total, truth.values().sum::<u64>());
+        // The precondition of Space-Saving's guarantee to report a key.
+        assert!(heavy_total > total / capacity as u64);
+
+        let top = t.top(10);
+        let mut keys: Vec<u64> = top.iter().map(|c| c.key).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, (0..heavy_keys).collect::<Vec<_>>());
+        for c in t.top(capacity) {
+            let true_count = truth[&c.key];
+            assert!(c.count >= true_count, "{c:?} true {true_count}");
+            assert!(c.count <= true_count + c.error, "{c:?} true {true_count}");
+            assert!(c.error <= total / capacity as u64, "{c:?} total {total}");
+        }
+    }
+
+    #[test]
+    fn skewed_stream_finds_heavy_keys() {
+        // Capacity 100: 120k total, so keys above 1200 are guaranteed; heavy keys have 2000.
+        check_skewed(100, 100_000, 2_000, 10);
+        // Heavy keys of 1000 each, arriving one unit at a time: with 110k total that needs
+        // a capacity above 110 to be guaranteed; 200 gives a margin.
+        check_skewed(200, 100_000, 1_000, 1);
+    }
+
+    #[test]
+    fn many_adds_stay_bounded() {
+        // A cheap pseudo-random skewed stream (xorshift), a million adds.
+        let mut t = TopN::with_capacity(1000);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..1_000_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Squaring a uniform value skews the distribution towards small keys.
+            let r = (x >> 40) % 1_000_000;
+            t.add(r * r / 1_000_000, 1);
+        }
+        assert_eq!(t.len(), 1000);
+        assert_eq!(t.total(), 1_000_000);
+        assert_consistent(&t);
+    }
+
+    proptest! {
+        #[test]
+        fn space_saving_bounds(
+            capacity in 1usize..20,
+            stream in proptest::collection::vec((0u16..40, 0u64..50), 0..400),
+        ) {
+            let mut t = TopN::with_capacity(capacity);
+            let mut truth: BTreeMap<u16, u64> = BTreeMap::new();
+            for &(key, weight) in &stream {
+                t.add(key, weight);
+                if weight > 0 {
+                    *truth.entry(key).or_default() += weight;
+                }
+                prop_assert!(t.len() <= capacity);
+            }
+            assert_consistent(&t);
+            let total: u64 = truth.values().sum();
+            prop_assert_eq!(t.total(), total);
+
+            let top = t.top(usize::MAX);
+            prop_assert_eq!(top.len(), t.len());
+            // Space-Saving keeps the counts summing to the total.
+            prop_assert_eq!(top.iter().map(|c| c.count).sum::<u64>(), total);
+            for pair in top.windows(2) {
+                prop_assert!(
+                    (pair[0].count, std::cmp::Reverse(pair[0].key))
+                        > (pair[1].count, std::cmp::Reverse(pair[1].key))
+                );
+            }
+            for c in &top {
+                let true_count = truth.get(&c.key).copied().unwrap_or(0);
+                prop_assert!(c.lower_bound() <= true_count, "{:?} true {}", c, true_count);
+                prop_assert!(true_count <= c.count, "{:?} true {}", c, true_count);
+                prop_assert!(c.error <= total / capacity as u64);
+            }
+            // Keys not kept occurred at most min_count times.
+            for (key, &true_count) in &truth {
+                if !top.iter().any(|c| c.key == *key) {
+                    prop_assert!(true_count <= t.min_count());
+                }
+            }
+            if truth.len() <= capacity {
+                let exact: Vec<(u16, u64, u64)> = top.iter().map(|c| (c.key, c.count, c.error)).collect();
+                let mut expected: Vec<(u16, u64, u64)> = truth.iter().map(|(&k, &v)| (k, v, 0)).collect();
+                expected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                prop_assert_eq!(exact, expected);
+            }
+        }
+    }
+}

@@ -2,4 +2,9 @@
 //! laid out, and what INFO says.
 
 pub mod info;
+pub mod layout;
 pub mod locate;
+pub mod remote;
+pub mod session;
+pub mod symbols;
+pub mod verify;

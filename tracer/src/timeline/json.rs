@@ -14,7 +14,7 @@ use std::{
 use serde::Serialize;
 
 use super::{RunInfo, SCHEMA_VERSION, TargetInfo, Trailer};
-use crate::analysis::Record;
+use crate::{analysis::Record, attribution::keys::escape_key};
 
 /// Streams one timeline to disk.
 pub struct JsonTimeline {
@@ -122,6 +122,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             error_code,
             latency_ns,
             flags,
+            attribution,
         } => {
             let role = match role {
                 crate::fork_epochs::Role::Parent => "parent",
@@ -132,14 +133,34 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
                 w,
                 "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"{}\",\"addr\":{addr},\
 \"role\":\"{role}\",\"epoch\":{},\"error_code\":{error_code},\"latency_ns\":{latency_ns},\
-\"huge\":{},\"major\":{},\"kernel_mode\":{},\"reclaim\":{}}}",
+\"huge\":{},\"major\":{},\"kernel_mode\":{},\"reclaim\":{}",
                 kind.name(),
                 opt(*epoch),
                 b(ff::ALLOC_HUGE),
                 b(ff::MAJOR),
                 b(ff::KERNEL_MODE),
                 b(ff::RECLAIM),
-            )
+            )?;
+            if let Some(at) = attribution {
+                w.write_all(b",\"activity\":")?;
+                to_writer(w, &at.activity)?;
+                if let Some(key) = &at.key {
+                    // escape_key output is printable ASCII; serde adds JSON escaping of
+                    // its backslashes and quotes.
+                    w.write_all(b",\"key\":")?;
+                    to_writer(w, &escape_key(&key.bytes))?;
+                    write!(
+                        w,
+                        ",\"key_len\":{},\"key_truncated\":{}",
+                        key.original_len,
+                        key.truncated()
+                    )?;
+                }
+                if let Some(slot) = at.slot {
+                    write!(w, ",\"slot\":{slot}")?;
+                }
+            }
+            w.write_all(b"}")
         }
         Record::Fork {
             ts_ns,
@@ -241,6 +262,7 @@ mod tests {
                 error_code: 7,
                 latency_ns: 900,
                 flags: tracer_common::fault_flags::MAJOR,
+                attribution: None,
             },
             Record::Fork {
                 ts_ns: 1,

@@ -80,4 +80,10 @@ pub struct Trailer {
     pub summary: Summary,
     /// How it ended.
     pub end: EndInfo,
+    /// The Redis server, when the target is one.
+    pub redis: Option<crate::redis::session::RedisRunInfo>,
+    /// Memory samples (RSS, swap, INFO, vmstat) every `--interval`.
+    pub samples: Vec<crate::samples::Sample>,
+    /// Warnings printed during the run.
+    pub warnings: Vec<String>,
 }

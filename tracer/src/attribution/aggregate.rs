@@ -1,0 +1,255 @@
+//! Bounded aggregates of attributed faults: per activity (command or phase), top keys
+//! and top cluster slots by copy-on-write and by swap-in pages.
+//!
+//! Memory is bounded whatever the workload: activities are capped (commands and phases
+//! are a small closed set, anything past the cap is folded into `(other)`), keys go
+//! through a Space-Saving heavy-hitters sketch, and slots are at most 16384.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::{
+    context::Attribution,
+    keys::{KeyBytes, escape_key},
+    top_n::TopN,
+};
+use crate::{classify::FaultKind, counts::KindCounts};
+
+/// Distinct activities kept before folding into `(other)`.
+const MAX_ACTIVITIES: usize = 1024;
+
+/// Running aggregates for one scope (the whole run or one epoch).
+#[derive(Debug)]
+pub struct Aggregates {
+    activities: HashMap<String, (bool, KindCounts)>,
+    keys_cow: TopN<KeyBytes>,
+    keys_swap_in: TopN<KeyBytes>,
+    slots_cow: BTreeMap<u16, u64>,
+    slots_swap_in: BTreeMap<u16, u64>,
+    /// Faults with no attribution (before the first context of their thread).
+    unattributed: KindCounts,
+}
+
+/// One activity's faults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActivityRow {
+    /// Command (upper case) or phase name.
+    pub activity: String,
+    /// True for commands.
+    pub is_command: bool,
+    /// Faults by kind.
+    pub faults: KindCounts,
+}
+
+/// One key's pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRow {
+    /// The key, escaped redis-cli style (`\xNN` for non-printable bytes).
+    pub key: String,
+    /// Original key length in bytes.
+    pub key_len: u64,
+    /// True when `key` holds only a prefix.
+    pub truncated: bool,
+    /// Cluster hash slot (absent for truncated keys).
+    pub slot: Option<u16>,
+    /// Pages (an upper bound when `error` > 0).
+    pub pages: u64,
+    /// How much `pages` may overcount (0: exact).
+    pub error: u64,
+}
+
+/// One slot's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SlotRow {
+    /// Hash slot, 0..16383.
+    pub slot: u16,
+    /// Pages.
+    pub pages: u64,
+}
+
+/// The aggregates as written to the timeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AggregateReport {
+    /// Every activity, by copy-on-write pages then swap-ins then total.
+    pub by_activity: Vec<ActivityRow>,
+    /// Top keys by copy-on-write pages.
+    pub top_keys_cow: Vec<KeyRow>,
+    /// Top keys by swap-in pages.
+    pub top_keys_swap_in: Vec<KeyRow>,
+    /// Top slots by copy-on-write pages.
+    pub top_slots_cow: Vec<SlotRow>,
+    /// Top slots by swap-in pages.
+    pub top_slots_swap_in: Vec<SlotRow>,
+    /// Faults with no attribution.
+    pub unattributed: KindCounts,
+}
+
+impl Aggregates {
+    /// Aggregates whose key sketches keep `key_capacity` keys each.
+    pub fn new(key_capacity: usize) -> Aggregates {
+        Aggregates {
+            activities: HashMap::new(),
+            keys_cow: TopN::with_capacity(key_capacity),
+            keys_swap_in: TopN::with_capacity(key_capacity),
+            slots_cow: BTreeMap::new(),
+            slots_swap_in: BTreeMap::new(),
+            unattributed: KindCounts::default(),
+        }
+    }
+
+    /// Adds one fault.
+    pub fn add(&mut self, kind: FaultKind, at: Option<&Attribution>) {
+        let Some(at) = at else {
+            self.unattributed.add(kind);
+            return;
+        };
+        let full = self.activities.len() >= MAX_ACTIVITIES;
+        let entry = match self.activities.get_mut(&at.activity) {
+            Some(e) => e,
+            None => {
+                let name = if full {
+                    "(other)"
+                } else {
+                    at.activity.as_str()
+                };
+                self.activities
+                    .entry(name.to_string())
+                    .or_insert((at.is_command && !full, KindCounts::default()))
+            }
+        };
+        entry.1.add(kind);
+        let (keys, slots) = match kind {
+            FaultKind::CowCopy => (&mut self.keys_cow, &mut self.slots_cow),
+            FaultKind::SwapIn => (&mut self.keys_swap_in, &mut self.slots_swap_in),
+            _ => return,
+        };
+        if let Some(key) = &at.key {
+            keys.add(key.clone(), 1);
+        }
+        if let Some(slot) = at.slot {
+            *slots.entry(slot).or_default() += 1;
+        }
+    }
+
+    /// The `top` largest entries of each table.
+    pub fn report(&self, top: usize) -> AggregateReport {
+        let mut by_activity: Vec<ActivityRow> = self
+            .activities
+            .iter()
+            .map(|(name, (is_command, faults))| ActivityRow {
+                activity: name.clone(),
+                is_command: *is_command,
+                faults: *faults,
+            })
+            .collect();
+        by_activity.sort_by(|a, b| {
+            (b.faults.cow_copy, b.faults.swap_in, b.faults.total())
+                .cmp(&(a.faults.cow_copy, a.faults.swap_in, a.faults.total()))
+                .then_with(|| a.activity.cmp(&b.activity))
+        });
+        AggregateReport {
+            by_activity,
+            top_keys_cow: key_rows(&self.keys_cow, top),
+            top_keys_swap_in: key_rows(&self.keys_swap_in, top),
+            top_slots_cow: slot_rows(&self.slots_cow, top),
+            top_slots_swap_in: slot_rows(&self.slots_swap_in, top),
+            unattributed: self.unattributed,
+        }
+    }
+}
+
+fn key_rows(sketch: &TopN<KeyBytes>, top: usize) -> Vec<KeyRow> {
+    sketch
+        .top(top)
+        .into_iter()
+        .map(|c| KeyRow {
+            key: escape_key(&c.key.bytes),
+            key_len: c.key.original_len,
+            truncated: c.key.truncated(),
+            slot: (!c.key.truncated()).then(|| super::keyslot::key_hash_slot(&c.key.bytes)),
+            pages: c.count,
+            error: c.error,
+        })
+        .collect()
+}
+
+fn slot_rows(slots: &BTreeMap<u16, u64>, top: usize) -> Vec<SlotRow> {
+    let mut rows: Vec<SlotRow> = slots
+        .iter()
+        .map(|(&slot, &pages)| SlotRow { slot, pages })
+        .collect();
+    rows.sort_by(|a, b| b.pages.cmp(&a.pages).then(a.slot.cmp(&b.slot)));
+    rows.truncate(top);
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::keyslot::key_hash_slot;
+
+    fn set(key: &str) -> Attribution {
+        let k = KeyBytes::new(key.as_bytes(), key.len() as u64, 128);
+        Attribution {
+            activity: "SET".into(),
+            is_command: true,
+            slot: Some(key_hash_slot(&k.bytes)),
+            key: Some(k),
+            argc: 3,
+        }
+    }
+
+    #[test]
+    fn counts_keys_slots_and_activities() {
+        let mut agg = Aggregates::new(100);
+        for _ in 0..5 {
+            agg.add(FaultKind::CowCopy, Some(&set("hot:1")));
+        }
+        agg.add(FaultKind::CowCopy, Some(&set("{tag}a")));
+        agg.add(FaultKind::CowCopy, Some(&set("{tag}b")));
+        agg.add(FaultKind::SwapIn, Some(&set("cold")));
+        agg.add(FaultKind::FirstTouch, Some(&Attribution::phase("cron")));
+        agg.add(FaultKind::CowCopy, None);
+        let r = agg.report(10);
+        assert_eq!(r.by_activity[0].activity, "SET");
+        assert_eq!(r.by_activity[0].faults.cow_copy, 7);
+        assert_eq!(r.by_activity[0].faults.swap_in, 1);
+        assert_eq!(r.by_activity[1].activity, "cron");
+        assert_eq!(r.top_keys_cow[0].key, "hot:1");
+        assert_eq!(r.top_keys_cow[0].pages, 5);
+        assert_eq!(r.top_keys_swap_in[0].key, "cold");
+        let tag = key_hash_slot(b"tag");
+        assert_eq!(
+            r.top_slots_cow[0],
+            SlotRow {
+                slot: key_hash_slot(b"hot:1"),
+                pages: 5
+            }
+        );
+        assert!(r.top_slots_cow.contains(&SlotRow {
+            slot: tag,
+            pages: 2
+        }));
+        assert_eq!(r.unattributed.cow_copy, 1);
+    }
+
+    #[test]
+    fn activities_are_bounded() {
+        let mut agg = Aggregates::new(10);
+        for i in 0..(MAX_ACTIVITIES + 50) {
+            agg.add(
+                FaultKind::Other,
+                Some(&Attribution::phase(&format!("p{i}"))),
+            );
+        }
+        let r = agg.report(5);
+        assert!(r.by_activity.len() <= MAX_ACTIVITIES + 1);
+        let other = r
+            .by_activity
+            .iter()
+            .find(|a| a.activity == "(other)")
+            .unwrap();
+        assert_eq!(other.faults.other, 50);
+    }
+}
