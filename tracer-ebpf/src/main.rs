@@ -15,9 +15,9 @@
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        bpf_probe_read_user_str_bytes, bpf_task_pt_regs, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_task_pt_regs, generated,
     },
     macros::{map, perf_event, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -255,8 +255,7 @@ fn redis_context(tgid: u32, tid: u32, ts_ns: u64, slot: *mut Inflight, user_regs
     };
     // SAFETY: slot owned by this thread.
     unsafe {
-        if (*slot).ctx_phase == ph + 1 && (*slot).ctx_client == client && (*slot).ctx_seq == seq
-        {
+        if (*slot).ctx_phase == ph + 1 && (*slot).ctx_client == client && (*slot).ctx_seq == seq {
             return;
         }
         (*slot).ctx_phase = ph + 1;
@@ -372,12 +371,40 @@ fn command_details(ev: &mut ContextEvent, client: u64, layout: &RedisLayout) {
     }
     let argc = read_user::<i32>(client + layout.off_client_argc as u64).unwrap_or(0);
     ev.argc = argc.max(0) as u32;
-    if argc < 2 {
+    if argc < 1 {
         return;
     }
     let Some(argv) = read_user::<u64>(client + layout.off_client_argv as u64) else {
         return;
     };
+    if ev.name_len == 0 {
+        // Before `lookupCommand` sets `cmd` (or when its page is not resident) the
+        // command is still known from its first argument.
+        if let Some(obj) = read_user::<u64>(argv)
+            && let Some(ptr) = read_user::<u64>(obj + 8)
+            && let Some(len) = sds_len(ptr)
+        {
+            let n = if len < NAME_CAP as u64 {
+                len as u32
+            } else {
+                NAME_CAP as u32
+            };
+            // SAFETY: n is bounded by NAME_CAP, the size of the destination.
+            let rc = unsafe {
+                generated::bpf_probe_read_user(
+                    ev.name.as_mut_ptr().cast(),
+                    n,
+                    ptr as *const core::ffi::c_void,
+                )
+            };
+            if rc == 0 {
+                ev.name_len = n;
+            }
+        }
+    }
+    if argc < 2 {
+        return;
+    }
     // argv[1] is the first key of nearly every keyed command (userspace knows which
     // commands have none).
     let Some(obj) = read_user::<u64>(argv + 8) else {

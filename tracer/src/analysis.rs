@@ -200,7 +200,21 @@ struct AttributionState {
     fork_child: Arc<Attribution>,
     top_n: usize,
     key_capacity: usize,
+    /// Main-thread faults taken while Redis parsed input, waiting for the command they
+    /// belong to (the next command context of the thread).
+    pending: Vec<PendingFault>,
 }
+
+#[derive(Debug)]
+struct PendingFault {
+    record: Record,
+    kind: FaultKind,
+    epoch: Option<u32>,
+    parsing: Arc<Attribution>,
+}
+
+/// Parse-stage faults held at most; past this they are written as `networking-read`.
+const MAX_PENDING: usize = 65_536;
 
 /// Consumes kernel events in arrival order.
 #[derive(Debug)]
@@ -241,19 +255,47 @@ impl Analyzer {
             fork_child: Arc::new(Attribution::phase("fork-child")),
             top_n: opts.top_n,
             key_capacity: opts.key_capacity,
+            pending: Vec::new(),
         });
     }
 
-    /// Processes a context event (what a Redis thread was doing).
-    pub fn process_context(&mut self, ev: &ContextEvent) {
+    /// Processes a context event (what a Redis thread was doing). Returns the fault
+    /// records it completes: faults taken while this command's input was parsed.
+    #[must_use = "the returned records belong in the timeline"]
+    pub fn process_context(&mut self, ev: &ContextEvent) -> Vec<Record> {
         self.summary.events_received += 1;
         self.summary.context_events += 1;
         self.last_ts = self.last_ts.max(ev.ts_ns);
-        if let Some(a) = self.attribution.as_mut()
-            && ev.tgid == self.target
-        {
-            a.attributor.on_context(ev);
+        let Some(a) = self.attribution.as_mut() else {
+            return Vec::new();
+        };
+        if ev.tgid != self.target {
+            return Vec::new();
         }
+        a.attributor.on_context(ev);
+        if ev.tid != self.target || a.pending.is_empty() {
+            return Vec::new();
+        }
+        match a.attributor.for_thread(ev.tid) {
+            Some(now) if now.is_command => {
+                let parse = Arc::new(Attribution {
+                    stage: Some("parse"),
+                    ..(*now).clone()
+                });
+                a.release(Some(&parse))
+            }
+            // Still reading input (a new read of the same phase): keep waiting.
+            Some(now) if now.is_parsing() => Vec::new(),
+            _ => a.release(None),
+        }
+    }
+
+    /// Writes out faults still waiting for their command (end of the run).
+    pub fn flush_pending(&mut self) -> Vec<Record> {
+        self.attribution
+            .as_mut()
+            .map(|a| a.release(None))
+            .unwrap_or_default()
     }
 
     /// Labels the epoch of fork child `child` (reason and Redis's own numbers).
@@ -292,7 +334,7 @@ impl Analyzer {
         self.summary.events_received += 1;
         self.last_ts = self.last_ts.max(ev.ts_ns);
         let record = match ev.kind {
-            kind::FAULT => self.fault(ev),
+            kind::FAULT => return self.fault(ev),
             kind::FORK => {
                 let child = ev.addr as u32;
                 let epoch = self.epochs.on_fork(ev.tgid, ev.tid, child, ev.ts_ns);
@@ -363,7 +405,7 @@ impl Analyzer {
         Some(record)
     }
 
-    fn fault(&mut self, ev: &Event) -> Record {
+    fn fault(&mut self, ev: &Event) -> Option<Record> {
         let kind = classify(ev.flags, ev.arg);
         let (role, epoch) = self.epochs.assign(ev.tgid, ev.ts_ns, kind);
         let s = &mut self.summary;
@@ -378,23 +420,7 @@ impl Analyzer {
         s.kernel_mode_faults += count(ff::KERNEL_MODE);
         s.incomplete_faults += count(ff::INCOMPLETE);
         s.faults_with_reclaim += count(ff::RECLAIM);
-        let attribution = self.attribution.as_mut().and_then(|a| {
-            let at = match role {
-                Role::Child => Some(Arc::clone(&a.fork_child)),
-                Role::Parent if ev.tgid == self.target => a.attributor.for_thread(ev.tid),
-                Role::Parent => None,
-            };
-            a.total.add(kind, at.as_deref());
-            if let Some(id) = epoch {
-                let cap = a.key_capacity;
-                a.per_epoch
-                    .entry(id)
-                    .or_insert_with(|| Aggregates::new(cap))
-                    .add(kind, at.as_deref());
-            }
-            at
-        });
-        Record::Fault {
+        let record = Record::Fault {
             ts_ns: ev.ts_ns,
             pid: ev.tgid,
             tid: ev.tid,
@@ -405,8 +431,33 @@ impl Analyzer {
             error_code: ev.arg,
             latency_ns: ev.duration_ns,
             flags: ev.flags,
-            attribution,
+            attribution: None,
+        };
+        let Some(a) = self.attribution.as_mut() else {
+            return Some(record);
+        };
+        let at = match role {
+            Role::Child => Some(Arc::clone(&a.fork_child)),
+            Role::Parent if ev.tgid == self.target => a.attributor.for_thread(ev.tid),
+            Role::Parent => None,
+        };
+        if let Some(parsing) = at.as_ref().filter(|at| at.is_parsing())
+            && ev.tid == self.target
+        {
+            let parsing = Arc::clone(parsing);
+            if a.pending.len() >= MAX_PENDING {
+                // Bounded: past the cap a parse-stage fault stays `networking-read`.
+                return Some(a.attribute(record, kind, epoch, Some(parsing)));
+            }
+            a.pending.push(PendingFault {
+                record,
+                kind,
+                epoch,
+                parsing,
+            });
+            return None;
         }
+        Some(a.attribute(record, kind, epoch, at))
     }
 
     fn swap_ents(&mut self, ev: &Event) -> Record {
@@ -457,6 +508,43 @@ impl Analyzer {
     /// Summary so far.
     pub fn summary(&self) -> &Summary {
         &self.summary
+    }
+}
+
+impl AttributionState {
+    /// Counts a fault and attaches its attribution.
+    fn attribute(
+        &mut self,
+        mut record: Record,
+        kind: FaultKind,
+        epoch: Option<u32>,
+        at: Option<Arc<Attribution>>,
+    ) -> Record {
+        self.total.add(kind, at.as_deref());
+        if let Some(id) = epoch {
+            let cap = self.key_capacity;
+            self.per_epoch
+                .entry(id)
+                .or_insert_with(|| Aggregates::new(cap))
+                .add(kind, at.as_deref());
+        }
+        if let Record::Fault { attribution, .. } = &mut record {
+            *attribution = at;
+        }
+        record
+    }
+
+    /// Releases the pending parse-stage faults, attributed to `command` (or left as
+    /// `networking-read`).
+    fn release(&mut self, command: Option<&Arc<Attribution>>) -> Vec<Record> {
+        let pending = std::mem::take(&mut self.pending);
+        pending
+            .into_iter()
+            .map(|p| {
+                let at = command.cloned().unwrap_or(p.parsing);
+                self.attribute(p.record, p.kind, p.epoch, Some(at))
+            })
+            .collect()
     }
 }
 

@@ -280,7 +280,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                 for raw in &batch {
                     let ev = match raw {
                         Raw::Context(c) => {
-                            analyzer.process_context(c);
+                            for record in analyzer.process_context(c) {
+                                timeline
+                                    .write_record(&record)
+                                    .context("writing the timeline")?;
+                            }
                             continue;
                         }
                         Raw::Event(ev) => ev,
@@ -413,6 +417,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    for record in analyzer.flush_pending() {
+        timeline
+            .write_record(&record)
+            .context("writing the timeline")?;
     }
     let (samples, sample_warnings) = sampler.take().map(Sampler::stop).unwrap_or_default();
     warnings.extend(sample_warnings);

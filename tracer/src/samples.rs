@@ -498,7 +498,8 @@ SwapPss:               4 kB\n";
         assert!(samples.windows(2).all(|w| w[0].ts_ns < w[1].ts_ns));
         for s in &samples {
             assert!(s.server.is_some_and(|m| m.rss_bytes > 0));
-            assert!(s.child.is_none() && s.info.is_none());
+            // Other tests' redis-server children of this process may show up as `child`.
+            assert!(s.info.is_none());
         }
         assert!(samples[0].pswpin_delta.is_none());
         assert!(samples[1..].iter().all(|s| s.pswpout_delta.is_some()));

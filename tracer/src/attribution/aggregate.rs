@@ -197,6 +197,7 @@ mod tests {
             slot: Some(key_hash_slot(&k.bytes)),
             key: Some(k),
             argc: 3,
+            stage: None,
         }
     }
 

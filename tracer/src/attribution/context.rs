@@ -24,6 +24,9 @@ pub struct Attribution {
     pub slot: Option<u16>,
     /// Arguments of the command (`argc`), 0 for phases.
     pub argc: u32,
+    /// `parse` when the fault happened while Redis read and parsed this command's
+    /// arguments (before it ran); `None` while it ran.
+    pub stage: Option<&'static str>,
 }
 
 impl Attribution {
@@ -35,7 +38,14 @@ impl Attribution {
             key: None,
             slot: None,
             argc: 0,
+            stage: None,
         }
+    }
+
+    /// True for the phase in which Redis reads and parses client input: its faults
+    /// belong to the command being parsed, which is only known once it runs.
+    pub fn is_parsing(&self) -> bool {
+        !self.is_command && self.activity == "networking-read"
     }
 }
 
@@ -135,6 +145,8 @@ pub struct Attributor {
     phases: Vec<Option<&'static str>>,
     key_max: usize,
     current: HashMap<u32, Arc<Attribution>>,
+    /// Per thread: the client and attribution of the last command that had a name.
+    last_command: HashMap<u32, (u64, Arc<Attribution>)>,
     contexts_seen: u64,
 }
 
@@ -146,6 +158,7 @@ impl Attributor {
             phases,
             key_max,
             current: HashMap::new(),
+            last_command: HashMap::new(),
             contexts_seen: 0,
         }
     }
@@ -158,13 +171,33 @@ impl Attributor {
     /// Records the new context of a thread.
     pub fn on_context(&mut self, ev: &ContextEvent) {
         self.contexts_seen += 1;
-        let attribution = self.decode(ev);
-        self.current.insert(ev.tid, Arc::new(attribution));
+        // After a command ran, Redis frees its arguments (`argc` 0, `cmd` NULL) while the
+        // client is still current: those faults finish the same command.
+        if ev.phase == phase::COMMAND
+            && ev.argc == 0
+            && ev.name_len == 0
+            && let Some((client, last)) = self.last_command.get(&ev.tid)
+            && *client == ev.client
+        {
+            let cleanup = Arc::new(Attribution {
+                stage: Some("cleanup"),
+                ..(**last).clone()
+            });
+            self.current.insert(ev.tid, cleanup);
+            return;
+        }
+        let attribution = Arc::new(self.decode(ev));
+        if attribution.is_command && ev.name_len > 0 {
+            self.last_command
+                .insert(ev.tid, (ev.client, Arc::clone(&attribution)));
+        }
+        self.current.insert(ev.tid, attribution);
     }
 
     /// Forgets a thread that exited (bounds memory by live threads).
     pub fn on_thread_exit(&mut self, tid: u32) {
         self.current.remove(&tid);
+        self.last_command.remove(&tid);
     }
 
     /// Attribution of a fault of the server's thread `tid` (`None` before any context).
@@ -203,6 +236,7 @@ impl Attributor {
                     slot: key.as_ref().filter(|k| !k.truncated()).and(slot),
                     key,
                     argc: ev.argc,
+                    stage: None,
                 }
             }
             phase::THREAD => Attribution::phase(thread_activity(&name)),

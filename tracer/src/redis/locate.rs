@@ -588,7 +588,8 @@ pub(crate) mod test_server {
     pub(crate) struct TestRedis {
         pub(crate) child: Child,
         pub(crate) port: u16,
-        pub(crate) dir: tempfile::TempDir,
+        /// Its --dir, removed on drop.
+        pub(crate) _dir: tempfile::TempDir,
     }
 
     impl TestRedis {
@@ -617,7 +618,11 @@ pub(crate) mod test_server {
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("spawn redis-server");
-                let mut server = TestRedis { child, port, dir };
+                let mut server = TestRedis {
+                    child,
+                    port,
+                    _dir: dir,
+                };
                 if server.wait_ready() {
                     return Some(server);
                 }

