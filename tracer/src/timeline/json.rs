@@ -348,6 +348,9 @@ mod tests {
                 monotonic_end_ns: 10,
                 target_exit_status: None,
             },
+            redis: None,
+            samples: Vec::new(),
+            warnings: vec!["a warning".into()],
         };
         tl.finish(&trailer).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&dest).unwrap()).unwrap();
