@@ -124,7 +124,11 @@ fn tracepoint_missing_on_this_kernel() {
 #[test]
 fn nothing_to_trace_and_missing_command() {
     require_root();
-    one_line_error(&["record", "-o", "/tmp/x.json"], &[], "no redis-server process found");
+    one_line_error(
+        &["record", "-o", "/tmp/x.json"],
+        &[],
+        "no redis-server process found",
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");
     one_line_error(

@@ -165,8 +165,10 @@ pub struct Sample {
     pub pswpout_delta: Option<u64>,
 }
 
-/// A live fork child of `pid` that is a redis-server (BGSAVE, AOF rewrite, replica sync).
-fn redis_child(pid: u32, have_children_file: bool) -> Option<u32> {
+/// A live fork child of `pid` that is Redis: its comm is `redis-server` or the server's
+/// own comm (a fork without exec keeps it), which leaves out helpers that exec'd
+/// something else.
+fn redis_child(pid: u32, server_comm: Option<&str>, have_children_file: bool) -> Option<u32> {
     let kids = if have_children_file {
         crate::target::children(pid)
     } else {
@@ -180,9 +182,13 @@ fn redis_child(pid: u32, have_children_file: bool) -> Option<u32> {
             .collect()
     };
     kids.into_iter().find(|&kid| {
-        Process::new(kid as i32)
-            .and_then(|p| p.stat())
-            .is_ok_and(|s| s.comm == "redis-server" && !matches!(s.state, 'Z' | 'X'))
+        i32::try_from(kid)
+            .ok()
+            .and_then(|k| Process::new(k).and_then(|p| p.stat()).ok())
+            .is_some_and(|s| {
+                (s.comm == "redis-server" || Some(s.comm.as_str()) == server_comm)
+                    && !matches!(s.state, 'Z' | 'X')
+            })
     })
 }
 
@@ -201,6 +207,8 @@ struct Worker {
     /// The "INFO unavailable" warning was given (it is given once per run).
     info_warned: bool,
     last_info_retry: Option<Instant>,
+    /// The server's comm, read at start.
+    server_comm: Option<String>,
     have_children_file: bool,
     prev_swap: Option<(i64, i64)>,
     samples: Vec<Sample>,
@@ -224,8 +232,12 @@ impl Worker {
                 None
             }
         };
-        let child = redis_child(self.pid, self.have_children_file)
-            .and_then(|kid| read_proc_mem(kid).ok().map(|m| (kid, m)));
+        let child = redis_child(
+            self.pid,
+            self.server_comm.as_deref(),
+            self.have_children_file,
+        )
+        .and_then(|kid| read_proc_mem(kid).ok().map(|m| (kid, m)));
         let info = self.info();
         let swap = swap_counters();
         let delta = |f: fn((i64, i64)) -> i64| {
@@ -288,7 +300,7 @@ impl Worker {
     fn finish(mut self) -> (Vec<Sample>, Vec<String>) {
         if self.dropped > 0 {
             self.warnings.push(format!(
-                "{} memory samples dropped after the first {} (raise --sample-interval)",
+                "{} memory samples dropped after the first {} (use a longer sampling interval)",
                 self.dropped, self.cap
             ));
         }
@@ -330,6 +342,10 @@ impl Sampler {
             info_down: false,
             info_warned: false,
             last_info_retry: None,
+            server_comm: i32::try_from(pid)
+                .ok()
+                .and_then(|p| Process::new(p).and_then(|p| p.stat()).ok())
+                .map(|s| s.comm),
             have_children_file: Path::new(&format!("/proc/{pid}/task/{pid}/children")).exists(),
             prev_swap: None,
             samples: Vec::new(),

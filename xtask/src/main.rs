@@ -5,10 +5,13 @@
 //! - `build`: the `redis-memtrace` binary (with the eBPF object embedded) and the fault generator.
 //! - `test`: formatting, clippy, unit tests and the root integration tests, serially.
 //! - `bench`: events/s delivered and lost, and fault-rate overhead, in one run.
+//! - `bench-overhead`: requests/s a Redis server loses while `record --pid` traces it.
 //! - `demo`: the main job: trace a workload with forks, copy-on-write and swap, and show it.
 
 mod bench;
+mod bench_overhead;
 mod demo;
+mod redis62;
 mod setup;
 mod swap;
 
@@ -46,6 +49,18 @@ enum Cmd {
         /// Alternating runs per configuration.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Measure what `record --pid` costs a Redis server in requests/s (redis-benchmark).
+    BenchOverhead {
+        /// Requests per redis-benchmark run.
+        #[arg(long, default_value_t = bench_overhead::DEFAULT_REQUESTS)]
+        requests: u64,
+        /// Alternating untraced/traced rounds per workload.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// redis-benchmark clients.
+        #[arg(long, default_value_t = 50)]
+        clients: u32,
     },
     /// Trace a workload with a fork, copy-on-write and swap, and print what was seen.
     Demo {
@@ -122,6 +137,7 @@ fn test(filter: Option<String>) -> Result<()> {
     cmd.args(["test", "--release", "--no-fail-fast"])
         .args(packages)
         .env("MEMTRACE_BIN", bin("redis-memtrace"))
+        .env("MEMTRACE_REDIS62", redis62::ensure()?)
         .arg("--");
     if let Some(f) = filter {
         cmd.arg(f);
@@ -139,6 +155,14 @@ fn main() -> Result<()> {
         Cmd::Bench { seconds, rounds } => {
             build()?;
             bench::bench(seconds, rounds)
+        }
+        Cmd::BenchOverhead {
+            requests,
+            rounds,
+            clients,
+        } => {
+            build()?;
+            bench_overhead::bench_overhead(requests, rounds, clients)
         }
         Cmd::Demo { out } => {
             build()?;

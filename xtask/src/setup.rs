@@ -22,6 +22,7 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
+    crate::redis62::ensure()?;
     Ok(())
 }
 

@@ -284,9 +284,11 @@ pub fn redact_spec(spec: &str) -> String {
     out
 }
 
-/// One-line text of a `redis` crate error.
+/// One-line text of a `redis` crate error, without the crate's ` - InvalidClientConfig`
+/// style kind suffix (the variant of [`InfoError`] already says what kind it is).
 fn redis_error_text(e: &redis::RedisError) -> String {
-    e.to_string().replace(['\r', '\n'], " ")
+    let kind = format!(" - {:?}", e.kind());
+    e.to_string().replace(&kind, "").replace(['\r', '\n'], " ")
 }
 
 /// Removes every occurrence of `secret` from `text`.
@@ -916,6 +918,82 @@ db0:keys=5001,expires=0,avg_ttl=0\r\n";
             "{text}"
         );
         assert!(!text.contains("hunter2") && !text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        // The kernel completes the handshake from the backlog; nobody ever answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let t = std::time::Instant::now();
+        let e = connect(&addr.to_string(), Duration::from_millis(200)).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            e.to_string(),
+            format!("Redis at {addr} did not answer PING within 200 ms")
+        );
+    }
+
+    #[test]
+    fn auth_errors_against_real_server() {
+        use crate::redis::locate::test_server::TestRedis;
+        let Some(server) = TestRedis::start(&["--requirepass", "hunter2"]) else {
+            return;
+        };
+        let t = Duration::from_secs(2);
+        let addr = server.addr();
+        let e = connect(&addr, t).unwrap_err();
+        assert!(
+            matches!(&e, InfoError::Denied { code, .. } if code == "NOAUTH"),
+            "{e}"
+        );
+        let e = connect(&format!("redis://:hunter3@{addr}"), t).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("Redis at {addr} denied AUTH (WRONGPASS)")),
+            "{text}"
+        );
+        assert!(!text.contains("hunter3"), "{text}");
+        let e = connect(&format!("redis://alice:hunter2@{addr}"), t).unwrap_err();
+        assert!(e.to_string().contains("(WRONGPASS)"), "{e}");
+
+        let mut c = connect(&format!("redis://:hunter2@{addr}/3"), t).unwrap();
+        assert!(c.client_id().unwrap() > 0);
+        let info = c.info("keyspace").unwrap();
+        assert_eq!(info.sections(), Vec::<&str>::new(), "empty db");
+        let info = c.info("server").unwrap();
+        assert_eq!(info.get_u64("process_id"), Some(u64::from(server.pid())));
+        let _: () = ::redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query(c.raw())
+            .unwrap();
+        assert!(
+            c.info("keyspace").unwrap().get("db3").is_some(),
+            "SELECT 3 applied"
+        );
+        let e = ::redis::cmd("NOSUCHCOMMAND")
+            .query::<()>(c.raw())
+            .map_err(|e| c.error("NOSUCHCOMMAND", &e))
+            .unwrap_err();
+        assert!(matches!(e, InfoError::Command { .. }), "{e}");
+        c.reconnect().unwrap();
+        assert!(!c.info("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn password_for_server_without_one() {
+        use crate::redis::locate::test_server::TestRedis;
+        let Some(server) = TestRedis::start(&[]) else {
+            return;
+        };
+        let e = connect(
+            &format!("redis://:hunter2@{}", server.addr()),
+            Duration::from_secs(2),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no password configured"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     proptest::proptest! {

@@ -393,7 +393,7 @@ struct Evidence {
     /// The process here listening where we connected (local targets only).
     listener: Result<Option<Seen>, LocateError>,
     /// The process here with the reported PID, if it is a redis-server listening on the
-    /// reported port (or holding the socket we connected to).
+    /// reported port or socket (left false when `listener` already is that PID).
     reported_confirmed: bool,
     /// The process here with the reported PID, if it looks like a Redis server at all.
     reported_is_redis_here: bool,
@@ -540,7 +540,10 @@ pub fn resolve_redis(spec: &str, timeout: Duration) -> Result<Resolved, LocateEr
         Ok(rep) => {
             let here = ProcFacts::of_pid(rep.pid).filter(ProcFacts::alive);
             let is_redis = here.as_ref().is_some_and(|f| is_redis_like(&f.comm));
+            // Skip a second /proc scan when the listener already is the reported PID.
+            let listener_is_reported = matches!(&listener, Ok(Some(l)) if l.pid == rep.pid);
             let confirmed = is_redis
+                && !listener_is_reported
                 && match (spec.unix_path(), rep.port) {
                     (Some(path), _) => {
                         matches!(pid_listening_on_unix(path), Ok(Some(p)) if p == rep.pid)
@@ -662,6 +665,15 @@ pub(crate) mod test_server {
 
     impl Drop for TestRedis {
         fn drop(&mut self) {
+            // A BGSAVE child would outlive its killed parent: kill it first.
+            for kid in crate::target::children(self.pid()) {
+                if let Ok(kid) = i32::try_from(kid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(kid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
