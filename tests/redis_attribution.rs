@@ -362,8 +362,10 @@ fn swap_ins_are_attributed_to_get_on_the_keys_read() {
                 "[{label}] {k} not among the top swap-in keys"
             );
         }
+        // 16 KiB always covers 3 whole pages no other value shares (4 when page-aligned,
+        // as with jemalloc; libc malloc in 6.2 is not).
         for k in top.iter().take(known.len()) {
-            assert!(k["pages"].as_u64().unwrap() >= 4, "[{label}] {k}");
+            assert!(k["pages"].as_u64().unwrap() >= 3, "[{label}] {k}");
         }
     }
 }
