@@ -161,7 +161,7 @@ impl RedisSession {
     /// Labels a fork of the server: why it forked and what Redis says it cost.
     pub fn on_fork(&mut self, child: u32) -> (Option<String>, EpochRedisInfo) {
         let mut info = EpochRedisInfo::default();
-        let child_ns = ns_pid(child);
+        let child_ns = verify::namespace_pid(child);
         let job = verify::read_child_job(
             &self.mem,
             self.prepared.server_addr,
@@ -252,17 +252,6 @@ impl RedisSession {
         self.pending_cow = keep;
         done
     }
-}
-
-/// The pid a process has in its own (innermost) namespace.
-fn ns_pid(pid: u32) -> u32 {
-    procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.status())
-        .ok()
-        .and_then(|s| s.nspid)
-        .and_then(|v| v.last().copied())
-        .map(|p| p as u32)
-        .unwrap_or(pid)
 }
 
 fn child_title_reason(child: u32) -> Option<&'static str> {

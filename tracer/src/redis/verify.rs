@@ -168,8 +168,8 @@ pub fn prepare(
     ))
 }
 
-/// The pid as the server itself sees it (innermost pid namespace).
-fn namespace_pid(pid: u32) -> u32 {
+/// The pid as the process itself sees it (innermost pid namespace).
+pub fn namespace_pid(pid: u32) -> u32 {
     procfs::process::Process::new(pid as i32)
         .and_then(|p| p.status())
         .ok()
