@@ -19,6 +19,62 @@ pub struct Cli {
 pub enum Command {
     /// Trace a process (and its fork children) and write a JSON timeline.
     Record(RecordArgs),
+    /// Print a terminal summary of a timeline (and optionally write an HTML report).
+    Report(ReportArgs),
+    /// Convert a timeline to another format (Perfetto / Chrome Trace Event JSON).
+    Export(ExportArgs),
+    /// Check that this host (and a Redis server) can be traced; exit 0 pass, 1 warn, 2 fail.
+    Check(CheckArgs),
+}
+
+/// Arguments of `report`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  redis-memtrace report timeline.json\n  redis-memtrace report timeline.json --html report.html"
+)]
+pub struct ReportArgs {
+    /// Timeline written by `record` (JSON or NDJSON).
+    pub timeline: PathBuf,
+    /// Also write a self-contained HTML report with charts to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Rows in each top-N table.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+/// Arguments of `export`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  redis-memtrace export --perfetto timeline.json -o trace.json\n  (open trace.json in https://ui.perfetto.dev or chrome://tracing)"
+)]
+pub struct ExportArgs {
+    /// Timeline to convert to Chrome Trace Event JSON (opens in Perfetto UI).
+    #[arg(long, value_name = "TIMELINE")]
+    pub perfetto: PathBuf,
+    /// Where to write the trace.
+    #[arg(short, long, default_value = "trace.json")]
+    pub output: PathBuf,
+}
+
+/// Arguments of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also check a running process (symbols for attribution, THP of its mappings).
+    #[arg(long, conflicts_with = "redis")]
+    pub pid: Option<u32>,
+    /// Also check a Redis server by address (HOST:PORT or redis://[user:pass@]host:port).
+    #[arg(long, value_name = "ADDR")]
+    pub redis: Option<String>,
+}
+
+/// Output formats of `record`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON document, written when the run ends (temp file renamed into place).
+    Json,
+    /// One JSON object per line as events happen; the last line is the summary.
+    Ndjson,
 }
 
 /// Arguments of `record`.
@@ -50,9 +106,15 @@ pub struct RecordArgs {
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or the target exits.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Where to write the JSON timeline.
+    /// Where to write the timeline (`-` for stdout with --format ndjson).
     #[arg(short, long, default_value = "timeline.json")]
     pub output: PathBuf,
+    /// Timeline format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Also write a Perfetto / Chrome Trace Event JSON file when the run ends.
+    #[arg(long, value_name = "FILE")]
+    pub perfetto: Option<PathBuf>,
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 64)]
     pub ring_buffer_mb: u32,

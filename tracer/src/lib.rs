@@ -7,14 +7,18 @@
 
 pub mod analysis;
 pub mod attribution;
+pub mod check;
 pub mod classify;
 pub mod clock;
 pub mod counts;
+pub mod export;
 pub mod fork_epochs;
+pub mod host;
 pub mod loader;
 pub mod reader;
 pub mod record;
 pub mod redis;
+pub mod report;
 pub mod samples;
 pub mod target;
 pub mod timeline;

@@ -7,12 +7,15 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use memtrace::record::{RecordOptions, TargetSpec, record};
 
-use crate::cli::{Cli, Command, RecordArgs};
+use crate::cli::{CheckArgs, Cli, Command, ExportArgs, RecordArgs, ReportArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record(args) => run_record(args),
+        Command::Report(args) => run_report(args),
+        Command::Export(args) => run_export(args),
+        Command::Check(args) => run_check(args),
     };
     match result {
         Ok(code) => code,
@@ -53,4 +56,25 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     };
     record(&opts)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    memtrace::report::run(&args.timeline, args.html.as_deref(), args.top.max(1))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    memtrace::export::perfetto::export(&args.perfetto, &args.output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    use memtrace::check::Level;
+    Ok(
+        match memtrace::check::run(args.pid, args.redis.as_deref())? {
+            Level::Pass => ExitCode::SUCCESS,
+            Level::Warn => ExitCode::from(1),
+            Level::Fail => ExitCode::from(2),
+        },
+    )
 }

@@ -191,6 +191,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             "top_n": opts.top_n,
             "interval_ns": opts.interval.as_nanos() as u64,
         }),
+        host: crate::host::HostInfo::read(),
     };
     let mut analyzer = Analyzer::new(pid, target::swap_bytes(pid).or(Some(0)));
 

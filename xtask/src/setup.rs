@@ -11,7 +11,14 @@ use anyhow::{Context, Result, bail};
 use crate::{root, run};
 
 /// Debian packages the tests, benchmark and demo use.
-const PACKAGES: &[&str] = &["redis-server", "redis-tools", "bpftool", "util-linux"];
+const PACKAGES: &[&str] = &[
+    "redis-server",
+    "redis-tools",
+    "bpftool",
+    "util-linux",
+    "python3-jsonschema",
+    "chromium",
+];
 
 /// Runs every setup step.
 pub fn setup() -> Result<()> {

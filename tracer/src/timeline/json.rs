@@ -238,6 +238,7 @@ mod tests {
             wall_start_unix_ns: 2,
             attach_ns: 3,
             options: serde_json::json!({"duration": null}),
+            host: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! the trailer (epochs, losses, summary) known at the end.
 
 pub mod json;
+pub mod read;
 
 use serde::Serialize;
 
@@ -41,6 +42,8 @@ pub struct RunInfo {
     pub attach_ns: u64,
     /// Options the run was started with.
     pub options: serde_json::Value,
+    /// RAM, swap, THP and VM settings of the host at start.
+    pub host: crate::host::HostInfo,
 }
 
 /// Counters kept by the eBPF programs.

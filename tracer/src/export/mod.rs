@@ -1,0 +1,3 @@
+//! Conversions of a timeline to other tools' formats.
+
+pub mod perfetto;
