@@ -15,6 +15,7 @@ pub mod export;
 pub mod fork_epochs;
 pub mod host;
 pub mod loader;
+pub mod output_file;
 pub mod reader;
 pub mod record;
 pub mod redis;
