@@ -88,9 +88,15 @@ fn exact_case(pages: u64, cow: u64, reuse: u64, swap: u64) {
         e["end_ns"].as_u64().unwrap(),
     );
     assert!(end > start, "epoch must have a closed end after its start");
+    let syscall = e["fork_duration_ns"].as_u64().unwrap();
+    assert!(syscall > 0, "fork duration measured");
+    // fault-gen forks right after its exec: the libc probe must already be in place.
+    let call = e["fork_call_ns"]
+        .as_u64()
+        .expect("libc fork() call measured");
     assert!(
-        e["fork_duration_ns"].as_u64().unwrap() > 0,
-        "fork duration measured"
+        call >= syscall,
+        "fork() call {call} ns contains its clone syscall {syscall} ns"
     );
     assert!(e["faults"]["parent"]["cow_copy"].as_u64().unwrap() >= cow);
     // Every summary field other tools read is present and an integer.

@@ -26,7 +26,8 @@ pub mod kind {
     pub const FAULT: u32 = 1;
     /// A traced process created a new process (not a thread).
     pub const FORK: u32 = 2;
-    /// A `clone`/`clone3` syscall of a traced process returned.
+    /// A `clone`/`clone3` syscall, or a libc `fork()` call
+    /// ([`crate::fork_ret_flags::LIBC_CALL`]), of a traced process returned.
     pub const FORK_RET: u32 = 3;
     /// A thread of a traced process exited.
     pub const EXIT: u32 = 4;
@@ -66,6 +67,13 @@ pub mod fault_flags {
 pub mod exit_flags {
     /// The whole thread group is gone (the last thread exited).
     pub const GROUP_DEAD: u32 = 1 << 0;
+}
+
+/// Bits of [`Event::flags`] for [`kind::FORK_RET`].
+pub mod fork_ret_flags {
+    /// Measured around the libc `fork()` call (uprobe/uretprobe), not the syscall: the
+    /// stall the caller sees, atfork handlers and scheduling delays included.
+    pub const LIBC_CALL: u32 = 1 << 0;
 }
 
 /// Bits of [`Event::flags`] for [`kind::SWAP_ENTS`].

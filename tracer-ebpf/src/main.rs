@@ -19,14 +19,16 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
         bpf_task_pt_regs, generated,
     },
-    macros::{map, perf_event, raw_tracepoint, tracepoint},
+    macros::{map, perf_event, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{PerfEventContext, RawTracePointContext, TracePointContext},
+    programs::{
+        PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext,
+    },
 };
 use tracer_common::{
     CLONE_THREAD, Config, ContextEvent, Event, FIELD_ABSENT, GFP_MOVABLE, Inflight, KEY_CAP,
     NAME_CAP, PHASE_RANGES, RECLAIM_WB_ANON, RedisLayout, STACK_WORDS, context_flags, counter,
-    exit_flags, fault_flags as ff, kind, phase, role, rss_member, swap_flags,
+    exit_flags, fault_flags as ff, fork_ret_flags, kind, phase, role, rss_member, swap_flags,
 };
 
 /// Tracepoint field offsets; overwritten by the loader before load.
@@ -52,6 +54,10 @@ static CLONE_FLAGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0)
 /// tid -> start of an in-progress clone syscall of a traced process.
 #[map]
 static CLONE_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// tid -> start of an in-progress libc `fork()` call of a traced process.
+#[map]
+static FORK_CALL_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
 
 /// rss_stat mm_id -> owning tgid, learnt from the owner's own events, so changes made
 /// from other contexts (kswapd, process_madvise) can be attributed.
@@ -776,6 +782,41 @@ pub fn clone_exit(ctx: TracePointContext) -> u32 {
         tgid,
         tid,
         flags: 0,
+        addr: 0,
+        arg: ret as u64,
+        duration_ns: now_ns().saturating_sub(start),
+    });
+    0
+}
+
+/// Entry of libc `fork()`. Attached system-wide (by inode): other processes cost one
+/// lookup, and fork is rare.
+#[uprobe]
+pub fn fork_call_enter(_ctx: ProbeContext) -> u32 {
+    let (tgid, tid) = current();
+    if is_traced(tgid) {
+        let _ = FORK_CALL_START.insert(tid, now_ns(), 0);
+    }
+    0
+}
+
+/// Return of libc `fork()`. The child returns through here too (ret 0, another tid, no
+/// start recorded): only the parent emits.
+#[uretprobe]
+pub fn fork_call_exit(ctx: RetProbeContext) -> u32 {
+    let (tgid, tid) = current();
+    // SAFETY: value copied out immediately.
+    let Some(start) = (unsafe { FORK_CALL_START.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = FORK_CALL_START.remove(tid);
+    let ret: i64 = ctx.ret::<i32>() as i64;
+    emit(Event {
+        ts_ns: start,
+        kind: kind::FORK_RET,
+        tgid,
+        tid,
+        flags: fork_ret_flags::LIBC_CALL,
         addr: 0,
         arg: ret as u64,
         duration_ns: now_ns().saturating_sub(start),

@@ -4,7 +4,9 @@
 use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
-use tracer_common::{ContextEvent, Event, exit_flags, fault_flags as ff, kind, swap_flags};
+use tracer_common::{
+    ContextEvent, Event, exit_flags, fault_flags as ff, fork_ret_flags, kind, swap_flags,
+};
 
 use crate::{
     attribution::{
@@ -352,6 +354,13 @@ impl Analyzer {
                     child_pid: child,
                     epoch,
                 }
+            }
+            kind::FORK_RET if ev.flags & fork_ret_flags::LIBC_CALL != 0 => {
+                // The libc call's duration lives on the epoch only: the syscall record
+                // already marks the fork in the event stream.
+                self.epochs
+                    .on_fork_call_return(ev.tid, ev.arg as i64, ev.duration_ns);
+                return None;
             }
             kind::FORK_RET => {
                 let ret = ev.arg as i64;

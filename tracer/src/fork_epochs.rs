@@ -45,8 +45,12 @@ pub struct Epoch {
     pub start_ns: u64,
     /// Monotonic time of the child's exit; `None` while open.
     pub end_ns: Option<u64>,
-    /// How long the clone syscall took in the parent.
+    /// How long the clone syscall took in the parent (kernel entry to exit).
     pub fork_duration_ns: Option<u64>,
+    /// How long the libc `fork()` call took in the parent, as the caller saw it: the
+    /// syscall plus atfork handlers and any wait for a CPU on the way back. This is what
+    /// Redis's `latest_fork_usec` measures. `None` when libc's `fork` could not be probed.
+    pub fork_call_ns: Option<u64>,
     /// The child was already running when tracing started (start and fork time unknown).
     pub started_before_trace: bool,
     /// Why the child's epoch ended: `exit`, or `trace_end` when tracing stopped first.
@@ -69,7 +73,8 @@ pub struct EpochRedisInfo {
     pub reason_source: String,
     /// INFO `latest_fork_usec` read right after the fork.
     pub latest_fork_usec: Option<u64>,
-    /// Tracer's fork duration minus Redis's, microseconds (positive: tracer longer).
+    /// Tracer's fork duration (the libc call when probed, else the syscall) minus
+    /// Redis's, microseconds (positive: tracer longer).
     pub fork_usec_difference: Option<i64>,
     /// INFO `rdb_last_cow_size` (or `aof_last_cow_size`) after the child exited, bytes.
     pub last_cow_size: Option<u64>,
@@ -127,6 +132,7 @@ impl ForkEpochs {
             start_ns: ts,
             end_ns: None,
             fork_duration_ns: None,
+            fork_call_ns: None,
             started_before_trace: before,
             end_reason: None,
             faults: EpochFaults::default(),
@@ -150,6 +156,21 @@ impl ForkEpochs {
             .find(|e| e.child_pid == ret as u32 && e.parent_tid == tid)
         {
             epoch.fork_duration_ns.get_or_insert(duration_ns);
+        }
+    }
+
+    /// The libc `fork()` call of `tid` returned `ret` after `duration_ns`.
+    pub fn on_fork_call_return(&mut self, tid: u32, ret: i64, duration_ns: u64) {
+        if ret <= 0 {
+            return;
+        }
+        if let Some(epoch) = self
+            .epochs
+            .iter_mut()
+            .rev()
+            .find(|e| e.child_pid == ret as u32 && e.parent_tid == tid)
+        {
+            epoch.fork_call_ns.get_or_insert(duration_ns);
         }
     }
 
@@ -230,6 +251,10 @@ mod tests {
         let mut ep = ForkEpochs::new(T);
         assert_eq!(ep.on_fork(T, 101, 200, 1_000), Some(0));
         ep.on_fork_return(101, 200, 350);
+        // The child's return (0) and another thread's call are not the parent's.
+        ep.on_fork_call_return(101, 0, 1);
+        ep.on_fork_call_return(102, 200, 2);
+        ep.on_fork_call_return(101, 200, 420);
         assert_eq!(
             ep.assign(T, 1_500, FaultKind::CowCopy),
             (Role::Parent, Some(0))
@@ -248,6 +273,7 @@ mod tests {
             (e.start_ns, e.end_ns, e.fork_duration_ns),
             (1_000, Some(2_000), Some(350))
         );
+        assert_eq!(e.fork_call_ns, Some(420));
         assert_eq!(e.faults.parent.cow_copy, 1);
         assert_eq!(e.faults.child.cow_copy, 1);
         assert_eq!(e.faults.parent.wp_reuse, 0);

@@ -14,6 +14,7 @@ pub mod counts;
 pub mod export;
 pub mod fork_epochs;
 pub mod host;
+pub mod libc_fork;
 pub mod loader;
 pub mod output_file;
 pub mod reader;

@@ -10,8 +10,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, RawTracePoint, TracePoint,
+        PerfEvent, RawTracePoint, TracePoint, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        uprobe::UProbeScope,
     },
 };
 use tracer_common::{CONFIG_GLOBAL, Config, FIELD_ABSENT, RedisLayout, counter, maps};
@@ -62,6 +63,8 @@ pub struct Probes {
     pub degraded: Vec<String>,
     /// Time from opening the object to the last attach.
     pub attach_time: std::time::Duration,
+    /// Objects (device, inode) whose `fork` is probed.
+    fork_call_objects: Vec<(u64, u64)>,
 }
 
 /// A tracepoint hook: program name, category, event, and whether it can be missed.
@@ -306,6 +309,7 @@ impl Probes {
             traced,
             degraded,
             attach_time: started.elapsed(),
+            fork_call_objects: Vec::new(),
         })
     }
 
@@ -321,6 +325,37 @@ impl Probes {
             })?;
         map.insert(pid, layout, 0)
             .map_err(|e| LoadError::Map(maps::REDIS, e.to_string()))
+    }
+
+    /// Measures libc `fork()` calls in `object` (see [`crate::libc_fork`]): a uprobe and
+    /// a uretprobe on `fork`, attached for every process mapping that file and filtered
+    /// to traced ones in the kernel. Attaching the same object twice is a no-op.
+    pub fn attach_fork_call(&mut self, object: &Path) -> Result<(), LoadError> {
+        // The same file reached by two paths (two processes' roots) is one probe.
+        let id = std::fs::metadata(object)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino())
+            })
+            .map_err(|e| LoadError::Map("fork probe", format!("{}: {e}", object.display())))?;
+        if self.fork_call_objects.contains(&id) {
+            return Ok(());
+        }
+        for name in ["fork_call_enter", "fork_call_exit"] {
+            let what = format!(
+                "uprobe {name} on {}:{}",
+                object.display(),
+                crate::libc_fork::SYMBOL
+            );
+            let prog: &mut UProbe = typed(&mut self.ebpf, name, &what)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(failed(&what))?;
+            }
+            prog.attach(crate::libc_fork::SYMBOL, object, UProbeScope::AllProcesses)
+                .map_err(|source| LoadError::Program { what, source })?;
+        }
+        self.fork_call_objects.push(id);
+        Ok(())
     }
 
     /// Starts tracing `pid` with `role` (`tracer_common::role`).

@@ -195,6 +195,21 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     };
     let mut analyzer = Analyzer::new(pid, target::swap_bytes(pid).or(Some(0)));
 
+    // The fork() call as the caller sees it; a launched command only after its exec.
+    // A launched command has not exec'd yet: probe our own libc now (the same file
+    // almost always, so its first fork is seen) and its own once it runs.
+    let mut fork_call_pending = launched.is_some();
+    let probe_pid = if launched.is_some() {
+        std::process::id()
+    } else {
+        pid
+    };
+    if let Err(w) = probe_fork_call(&mut probes, probe_pid)
+        && launched.is_none()
+    {
+        warnings.push(w);
+    }
+
     // Attribution for a running Redis: prove the layout, give it to the kernel, then
     // start tracing with the attribution role. A launched command is tried once it runs.
     let mut session: Option<RedisSession> = None;
@@ -328,6 +343,19 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                 }
             }
         }
+        if fork_call_pending
+            && reason.is_none()
+            && let Some(p) = probes.as_mut()
+            && target::has_exec_d(pid)
+        {
+            fork_call_pending = false;
+            if let Err(w) = probe_fork_call(p, pid) {
+                if !opts.quiet {
+                    eprintln!("redis-memtrace: warning: {w}");
+                }
+                warnings.push(w);
+            }
+        }
         if attribution_pending
             && reason.is_none()
             && last_attribution_try.elapsed() >= Duration::from_millis(200)
@@ -430,7 +458,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     let lost = kernel.ring_buffer_full;
     let (mut epochs, summary) = analyzer.finish(end_mono);
     for e in &mut epochs {
-        if let (Some(r), Some(ours)) = (e.redis.as_mut(), e.fork_duration_ns)
+        if let (Some(r), Some(ours)) = (e.redis.as_mut(), e.fork_call_ns.or(e.fork_duration_ns))
             && let Some(theirs) = r.latest_fork_usec
         {
             r.fork_usec_difference = Some((ours / 1000) as i64 - theirs as i64);
@@ -468,6 +496,15 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         lost_events: lost,
         target_exit_status: exit_status,
     })
+}
+
+/// Probes the libc `fork()` of `pid`; `Err` is a warning saying what is lost.
+fn probe_fork_call(probes: &mut Probes, pid: u32) -> Result<(), String> {
+    let lost = "epochs carry the clone syscall time only (fork_call_ns null)";
+    let object = crate::libc_fork::locate(pid).map_err(|e| format!("{e}: {lost}"))?;
+    probes
+        .attach_fork_call(&object)
+        .map_err(|e| format!("cannot probe fork(): {e}: {lost}"))
 }
 
 /// Proves a layout for a Redis target and hands it to the kernel. `Ok(None)`: not a
@@ -523,7 +560,8 @@ fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::pat
             e.id,
             e.child_pid,
             e.end_ns.unwrap_or(e.start_ns).saturating_sub(e.start_ns) as f64 / 1e9,
-            e.fork_duration_ns
+            e.fork_call_ns
+                .or(e.fork_duration_ns)
                 .map_or("?".into(), |d| (d / 1000).to_string()),
             e.faults.parent.cow_copy,
             e.faults.child.cow_copy,

@@ -231,6 +231,14 @@ impl Drop for Launched {
     }
 }
 
+/// Whether `pid` runs another executable than this tracer (a launched command has
+/// exec'd).
+pub fn has_exec_d(pid: u32) -> bool {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/exe"));
+    let ours = std::fs::read_link("/proc/self/exe");
+    matches!((theirs, ours), (Ok(a), Ok(b)) if a != b)
+}
+
 /// `/proc/PID/comm` without the newline, if the process exists.
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
