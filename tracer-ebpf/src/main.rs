@@ -13,7 +13,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
@@ -112,12 +112,14 @@ fn is_traced(tgid: u32) -> bool {
 
 #[inline(always)]
 fn emit(event: Event) {
-    // Never wake the reader from here: a wakeup is an irq_work inside the faulting
-    // thread's path. Userspace drains on a short timer instead.
-    if EVENTS
-        .output::<Event>(&event, BPF_RB_NO_WAKEUP as u64)
-        .is_err()
-    {
+    // Never wake the reader from a fault: a wakeup is an irq_work inside the faulting
+    // thread's path. Userspace drains on a timer instead, which it slows down when idle;
+    // the rare process lifecycle events wake it, so a fork is seen at once.
+    let flags = match event.kind {
+        kind::FORK | kind::EXIT | kind::FORK_RET => BPF_RB_FORCE_WAKEUP,
+        _ => BPF_RB_NO_WAKEUP,
+    };
+    if EVENTS.output::<Event>(&event, flags as u64).is_err() {
         bump(counter::LOST);
     }
 }

@@ -39,6 +39,22 @@ pub fn decode(bytes: &[u8]) -> Option<Raw> {
 /// Events per batch handed to the analysis thread.
 const BATCH: usize = 8192;
 
+/// Longest sleep between drains while nothing arrives.
+pub const IDLE_WAIT: Duration = Duration::from_millis(32);
+
+/// Sleeps until the kernel signals the ring buffer (a forced wakeup) or `wait` passes.
+fn wait_readable(ring: &RingBuf<MapData>, wait: Duration) {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut pfd = libc::pollfd {
+        fd: ring.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call. An error (EINTR) just
+    // means an earlier drain.
+    unsafe { libc::poll(&mut pfd, 1, wait.as_millis().min(i32::MAX as u128) as i32) };
+}
+
 /// What the reader saw.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReaderStats {
@@ -60,10 +76,14 @@ pub fn spawn(
         .name("ringbuf-reader".into())
         .spawn(move || {
             let mut stats = ReaderStats::default();
+            let mut wait = interval;
             loop {
                 let stopping = stop.load(Ordering::Acquire);
-                let mut batch = Vec::with_capacity(BATCH);
+                let mut batch = Vec::new();
                 while let Some(item) = ring.next() {
+                    if batch.capacity() == 0 {
+                        batch.reserve_exact(BATCH);
+                    }
                     match decode(&item) {
                         Some(raw) => batch.push(raw),
                         None => stats.malformed += 1,
@@ -78,6 +98,15 @@ pub fn spawn(
                         }
                     }
                 }
+                // Busy: drain every `interval`. Idle: back off up to IDLE_WAIT, so an idle
+                // Redis does not pay for hundreds of wakeups a second; the kernel wakes us
+                // early for fork/exit, and the ring buffer holds far more than a
+                // IDLE_WAIT-long burst.
+                wait = if batch.is_empty() {
+                    (wait * 2).min(IDLE_WAIT.max(interval))
+                } else {
+                    interval
+                };
                 if !batch.is_empty() {
                     stats.delivered += batch.len() as u64;
                     if tx.send(batch).is_err() {
@@ -87,7 +116,7 @@ pub fn spawn(
                 if stopping {
                     return stats;
                 }
-                std::thread::sleep(interval);
+                wait_readable(&ring, wait);
             }
         })
 }
