@@ -22,6 +22,7 @@ pub mod record;
 pub mod redis;
 pub mod report;
 pub mod samples;
+pub mod status_line;
 pub mod target;
 pub mod timeline;
 pub mod tracefs;

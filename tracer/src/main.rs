@@ -7,7 +7,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use memtrace::record::{RecordOptions, TargetSpec, record};
 
-use crate::cli::{CheckArgs, Cli, Command, ExportArgs, RecordArgs, ReportArgs};
+use crate::cli::{CheckArgs, Cli, Command, ExportArgs, Format, RecordArgs, ReportArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,6 +53,8 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         key_max: args.key_bytes as usize,
         top_n: args.top.max(1),
         interval: args.interval.max(Duration::from_millis(10)),
+        ndjson: args.format == Format::Ndjson,
+        perfetto: args.perfetto,
     };
     record(&opts)?;
     Ok(ExitCode::SUCCESS)

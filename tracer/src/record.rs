@@ -26,8 +26,9 @@ use crate::{
         session::RedisSession,
     },
     samples::Sampler,
+    status_line::{Progress, StatusLine},
     target::{self, ProcessId},
-    timeline::{EndInfo, RunInfo, Trailer, json::JsonTimeline},
+    timeline::{EndInfo, RunInfo, Trailer, Writer},
 };
 
 /// What to trace.
@@ -66,6 +67,10 @@ pub struct RecordOptions {
     pub top_n: usize,
     /// Memory sampling interval.
     pub interval: Duration,
+    /// Write NDJSON (one object per line, live) instead of one JSON document.
+    pub ndjson: bool,
+    /// Also write a Perfetto / Chrome Trace Event file here when the run ends.
+    pub perfetto: Option<PathBuf>,
 }
 
 /// Outcome of a recording, for callers that want the numbers.
@@ -119,7 +124,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             (None, info, id)
         }
         TargetSpec::Command(argv) => {
-            let (l, info) = target::launch(argv)?;
+            let (l, info) = target::launch(argv, opts.output == std::path::Path::new("-"))?;
             let id = ProcessId {
                 pid: l.pid,
                 start_ticks: info.start_time_ticks,
@@ -129,7 +134,24 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     };
     let pid = target_id.pid;
 
-    let mut timeline = JsonTimeline::create(&opts.output).with_context(|| {
+    let stdout = opts.output == std::path::Path::new("-");
+    if stdout && !opts.ndjson {
+        bail!("-o - (stdout) needs --format ndjson: a JSON document is only complete at the end");
+    }
+    if stdout && opts.perfetto.is_some() {
+        bail!("--perfetto reads the finished timeline back: write it to a file with -o");
+    }
+    // Every output is opened before anything is attached, so a bad path fails early.
+    let mut perfetto_file = match &opts.perfetto {
+        Some(p) => Some(crate::output_file::AtomicFile::create(p).with_context(|| {
+            format!(
+                "cannot write the Perfetto trace to {} (choose a writable path)",
+                p.display()
+            )
+        })?),
+        None => None,
+    };
+    let mut timeline = Writer::create(&opts.output, opts.ndjson).with_context(|| {
         format!(
             "cannot write the timeline to {} (choose a writable path with -o)",
             opts.output.display()
@@ -282,6 +304,8 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         }
     }
     let mut sampler = start_sampler(pid, session.as_ref(), opts.interval);
+    let mut progress = Progress::default();
+    let mut status = StatusLine::new(!opts.quiet);
     let mut exited_children: std::collections::HashSet<u32> = Default::default();
     let mut last_attribution_try = Instant::now();
 
@@ -297,6 +321,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                     let ev = match raw {
                         Raw::Context(c) => {
                             for record in analyzer.process_context(c) {
+                                progress.observe(&record);
                                 timeline
                                     .write_record(&record)
                                     .context("writing the timeline")?;
@@ -328,14 +353,17 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                         }
                         _ => {}
                     }
+                    progress.observe(&record);
                     timeline
                         .write_record(&record)
                         .context("writing the timeline")?;
                 }
+                timeline.flush_live().context("writing the timeline")?;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
+        status.tick(&progress, || counters.read().ring_buffer_full);
         if let Some(s) = session.as_mut() {
             for (child, bytes) in s.poll_cow_sizes(&|c| exited_children.contains(&c)) {
                 if let Some(r) = analyzer.epoch_redis_mut(child) {
@@ -420,6 +448,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             }
         }
     }
+    status.clear();
     let stats = reader.join().unwrap_or_default();
     let end_mono = clock::monotonic_ns();
     if let Some(l) = launched.as_ref()
@@ -481,6 +510,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     let output = timeline
         .finish(&trailer)
         .with_context(|| format!("finishing the timeline at {}", opts.output.display()))?;
+    if let Some(file) = perfetto_file.take() {
+        write_perfetto(&output, file)?;
+    }
     if !opts.quiet {
         print_summary(
             &trailer,
@@ -496,6 +528,22 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         lost_events: lost,
         target_exit_status: exit_status,
     })
+}
+
+/// Converts the finished timeline at `timeline` into the Perfetto file opened at start.
+fn write_perfetto(
+    timeline: &std::path::Path,
+    mut file: crate::output_file::AtomicFile,
+) -> Result<()> {
+    use std::io::Write;
+    let t = crate::timeline::read::load(timeline)?;
+    let trace = crate::export::perfetto::to_chrome_trace(&t);
+    serde_json::to_writer(file.writer(), &trace).context("writing the Perfetto trace")?;
+    file.writer()
+        .write_all(b"\n")
+        .context("writing the Perfetto trace")?;
+    file.commit().context("writing the Perfetto trace")?;
+    Ok(())
 }
 
 /// Probes the libc `fork()` of `pid`; `Err` is a warning saying what is lost.

@@ -130,7 +130,12 @@ fn resolve(program: &str) -> Option<PathBuf> {
 
 /// Forks a child that waits until [`Launched::release`] and then execs `argv`.
 /// Must be called while the process is single-threaded.
-pub fn launch(argv: &[String]) -> Result<(Launched, TargetInfo), TargetError> {
+/// With `stdout_to_stderr`, the command's standard output goes to our standard error
+/// (our stdout carries the timeline).
+pub fn launch(
+    argv: &[String],
+    stdout_to_stderr: bool,
+) -> Result<(Launched, TargetInfo), TargetError> {
     let program = argv
         .first()
         .ok_or_else(|| TargetError::Launch("".into(), "empty command".into()))?;
@@ -147,8 +152,8 @@ pub fn launch(argv: &[String]) -> Result<(Launched, TargetInfo), TargetError> {
         CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| fail("bad path".into()))?;
     let (gate_rx, gate_tx) =
         pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| fail(e.to_string()))?;
-    // SAFETY: called before any thread is started; the child only calls read, execvp,
-    // write and _exit, which are async-signal-safe.
+    // SAFETY: called before any thread is started; the child only calls read, dup2,
+    // execvp, write and _exit, which are async-signal-safe.
     match unsafe { fork() }.map_err(|e| fail(e.to_string()))? {
         ForkResult::Child => {
             drop(gate_tx);
@@ -157,6 +162,10 @@ pub fn launch(argv: &[String]) -> Result<(Launched, TargetInfo), TargetError> {
                 // The tracer gave up before releasing us.
                 // SAFETY: _exit is always safe to call.
                 unsafe { libc::_exit(126) };
+            }
+            if stdout_to_stderr {
+                // SAFETY: dup2 is async-signal-safe; both descriptors are ours.
+                unsafe { libc::dup2(2, 1) };
             }
             let _ = execvp(&c_prog, &c_args);
             let _ = write(

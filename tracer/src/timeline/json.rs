@@ -5,101 +5,86 @@
 //! when complete, so the output path never holds a truncated timeline.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write},
-    os::unix::fs::OpenOptionsExt,
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
 use serde::Serialize;
 
 use super::{RunInfo, SCHEMA_VERSION, TargetInfo, Trailer};
-use crate::{analysis::Record, attribution::keys::escape_key};
+use crate::{analysis::Record, attribution::keys::escape_key, output_file::AtomicFile};
 
 /// Streams one timeline to disk.
 pub struct JsonTimeline {
-    out: BufWriter<File>,
-    tmp: PathBuf,
-    dest: PathBuf,
+    file: AtomicFile,
     first: bool,
-}
-
-/// Temporary path used while `dest` is written.
-pub fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "timeline.json".into());
-    dest.with_file_name(format!(".{name}.partial-{}", std::process::id()))
 }
 
 impl JsonTimeline {
     /// Creates the temporary file (mode 0600, never through an existing file or link).
     /// Called before anything is attached, so an unwritable path fails early.
     pub fn create(dest: &Path) -> io::Result<Self> {
-        let tmp = temp_path(dest);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
         Ok(JsonTimeline {
-            out: BufWriter::with_capacity(1 << 20, file),
-            tmp,
-            dest: dest.to_path_buf(),
+            file: AtomicFile::create(dest)?,
             first: true,
         })
     }
 
     /// Writes everything known before tracing starts.
     pub fn write_header(&mut self, run: &RunInfo, target: &TargetInfo) -> io::Result<()> {
-        write!(self.out, "{{\"schema_version\":{SCHEMA_VERSION},\"run\":")?;
-        to_writer(&mut self.out, run)?;
-        self.out.write_all(b",\"target\":")?;
-        to_writer(&mut self.out, target)?;
-        self.out.write_all(b",\"events\":[\n")
+        let out = self.file.writer();
+        write!(out, "{{\"schema_version\":{SCHEMA_VERSION},\"run\":")?;
+        to_writer(out, run)?;
+        out.write_all(b",\"target\":")?;
+        to_writer(out, target)?;
+        out.write_all(b",\"events\":[\n")
     }
 
     /// Appends one record to `events`.
     pub fn write_record(&mut self, record: &Record) -> io::Result<()> {
+        let out = self.file.writer();
         if !self.first {
-            self.out.write_all(b",\n")?;
+            out.write_all(b",\n")?;
         }
         self.first = false;
-        write_record(&mut self.out, record)
+        write_record(out, record)
     }
 
     /// Writes the trailer, syncs and moves the file into place.
     pub fn finish(mut self, trailer: &Trailer) -> io::Result<PathBuf> {
-        self.out.write_all(b"\n],")?;
-        let value = serde_json::to_value(trailer).map_err(io::Error::other)?;
-        let serde_json::Value::Object(map) = value else {
-            return Err(io::Error::other("trailer is not an object"));
-        };
-        let mut first = true;
-        for (key, value) in map {
-            if !first {
-                self.out.write_all(b",")?;
-            }
-            first = false;
-            to_writer(&mut self.out, &key)?;
-            self.out.write_all(b":")?;
-            to_writer(&mut self.out, &value)?;
-        }
-        self.out.write_all(b"}\n")?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&self.tmp, &self.dest)?;
-        Ok(self.dest)
+        let out = self.file.writer();
+        out.write_all(b"\n],")?;
+        write_trailer_fields(out, trailer)?;
+        out.write_all(b"}\n")?;
+        self.file.commit()
     }
 
     /// Removes the temporary file (used when the run fails before producing anything).
     pub fn abandon(self) {
-        let _ = fs::remove_file(&self.tmp);
+        self.file.abandon();
     }
 }
 
-fn to_writer<W: Write, T: Serialize + ?Sized>(w: &mut W, value: &T) -> io::Result<()> {
+/// Writes the trailer's fields as `"key":value,...` (no braces), in serialization order.
+pub fn write_trailer_fields<W: Write>(out: &mut W, trailer: &Trailer) -> io::Result<()> {
+    let value = serde_json::to_value(trailer).map_err(io::Error::other)?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(io::Error::other("trailer is not an object"));
+    };
+    let mut first = true;
+    for (key, value) in map {
+        if !first {
+            out.write_all(b",")?;
+        }
+        first = false;
+        to_writer(out, &key)?;
+        out.write_all(b":")?;
+        to_writer(out, &value)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn to_writer<W: Write, T: Serialize + ?Sized>(w: &mut W, value: &T) -> io::Result<()> {
     serde_json::to_writer(w, value).map_err(io::Error::other)
 }
 
@@ -223,12 +208,14 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output_file::temp_path;
     use crate::{
         analysis::{Analyzer, Summary},
         classify::FaultKind,
         fork_epochs::Role,
         timeline::{EndInfo, KernelCounters},
     };
+    use std::fs;
 
     fn run() -> RunInfo {
         RunInfo {

@@ -2,11 +2,70 @@
 //! the trailer (epochs, losses, summary) known at the end.
 
 pub mod json;
+pub mod ndjson;
 pub mod read;
 
 use serde::Serialize;
 
 use crate::{analysis::Summary, fork_epochs::Epoch};
+
+/// A timeline being written, in the format the user chose.
+pub enum Writer {
+    /// One JSON document, renamed into place when complete.
+    Json(json::JsonTimeline),
+    /// One JSON object per line, written live.
+    Ndjson(ndjson::NdjsonTimeline),
+}
+
+impl Writer {
+    /// Opens the output before anything is attached, so a bad path fails early.
+    pub fn create(dest: &std::path::Path, ndjson: bool) -> std::io::Result<Writer> {
+        Ok(if ndjson {
+            Writer::Ndjson(ndjson::NdjsonTimeline::create(dest)?)
+        } else {
+            Writer::Json(json::JsonTimeline::create(dest)?)
+        })
+    }
+
+    /// Writes what is known before tracing starts.
+    pub fn write_header(&mut self, run: &RunInfo, target: &TargetInfo) -> std::io::Result<()> {
+        match self {
+            Writer::Json(w) => w.write_header(run, target),
+            Writer::Ndjson(w) => w.write_header(run, target),
+        }
+    }
+
+    /// Writes one record.
+    pub fn write_record(&mut self, record: &crate::analysis::Record) -> std::io::Result<()> {
+        match self {
+            Writer::Json(w) => w.write_record(record),
+            Writer::Ndjson(w) => w.write_record(record),
+        }
+    }
+
+    /// Makes what was written so far visible (NDJSON); a no-op for JSON.
+    pub fn flush_live(&mut self) -> std::io::Result<()> {
+        match self {
+            Writer::Json(_) => Ok(()),
+            Writer::Ndjson(w) => w.flush(),
+        }
+    }
+
+    /// Writes the trailer and completes the output; returns where it is.
+    pub fn finish(self, trailer: &Trailer) -> std::io::Result<std::path::PathBuf> {
+        match self {
+            Writer::Json(w) => w.finish(trailer),
+            Writer::Ndjson(w) => w.finish(trailer),
+        }
+    }
+
+    /// Gives up: the JSON temporary file is removed; an NDJSON stream keeps its lines.
+    pub fn abandon(self) {
+        if let Writer::Json(w) = self {
+            w.abandon();
+        }
+    }
+}
 
 /// Version of the timeline format; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
