@@ -219,6 +219,16 @@ fn layout_matches(root: &Path, hook: &Hook, config: &Config) -> bool {
     }
 }
 
+/// Every tracepoint the programs hook, as (category, event, what is lost without it;
+/// `None` = required). For `check`.
+pub fn tracepoints() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    RAW_HOOKS
+        .iter()
+        .map(|&(_, event, loses)| ("exceptions", event, loses))
+        .chain(HOOKS.iter().map(|h| (h.category, h.name, h.loses)))
+        .collect()
+}
+
 impl Probes {
     /// Loads and attaches everything. Nothing is traced until [`Probes::trace`] is called.
     pub fn attach(opts: ProbeOptions) -> Result<Probes, LoadError> {

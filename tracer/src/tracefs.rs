@@ -65,7 +65,8 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     find_mounted().ok_or_else(|| TracefsError::NotMounted("mounted but events/ is missing".into()))
 }
 
-fn find_mounted() -> Option<PathBuf> {
+/// The tracefs root if one is mounted (no side effects).
+pub fn find_mounted() -> Option<PathBuf> {
     CANDIDATES
         .iter()
         .map(PathBuf::from)

@@ -1,0 +1,166 @@
+//! `redis-memtrace check`: every line's verdict agrees with an independent reading of
+//! the same fact, and the exit code is the worst verdict (0 pass, 1 warn, 2 fail).
+
+mod common;
+
+use std::process::Command;
+
+use common::redis::RedisServer;
+use common::*;
+
+/// Runs `check` with `args` (as the current user, or through setpriv as nobody).
+fn check(args: &[&str], as_nobody: bool) -> (i32, Vec<String>, String) {
+    let out = if as_nobody {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(tracer())
+            .arg("check")
+            .args(args)
+            .output()
+            .unwrap()
+    } else {
+        Command::new(tracer())
+            .arg("check")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        stdout.lines().map(str::to_string).collect(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The verdict of the line for `name`.
+fn verdict<'a>(lines: &'a [String], name: &str) -> &'a str {
+    let prefix = |tag: &str| format!("[{tag}] {name}:");
+    for tag in ["pass", "warn", "FAIL"] {
+        if lines.iter().any(|l| l.starts_with(&prefix(tag))) {
+            return match tag {
+                "FAIL" => "fail",
+                t => t,
+            };
+        }
+    }
+    panic!("no line for {name} in {lines:#?}")
+}
+
+fn exit_code_matches(code: i32, lines: &[String]) {
+    let worst = if lines.iter().any(|l| l.starts_with("[FAIL]")) {
+        2
+    } else if lines.iter().any(|l| l.starts_with("[warn]")) {
+        1
+    } else {
+        0
+    };
+    assert_eq!(code, worst, "exit code vs lines {lines:#?}");
+    for l in &lines[..lines.len() - 1] {
+        assert!(
+            l.starts_with("[pass] ") || l.starts_with("[warn] ") || l.starts_with("[FAIL] "),
+            "{l}"
+        );
+        if !l.starts_with("[pass]") {
+            assert!(l.contains(" -- fix: "), "a warn/fail line names a fix: {l}");
+        }
+    }
+}
+
+#[test]
+fn host_checks_agree_with_proc_and_sysfs() {
+    require_root();
+    let (code, lines, stderr) = check(&[], false);
+    assert!(stderr.is_empty(), "{stderr}");
+    exit_code_matches(code, &lines);
+    assert_eq!(verdict(&lines, "privileges"), "pass");
+    assert_eq!(verdict(&lines, "eBPF programs"), "pass");
+    assert_eq!(
+        verdict(&lines, "tracepoint exceptions:page_fault_user"),
+        "pass"
+    );
+    let overcommit = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap();
+    assert_eq!(
+        verdict(&lines, "overcommit"),
+        if overcommit.trim() == "1" {
+            "pass"
+        } else {
+            "warn"
+        }
+    );
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    assert_eq!(
+        verdict(&lines, "THP"),
+        if thp.contains("[always]") {
+            "warn"
+        } else {
+            "pass"
+        }
+    );
+    // Nothing of the load test stays attached.
+    let progs = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .unwrap();
+    let progs = String::from_utf8_lossy(&progs.stdout);
+    assert!(!progs.contains("fault_done_minor"), "{progs}");
+}
+
+#[test]
+fn unprivileged_fails_naming_the_capability() {
+    require_root();
+    let (code, lines, _) = check(&[], true);
+    assert_eq!(code, 2, "{lines:#?}");
+    assert_eq!(verdict(&lines, "privileges"), "fail");
+    let line = lines.iter().find(|l| l.contains("privileges:")).unwrap();
+    assert!(
+        line.contains("CAP_BPF") && line.contains("CAP_PERFMON"),
+        "{line}"
+    );
+    exit_code_matches(code, &lines);
+}
+
+#[test]
+fn redis_server_checks() {
+    require_root();
+    let ram: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        * 1024;
+    // maxmemory at 10% of RAM passes; 0 (no limit) warns.
+    let tenth = (ram / 10).to_string();
+    for (maxmemory, expected) in [(tenth.as_str(), "pass"), ("0", "warn")] {
+        let server = RedisServer::start(
+            std::path::Path::new(common::redis::REDIS_70),
+            &["--maxmemory", maxmemory],
+        );
+        let (code, lines, stderr) = check(&["--redis", &server.url()], false);
+        assert!(stderr.is_empty(), "{stderr}");
+        exit_code_matches(code, &lines);
+        assert_eq!(verdict(&lines, "maxmemory"), expected, "{lines:#?}");
+        assert_eq!(verdict(&lines, "attribution symbols"), "pass");
+        let sym = lines
+            .iter()
+            .find(|l| l.contains("attribution symbols"))
+            .unwrap();
+        assert!(sym.contains("Redis 7.0 layout"), "{sym}");
+        assert_eq!(verdict(&lines, "Redis in swap"), "pass");
+    }
+}
+
+#[test]
+fn bad_targets_are_one_line_errors() {
+    require_root();
+    let (code, stderr) = tracer_fails(&["check", "--pid", "999999999"], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("redis-memtrace: error:"), "{stderr}");
+    let (code, stderr) = tracer_fails(&["check", "--redis", "127.0.0.1:1"], &[]);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
