@@ -95,7 +95,25 @@ fn not_root() {
         .expect("setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("needs root"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "needs CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, CAP_SYS_PTRACE"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!std::path::Path::new("/tmp/never-written.json").exists());
+
+    // Root without one capability: exactly that one is named.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-bpf", "--"])
+        .arg(tracer())
+        .args(["record", "--pid", "1", "-o", "/tmp/never-written.json"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("needs CAP_BPF ("), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(!std::path::Path::new("/tmp/never-written.json").exists());
 }

@@ -17,6 +17,7 @@ pub mod host;
 pub mod libc_fork;
 pub mod loader;
 pub mod output_file;
+pub mod privileges;
 pub mod reader;
 pub mod record;
 pub mod redis;

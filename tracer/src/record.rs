@@ -90,9 +90,7 @@ pub struct RecordOutcome {
 
 /// Runs one recording.
 pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("redis-memtrace record needs root (it loads eBPF programs): run it with sudo");
-    }
+    crate::privileges::require().map_err(anyhow::Error::msg)?;
     if !opts.ring_buffer_mb.is_power_of_two() || opts.ring_buffer_mb > 1024 {
         bail!(
             "--ring-buffer-mb must be a power of two between 1 and 1024, not {}",

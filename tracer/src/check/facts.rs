@@ -17,7 +17,7 @@ pub fn gather(pid: Option<u32>, redis: Option<&str>) -> anyhow::Result<Vec<Check
     let mut checks = Vec::new();
     let euid = nix::unistd::geteuid().as_raw();
     let privileged = euid == 0;
-    checks.push(verdicts::privileges(euid, cap_eff()));
+    checks.push(verdicts::privileges(euid, crate::privileges::effective()));
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -73,18 +73,6 @@ pub fn gather(pid: Option<u32>, redis: Option<&str>) -> anyhow::Result<Vec<Check
         checks.extend(server(pid, conn, host.mem_total_bytes.unwrap_or(0))?);
     }
     Ok(checks)
-}
-
-/// `CapEff` of this process.
-fn cap_eff() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
 }
 
 /// tracefs and each tracepoint the programs use.

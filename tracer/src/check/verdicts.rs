@@ -82,6 +82,8 @@ pub mod cap {
     pub const SYS_ADMIN: u32 = 21;
     /// CAP_SYS_PTRACE (reading Redis's memory through /proc/PID/mem).
     pub const SYS_PTRACE: u32 = 19;
+    /// CAP_DAC_OVERRIDE (reading root-only tracefs files).
+    pub const DAC_OVERRIDE: u32 = 1;
     /// CAP_PERFMON (perf events, tracepoint programs).
     pub const PERFMON: u32 = 38;
     /// CAP_BPF (loading programs, creating maps).
