@@ -12,6 +12,7 @@ mod bench;
 mod bench_overhead;
 mod demo;
 mod redis62;
+mod redis_server;
 mod setup;
 mod swap;
 
@@ -62,7 +63,8 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         clients: u32,
     },
-    /// Trace a workload with a fork, copy-on-write and swap, and print what was seen.
+    /// The main job: a throwaway Redis with a BGSAVE under writes and a swap episode,
+    /// recorded; prints the report and leaves timeline.json, trace.json, report.html.
     Demo {
         /// Folder for the outputs.
         #[arg(long, default_value = "memtrace-out")]
