@@ -1,5 +1,6 @@
 //! Shared helpers of the integration tests: binaries, root, swap, running the tracer.
 #![allow(dead_code, reason = "each test file uses a different subset")]
+pub mod recording;
 pub mod redis;
 
 use std::{

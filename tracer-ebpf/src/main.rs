@@ -364,9 +364,44 @@ fn emit_context(
 }
 
 /// Fills in the command name and first key of the client executing a command.
+///
+/// The name is the command's first argument, as the client sent it: a subcommand's
+/// `redisCommand` (Redis 7: `CONFIG SET`) is named `set`, which would pass for the data
+/// command. `cmd->declared_name` is the fallback when argv[0] cannot be read.
 #[inline(always)]
 fn command_details(ev: &mut ContextEvent, client: u64, layout: &RedisLayout) {
-    if let Some(cmd) = read_user::<u64>(client + layout.off_client_cmd as u64)
+    let argc = read_user::<i32>(client + layout.off_client_argc as u64).unwrap_or(0);
+    ev.argc = argc.max(0) as u32;
+    let argv = if argc >= 1 {
+        read_user::<u64>(client + layout.off_client_argv as u64)
+    } else {
+        None
+    };
+    if let Some(argv) = argv
+        && let Some(obj) = read_user::<u64>(argv)
+        && let Some(ptr) = read_user::<u64>(obj + 8)
+        && let Some(len) = sds_len(ptr)
+    {
+        let n = if len < NAME_CAP as u64 {
+            len as u32
+        } else {
+            NAME_CAP as u32
+        };
+        // SAFETY: n is bounded by NAME_CAP, the size of the destination.
+        let rc = unsafe {
+            generated::bpf_probe_read_user(
+                ev.name.as_mut_ptr().cast(),
+                n,
+                ptr as *const core::ffi::c_void,
+            )
+        };
+        if rc == 0 {
+            ev.name_len = n;
+        }
+    }
+    if ev.name_len == 0
+        && argc >= 1
+        && let Some(cmd) = read_user::<u64>(client + layout.off_client_cmd as u64)
         && cmd != 0
         && let Some(name) = read_user::<u64>(cmd + layout.off_cmd_name as u64)
     {
@@ -377,39 +412,9 @@ fn command_details(ev: &mut ContextEvent, client: u64, layout: &RedisLayout) {
             ev.name_len = n as u32;
         }
     }
-    let argc = read_user::<i32>(client + layout.off_client_argc as u64).unwrap_or(0);
-    ev.argc = argc.max(0) as u32;
-    if argc < 1 {
-        return;
-    }
-    let Some(argv) = read_user::<u64>(client + layout.off_client_argv as u64) else {
+    let Some(argv) = argv else {
         return;
     };
-    if ev.name_len == 0 {
-        // Before `lookupCommand` sets `cmd` (or when its page is not resident) the
-        // command is still known from its first argument.
-        if let Some(obj) = read_user::<u64>(argv)
-            && let Some(ptr) = read_user::<u64>(obj + 8)
-            && let Some(len) = sds_len(ptr)
-        {
-            let n = if len < NAME_CAP as u64 {
-                len as u32
-            } else {
-                NAME_CAP as u32
-            };
-            // SAFETY: n is bounded by NAME_CAP, the size of the destination.
-            let rc = unsafe {
-                generated::bpf_probe_read_user(
-                    ev.name.as_mut_ptr().cast(),
-                    n,
-                    ptr as *const core::ffi::c_void,
-                )
-            };
-            if rc == 0 {
-                ev.name_len = n;
-            }
-        }
-    }
     if argc < 2 {
         return;
     }

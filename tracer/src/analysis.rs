@@ -192,6 +192,8 @@ pub struct AttributionOptions {
     pub top_n: usize,
     /// Keys each heavy-hitters sketch tracks.
     pub key_capacity: usize,
+    /// What of a key is kept (`--keys`).
+    pub keys: crate::attribution::key_privacy::KeyPolicy,
 }
 
 #[derive(Debug)]
@@ -251,7 +253,7 @@ impl Analyzer {
     /// Turns attribution on (the target is a Redis server whose layout the kernel has).
     pub fn enable_attribution(&mut self, opts: AttributionOptions) {
         self.attribution = Some(AttributionState {
-            attributor: Attributor::new(opts.phases, opts.key_max),
+            attributor: Attributor::new(opts.phases, opts.key_max, opts.keys),
             total: Aggregates::new(opts.key_capacity),
             per_epoch: HashMap::new(),
             fork_child: Arc::new(Attribution::phase("fork-child")),

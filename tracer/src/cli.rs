@@ -68,6 +68,17 @@ pub struct CheckArgs {
     pub redis: Option<String>,
 }
 
+/// `--keys` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeysMode {
+    /// Key names, escaped and cut to --key-bytes.
+    Full,
+    /// A keyed hash of each key.
+    Hash,
+    /// No keys.
+    None,
+}
+
 /// Output formats of `record`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -97,6 +108,14 @@ pub struct RecordArgs {
     /// Key bytes kept in timelines (longer keys are truncated; their length is kept).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub key_bytes: u32,
+    /// What of key names is written: `full` (escaped, cut to --key-bytes), `hash` (a
+    /// keyed hash; no key name is written anywhere) or `none` (no keys; slots stay).
+    #[arg(long, value_enum, default_value_t = KeysMode::Full)]
+    pub keys: KeysMode,
+    /// Salt of `--keys hash`: runs with the same salt hash a key the same way and can be
+    /// compared. Default: a random salt per run. Only a fingerprint of it is recorded.
+    #[arg(long, value_name = "SALT", requires = "keys")]
+    pub key_salt: Option<String>,
     /// Rows in each top-N table (commands, keys, slots).
     #[arg(long, default_value_t = 20)]
     pub top: usize,

@@ -7,7 +7,8 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use memtrace::record::{RecordOptions, TargetSpec, record};
 
-use crate::cli::{CheckArgs, Cli, Command, ExportArgs, Format, RecordArgs, ReportArgs};
+use crate::cli::{CheckArgs, Cli, Command, ExportArgs, Format, KeysMode, RecordArgs, ReportArgs};
+use memtrace::attribution::key_privacy::KeyPolicy;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,6 +43,14 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         },
         (Some(_), false) => anyhow::bail!("give either --pid or a command, not both"),
     };
+    let keys = match (args.keys, &args.key_salt) {
+        (KeysMode::Full, None) => KeyPolicy::Full,
+        (KeysMode::None, None) => KeyPolicy::Omit,
+        (KeysMode::Hash, Some(salt)) => KeyPolicy::hash_with_salt(salt.as_bytes()),
+        (KeysMode::Hash, None) => KeyPolicy::hash_random()
+            .map_err(|e| anyhow::anyhow!("cannot read a random salt from /dev/urandom: {e}"))?,
+        (_, Some(_)) => anyhow::bail!("--key-salt only applies to --keys hash"),
+    };
     let opts = RecordOptions {
         target,
         duration: args.duration,
@@ -55,6 +64,7 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         interval: args.interval.max(Duration::from_millis(10)),
         ndjson: args.format == Format::Ndjson,
         perfetto: args.perfetto,
+        keys,
     };
     record(&opts)?;
     Ok(ExitCode::SUCCESS)

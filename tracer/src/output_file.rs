@@ -54,8 +54,13 @@ impl AtomicFile {
     pub fn commit(mut self) -> io::Result<PathBuf> {
         let out = self.out.take().expect("AtomicFile committed twice");
         let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&self.tmp, &self.dest)?;
+        let done = file
+            .sync_all()
+            .and_then(|()| fs::rename(&self.tmp, &self.dest));
+        if let Err(e) = done {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         Ok(self.dest.clone())
     }
 

@@ -71,6 +71,8 @@ pub struct RecordOptions {
     pub ndjson: bool,
     /// Also write a Perfetto / Chrome Trace Event file here when the run ends.
     pub perfetto: Option<PathBuf>,
+    /// What of key names is kept (`--keys`).
+    pub keys: crate::attribution::key_privacy::KeyPolicy,
 }
 
 /// Outcome of a recording, for callers that want the numbers.
@@ -210,6 +212,8 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             "key_max_bytes": opts.key_max,
             "top_n": opts.top_n,
             "interval_ns": opts.interval.as_nanos() as u64,
+            "keys": opts.keys.name(),
+            "key_salt_fingerprint": opts.keys.fingerprint(),
         }),
         host: crate::host::HostInfo::read(),
     };
@@ -536,9 +540,9 @@ fn write_perfetto(
     use std::io::Write;
     let t = crate::timeline::read::load(timeline)?;
     let trace = crate::export::perfetto::to_chrome_trace(&t);
-    serde_json::to_writer(file.writer(), &trace).context("writing the Perfetto trace")?;
+    let bytes = crate::export::perfetto::encode(&trace).context("encoding the Perfetto trace")?;
     file.writer()
-        .write_all(b"\n")
+        .write_all(&bytes)
         .context("writing the Perfetto trace")?;
     file.commit().context("writing the Perfetto trace")?;
     Ok(())
@@ -568,7 +572,7 @@ fn try_attribution(
             probes
                 .set_redis_layout(pid, session.kernel_layout())
                 .map_err(|e| format!("attribution off: {e}"))?;
-            analyzer.enable_attribution(session.attribution_options(opts.top_n));
+            analyzer.enable_attribution(session.attribution_options(opts.top_n, opts.keys.clone()));
             Ok(Some((session, warnings)))
         }
         Err(crate::redis::verify::VerifyError::NoServerSymbol) if comm != "redis-server" => {

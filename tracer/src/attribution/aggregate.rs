@@ -23,8 +23,8 @@ const MAX_ACTIVITIES: usize = 1024;
 #[derive(Debug)]
 pub struct Aggregates {
     activities: HashMap<String, (bool, KindCounts)>,
-    keys_cow: TopN<KeyBytes>,
-    keys_swap_in: TopN<KeyBytes>,
+    keys_cow: TopN<(KeyBytes, Option<u16>)>,
+    keys_swap_in: TopN<(KeyBytes, Option<u16>)>,
     slots_cow: BTreeMap<u16, u64>,
     slots_swap_in: BTreeMap<u16, u64>,
     /// Faults with no attribution (before the first context of their thread).
@@ -51,7 +51,10 @@ pub struct KeyRow {
     pub key_len: u64,
     /// True when `key` holds only a prefix.
     pub truncated: bool,
-    /// Cluster hash slot (absent for truncated keys).
+    /// True when `key` is a keyed hash of the key (`--keys hash`).
+    pub hashed: bool,
+    /// Cluster hash slot of the real key (absent when the key was longer than the
+    /// kernel's capture, so its slot is unknown).
     pub slot: Option<u16>,
     /// Pages (an upper bound when `error` > 0).
     pub pages: u64,
@@ -125,7 +128,9 @@ impl Aggregates {
             _ => return,
         };
         if let Some(key) = &at.key {
-            keys.add(key.clone(), 1);
+            // The slot rides along: it was computed from the real key, which a hashed
+            // or cut key no longer shows.
+            keys.add((key.clone(), at.slot), 1);
         }
         if let Some(slot) = at.slot {
             *slots.entry(slot).or_default() += 1;
@@ -159,15 +164,16 @@ impl Aggregates {
     }
 }
 
-fn key_rows(sketch: &TopN<KeyBytes>, top: usize) -> Vec<KeyRow> {
+fn key_rows(sketch: &TopN<(KeyBytes, Option<u16>)>, top: usize) -> Vec<KeyRow> {
     sketch
         .top(top)
         .into_iter()
         .map(|c| KeyRow {
-            key: escape_key(&c.key.bytes),
-            key_len: c.key.original_len,
-            truncated: c.key.truncated(),
-            slot: (!c.key.truncated()).then(|| super::keyslot::key_hash_slot(&c.key.bytes)),
+            key: escape_key(&c.key.0.bytes),
+            key_len: c.key.0.original_len,
+            truncated: c.key.0.truncated(),
+            hashed: c.key.0.hashed,
+            slot: c.key.1,
             pages: c.count,
             error: c.error,
         })

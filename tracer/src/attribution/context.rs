@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use tracer_common::{ContextEvent, context_flags, phase};
 
-use super::{keys::KeyBytes, keyslot::key_hash_slot};
+use super::{key_privacy::KeyPolicy, keys::KeyBytes, keyslot::key_hash_slot};
 
 /// What a fault is attributed to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -120,6 +120,8 @@ const KEYLESS_FIRST_ARG: &[&str] = &[
     "unwatch",
     "wait",
     "waitaof",
+    "xgroup",
+    "xinfo",
     "xread",
     "xreadgroup",
 ];
@@ -144,6 +146,7 @@ fn thread_activity(name: &str) -> &'static str {
 pub struct Attributor {
     phases: Vec<Option<&'static str>>,
     key_max: usize,
+    keys: KeyPolicy,
     current: HashMap<u32, Arc<Attribution>>,
     /// Per thread: the client and attribution of the last command that had a name.
     last_command: HashMap<u32, (u64, Arc<Attribution>)>,
@@ -152,11 +155,12 @@ pub struct Attributor {
 
 impl Attributor {
     /// `phases[i]` names the function range `i` the kernel reports; `key_max` bounds the
-    /// key bytes kept.
-    pub fn new(phases: Vec<Option<&'static str>>, key_max: usize) -> Attributor {
+    /// key bytes kept; `keys` says what of a key is kept at all.
+    pub fn new(phases: Vec<Option<&'static str>>, key_max: usize, keys: KeyPolicy) -> Attributor {
         Attributor {
             phases,
             key_max,
+            keys,
             current: HashMap::new(),
             last_command: HashMap::new(),
             contexts_seen: 0,
@@ -214,17 +218,23 @@ impl Attributor {
                 let keyed = ev.flags & context_flags::HAS_KEY != 0
                     && !lower.is_empty()
                     && !KEYLESS_FIRST_ARG.contains(&lower.as_str());
-                let key = keyed.then(|| {
-                    if ev.flags & context_flags::KEY_INT != 0 {
-                        let text = (ev.key_len as i64).to_string().into_bytes();
-                        let len = text.len() as u64;
-                        KeyBytes::new(&text, len, self.key_max)
-                    } else {
-                        let n = (ev.key_captured as usize).min(ev.key.len());
-                        KeyBytes::new(&ev.key[..n], ev.key_len, self.key_max)
-                    }
-                });
-                let slot = key.as_ref().map(|k| key_hash_slot(&k.bytes));
+                let int_text;
+                let (captured, len): (&[u8], u64) = if ev.flags & context_flags::KEY_INT != 0 {
+                    int_text = (ev.key_len as i64).to_string().into_bytes();
+                    (&int_text, int_text.len() as u64)
+                } else {
+                    let n = (ev.key_captured as usize).min(ev.key.len());
+                    (&ev.key[..n], ev.key_len)
+                };
+                // The slot comes from the real key, before it is hidden or cut to
+                // --key-bytes; a slot of a key longer than the capture would be wrong.
+                let whole = captured.len() as u64 >= len;
+                let slot = (keyed && whole).then(|| key_hash_slot(captured));
+                let key = if keyed {
+                    self.keys.apply(captured, len, self.key_max)
+                } else {
+                    None
+                };
                 Attribution {
                     activity: if lower.is_empty() {
                         "unknown-command".into()
@@ -232,8 +242,7 @@ impl Attributor {
                         lower.to_ascii_uppercase()
                     },
                     is_command: true,
-                    // A slot from a truncated key would be wrong: keep the key, drop the slot.
-                    slot: key.as_ref().filter(|k| !k.truncated()).and(slot),
+                    slot,
                     key,
                     argc: ev.argc,
                     stage: None,
@@ -271,7 +280,11 @@ mod tests {
 
     #[test]
     fn commands_keys_slots_and_phases() {
-        let mut a = Attributor::new(vec![Some("active-expire"), None, Some("cron")], 128);
+        let mut a = Attributor::new(
+            vec![Some("active-expire"), None, Some("cron")],
+            128,
+            KeyPolicy::Full,
+        );
         a.on_context(&ctx(
             1,
             phase::COMMAND,
@@ -313,7 +326,7 @@ mod tests {
 
         // Truncated key: original length kept, no slot.
         let long = vec![b'k'; 200];
-        let mut a2 = Attributor::new(vec![], 16);
+        let mut a2 = Attributor::new(vec![], 16, KeyPolicy::Full);
         a2.on_context(&ctx(
             1,
             phase::COMMAND,

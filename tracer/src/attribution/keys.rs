@@ -99,6 +99,8 @@ pub struct KeyBytes {
     pub bytes: Vec<u8>,
     /// The key's full length in bytes, as Redis knows it.
     pub original_len: u64,
+    /// `bytes` is a keyed hash of the key (`--keys hash`), not the key.
+    pub hashed: bool,
 }
 
 impl KeyBytes {
@@ -116,12 +118,22 @@ impl KeyBytes {
         Self {
             bytes: kept.to_vec(),
             original_len: original_len.max(kept_len),
+            hashed: false,
+        }
+    }
+
+    /// A key replaced by `digest` (printable), keeping the key's length.
+    pub fn hashed(digest: String, original_len: u64) -> Self {
+        Self {
+            bytes: digest.into_bytes(),
+            original_len,
+            hashed: true,
         }
     }
 
     /// Whether only a prefix of the key was kept (the key is longer than `bytes`).
     pub fn truncated(&self) -> bool {
-        u64::try_from(self.bytes.len()).is_ok_and(|len| self.original_len > len)
+        !self.hashed && u64::try_from(self.bytes.len()).is_ok_and(|len| self.original_len > len)
     }
 }
 

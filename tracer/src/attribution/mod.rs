@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod context;
+pub mod key_privacy;
 pub mod keys;
 pub mod keyslot;
 pub mod top_n;

@@ -144,8 +144,13 @@ impl RedisSession {
     }
 
     /// What the analyzer needs.
-    pub fn attribution_options(&self, top_n: usize) -> AttributionOptions {
+    pub fn attribution_options(
+        &self,
+        top_n: usize,
+        keys: crate::attribution::key_privacy::KeyPolicy,
+    ) -> AttributionOptions {
         AttributionOptions {
+            keys,
             phases: self.prepared.phases.clone(),
             key_max: self.prepared.kernel.key_max as usize,
             top_n,

@@ -140,6 +140,9 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
                         key.original_len,
                         key.truncated()
                     )?;
+                    if key.hashed {
+                        w.write_all(b",\"key_hashed\":true")?;
+                    }
                 }
                 if let Some(slot) = at.slot {
                     write!(w, ",\"slot\":{slot}")?;

@@ -14,13 +14,12 @@ const MAX_BYTES: u64 = 8 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
+        /// Cause (in the message, not chained: printed once).
+        error: std::io::Error,
     },
     /// Zero bytes.
     #[error("{0} is empty: not a redis-memtrace timeline")]
@@ -103,9 +102,9 @@ impl Timeline {
 /// stream (`record --format ndjson`) which is reassembled into the same shape.
 pub fn load(path: &Path) -> Result<Timeline, ReadError> {
     let name = path.display().to_string();
-    let io = |source| ReadError::Io {
+    let io = |error| ReadError::Io {
         path: name.clone(),
-        source,
+        error,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut text = String::new();

@@ -1,0 +1,372 @@
+//! Typed views of the timeline's records, read leniently: a record missing what the
+//! trace needs (a timestamp, a pid) is skipped and counted, optional fields that are
+//! absent, null or of another type read as unknown.
+
+use serde_json::Value;
+
+use crate::timeline::read::Timeline;
+
+/// A `u64` field (absent, null, negative, fractional or textual: `None`).
+pub fn u64_of(v: &Value, key: &str) -> Option<u64> {
+    v.get(key)?.as_u64()
+}
+
+/// A `u32` field (pids and tids; larger numbers are not ids).
+pub fn u32_of(v: &Value, key: &str) -> Option<u32> {
+    u32::try_from(u64_of(v, key)?).ok()
+}
+
+/// A string field.
+pub fn str_of<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+    v.get(key)?.as_str()
+}
+
+/// Fault classes the trace shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// A page copied for a write after fork.
+    CowCopy,
+    /// A page read back from swap.
+    SwapIn,
+    /// Any other fault (`wp_reuse`, `first_touch`, `other`).
+    Other,
+}
+
+/// One fault event.
+#[derive(Debug, Clone)]
+pub struct Fault<'t> {
+    /// Start of the fault, monotonic ns.
+    pub ts_ns: u64,
+    /// Process.
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// Class.
+    pub kind: FaultKind,
+    /// The fault happened in a fork child (the `role` field, else pid != target).
+    pub child: bool,
+    /// Redis command or server phase.
+    pub activity: Option<&'t str>,
+    /// Key the command was working on.
+    pub key: Option<&'t str>,
+    /// How long the fault took.
+    pub latency_ns: Option<u64>,
+    /// The whole record, for optional args.
+    pub raw: &'t Value,
+}
+
+/// A `fork` event.
+#[derive(Debug, Clone)]
+pub struct Fork {
+    /// Time of `sched_process_fork`.
+    pub ts_ns: u64,
+    /// Forking process.
+    pub pid: u32,
+    /// Forking thread.
+    pub tid: u32,
+    /// New process.
+    pub child_pid: Option<u32>,
+    /// Epoch it opened.
+    pub epoch: Option<u64>,
+}
+
+/// A `fork_return` event: the clone syscall, from its start.
+#[derive(Debug, Clone)]
+pub struct ForkReturn {
+    /// Syscall entry time.
+    pub ts_ns: u64,
+    /// Process.
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// Return value: the child pid, or -errno.
+    pub ret: Option<i64>,
+    /// Syscall duration.
+    pub duration_ns: Option<u64>,
+}
+
+/// A `swap_level` event: how much of a process is in swap.
+#[derive(Debug, Clone)]
+pub struct SwapLevel {
+    /// Time of the change.
+    pub ts_ns: u64,
+    /// Owner of the memory.
+    pub pid: u32,
+    /// New amount in swap.
+    pub swap_bytes: u64,
+}
+
+/// One fork epoch.
+#[derive(Debug, Clone)]
+pub struct Epoch<'t> {
+    /// `id` (else the index in `epochs`).
+    pub id: u64,
+    /// The forking process.
+    pub parent_pid: u32,
+    /// The thread that forked.
+    pub parent_tid: u32,
+    /// The child.
+    pub child_pid: Option<u32>,
+    /// Fork time (or attach time for a child found running).
+    pub start_ns: u64,
+    /// Where the epoch ends in the trace: its `end_ns`, or the end of tracing when open
+    /// (`end.monotonic_end_ns`, else the latest time in the timeline); never before the
+    /// start.
+    pub end_ns: u64,
+    /// `end_ns` was null: the child outlived the trace.
+    pub open: bool,
+    /// The clone syscall in the parent.
+    pub fork_duration_ns: Option<u64>,
+    /// The libc `fork()` call in the parent.
+    pub fork_call_ns: Option<u64>,
+    /// Why Redis forked.
+    pub reason: Option<&'t str>,
+    /// The child was running before tracing began.
+    pub started_before_trace: bool,
+    /// `exit` or `trace_end`.
+    pub end_reason: Option<&'t str>,
+    /// The whole record, for optional args.
+    pub raw: &'t Value,
+}
+
+impl Epoch<'_> {
+    /// `bgsave`, `aof-rewrite` ... or `fork` when unknown.
+    pub fn reason_or_fork(&self) -> &str {
+        self.reason.unwrap_or("fork")
+    }
+}
+
+/// Memory of one process in a sample.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mem {
+    /// Resident set size.
+    pub rss_bytes: Option<u64>,
+    /// Swapped out.
+    pub swap_bytes: Option<u64>,
+}
+
+impl Mem {
+    fn of(v: &Value) -> Mem {
+        Mem {
+            rss_bytes: u64_of(v, "rss_bytes"),
+            swap_bytes: u64_of(v, "swap_bytes"),
+        }
+    }
+}
+
+/// One periodic sample.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Sample time.
+    pub ts_ns: u64,
+    /// The traced server.
+    pub server: Mem,
+    /// The live fork child, if any: (pid, memory).
+    pub child: Option<(u32, Mem)>,
+    /// INFO `used_memory`.
+    pub used_memory: Option<u64>,
+    /// INFO `current_cow_size`.
+    pub current_cow_size: Option<u64>,
+}
+
+/// Everything the trace is built from.
+#[derive(Debug)]
+pub struct Parsed<'t> {
+    /// The traced process.
+    pub target_pid: u32,
+    /// Name of the traced process: its `comm`, and the Redis version when known.
+    pub target_name: String,
+    /// Earliest time anywhere in the timeline.
+    pub first_ns: Option<u64>,
+    /// Latest time anywhere in the timeline.
+    pub last_ns: Option<u64>,
+    /// Events in the timeline.
+    pub total_events: u64,
+    /// Events without a timestamp or pid, or of an unknown kind.
+    pub skipped_events: u64,
+    /// Fault events.
+    pub faults: Vec<Fault<'t>>,
+    /// `fork` events.
+    pub forks: Vec<Fork>,
+    /// `fork_return` events.
+    pub fork_returns: Vec<ForkReturn>,
+    /// `swap_level` events.
+    pub swap_levels: Vec<SwapLevel>,
+    /// Number of `swap_write` events.
+    pub swap_writes: u64,
+    /// Epochs with a start time.
+    pub epochs: Vec<Epoch<'t>>,
+    /// Epochs without a start time.
+    pub epochs_skipped: u64,
+    /// Samples with a timestamp.
+    pub samples: Vec<Sample>,
+}
+
+impl<'t> Parsed<'t> {
+    /// Reads every record of `t`.
+    pub fn new(t: &'t Timeline) -> Parsed<'t> {
+        let v = &t.0;
+        let mut p = Parsed {
+            target_pid: 0,
+            target_name: String::new(),
+            first_ns: None,
+            last_ns: None,
+            total_events: t.events().len() as u64,
+            skipped_events: 0,
+            faults: Vec::new(),
+            forks: Vec::new(),
+            fork_returns: Vec::new(),
+            swap_levels: Vec::new(),
+            swap_writes: 0,
+            epochs: Vec::new(),
+            epochs_skipped: 0,
+            samples: Vec::new(),
+        };
+        p.target_pid = u32_of(&v["target"], "pid")
+            .or_else(|| t.epochs().iter().find_map(|e| u32_of(e, "parent_pid")))
+            .unwrap_or(0);
+        let comm = str_of(&v["target"], "comm").unwrap_or("target");
+        p.target_name = match str_of(&v["redis"], "version") {
+            Some(version) => format!("{comm} (Redis {version})"),
+            None => comm.to_string(),
+        };
+        for e in t.events() {
+            if !p.event(e) {
+                p.skipped_events += 1;
+            }
+        }
+        for s in t.samples() {
+            p.sample(s);
+        }
+        let trace_end = u64_of(&v["end"], "monotonic_end_ns");
+        p.see(trace_end);
+        // Epoch ends need the latest time of the other records (for open epochs when the
+        // timeline has no `end`), and are themselves part of it.
+        for e in t.epochs() {
+            p.see(u64_of(e, "start_ns"));
+            p.see(u64_of(e, "end_ns"));
+        }
+        let open_end = trace_end.or(p.last_ns).unwrap_or(0);
+        for (i, e) in t.epochs().iter().enumerate() {
+            match p.epoch(i, e, open_end) {
+                Some(epoch) => p.epochs.push(epoch),
+                None => p.epochs_skipped += 1,
+            }
+        }
+        p
+    }
+
+    /// Widens the first/last time seen.
+    fn see(&mut self, ns: Option<u64>) {
+        if let Some(ns) = ns {
+            self.first_ns = Some(self.first_ns.map_or(ns, |f| f.min(ns)));
+            self.last_ns = Some(self.last_ns.map_or(ns, |l| l.max(ns)));
+        }
+    }
+
+    /// Reads one event; false when it is skipped.
+    fn event(&mut self, e: &'t Value) -> bool {
+        let (Some(ts_ns), Some(pid), Some(kind)) =
+            (u64_of(e, "ts_ns"), u32_of(e, "pid"), str_of(e, "kind"))
+        else {
+            return false;
+        };
+        let tid = u32_of(e, "tid").unwrap_or(pid);
+        self.see(Some(ts_ns));
+        match kind {
+            "cow_copy" | "swap_in" | "wp_reuse" | "first_touch" | "other" => {
+                let kind = match kind {
+                    "cow_copy" => FaultKind::CowCopy,
+                    "swap_in" => FaultKind::SwapIn,
+                    _ => FaultKind::Other,
+                };
+                let child = match str_of(e, "role") {
+                    Some("child") => true,
+                    Some("parent") => false,
+                    _ => pid != self.target_pid,
+                };
+                self.faults.push(Fault {
+                    ts_ns,
+                    pid,
+                    tid,
+                    kind,
+                    child,
+                    activity: str_of(e, "activity"),
+                    key: str_of(e, "key"),
+                    latency_ns: u64_of(e, "latency_ns"),
+                    raw: e,
+                });
+            }
+            "fork" => self.forks.push(Fork {
+                ts_ns,
+                pid,
+                tid,
+                child_pid: u32_of(e, "child_pid"),
+                epoch: u64_of(e, "epoch"),
+            }),
+            "fork_return" => {
+                let duration_ns = u64_of(e, "duration_ns");
+                self.see(duration_ns.map(|d| ts_ns.saturating_add(d)));
+                self.fork_returns.push(ForkReturn {
+                    ts_ns,
+                    pid,
+                    tid,
+                    ret: e.get("ret").and_then(Value::as_i64),
+                    duration_ns,
+                });
+            }
+            "swap_level" => match u64_of(e, "swap_bytes") {
+                Some(swap_bytes) => self.swap_levels.push(SwapLevel {
+                    ts_ns,
+                    pid,
+                    swap_bytes,
+                }),
+                None => return false,
+            },
+            "swap_write" => self.swap_writes += 1,
+            // Exits are shown by the end of the epoch slices.
+            "exit" => {}
+            _ => return false,
+        }
+        true
+    }
+
+    fn sample(&mut self, s: &Value) {
+        let Some(ts_ns) = u64_of(s, "ts_ns") else {
+            return;
+        };
+        self.see(Some(ts_ns));
+        let child = s["child"].as_array().and_then(|pair| {
+            let pid = u32::try_from(pair.first()?.as_u64()?).ok()?;
+            Some((pid, Mem::of(pair.get(1)?)))
+        });
+        self.samples.push(Sample {
+            ts_ns,
+            server: Mem::of(&s["server"]),
+            child,
+            used_memory: u64_of(&s["info"], "used_memory"),
+            current_cow_size: u64_of(&s["info"], "current_cow_size"),
+        });
+    }
+
+    fn epoch(&self, index: usize, e: &'t Value, open_end: u64) -> Option<Epoch<'t>> {
+        let start_ns = u64_of(e, "start_ns")?;
+        let end = u64_of(e, "end_ns");
+        let parent_pid = u32_of(e, "parent_pid").unwrap_or(self.target_pid);
+        Some(Epoch {
+            id: u64_of(e, "id").unwrap_or(index as u64),
+            parent_pid,
+            parent_tid: u32_of(e, "parent_tid").unwrap_or(parent_pid),
+            child_pid: u32_of(e, "child_pid"),
+            start_ns,
+            end_ns: end.unwrap_or(open_end).max(start_ns),
+            open: end.is_none(),
+            fork_duration_ns: u64_of(e, "fork_duration_ns"),
+            fork_call_ns: u64_of(e, "fork_call_ns"),
+            reason: str_of(e, "reason"),
+            started_before_trace: e["started_before_trace"].as_bool().unwrap_or(false),
+            end_reason: str_of(e, "end_reason"),
+            raw: e,
+        })
+    }
+}
