@@ -134,6 +134,13 @@ pub struct RecordArgs {
     /// Also write a Perfetto / Chrome Trace Event JSON file when the run ends.
     #[arg(long, value_name = "FILE")]
     pub perfetto: Option<PathBuf>,
+    /// Write at most N fault records to the timeline (counts stay exact; the rest are
+    /// counted in `event_cap.dropped`).
+    #[arg(long, value_name = "N")]
+    pub max_events: Option<u64>,
+    /// Write at most N fault records per second of trace (counts stay exact).
+    #[arg(long, value_name = "N")]
+    pub max_rate: Option<u64>,
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 64)]
     pub ring_buffer_mb: u32,

@@ -11,6 +11,7 @@ pub mod check;
 pub mod classify;
 pub mod clock;
 pub mod counts;
+pub mod event_cap;
 pub mod export;
 pub mod fork_epochs;
 pub mod host;

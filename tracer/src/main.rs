@@ -65,6 +65,8 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         ndjson: args.format == Format::Ndjson,
         perfetto: args.perfetto,
         keys,
+        max_events: args.max_events,
+        max_rate: args.max_rate,
     };
     record(&opts)?;
     Ok(ExitCode::SUCCESS)

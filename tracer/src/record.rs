@@ -73,6 +73,10 @@ pub struct RecordOptions {
     pub perfetto: Option<PathBuf>,
     /// What of key names is kept (`--keys`).
     pub keys: crate::attribution::key_privacy::KeyPolicy,
+    /// At most this many fault records in `events`.
+    pub max_events: Option<u64>,
+    /// At most this many fault records per second of trace time in `events`.
+    pub max_rate: Option<u64>,
 }
 
 /// Outcome of a recording, for callers that want the numbers.
@@ -213,6 +217,8 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             "top_n": opts.top_n,
             "interval_ns": opts.interval.as_nanos() as u64,
             "keys": opts.keys.name(),
+            "max_events": opts.max_events,
+            "max_rate": opts.max_rate,
             "key_salt_fingerprint": opts.keys.fingerprint(),
         }),
         host: crate::host::HostInfo::read(),
@@ -307,6 +313,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     }
     let mut sampler = start_sampler(pid, session.as_ref(), opts.interval);
     let mut progress = Progress::default();
+    let mut cap = crate::event_cap::EventCap::new(opts.max_events, opts.max_rate);
     let mut status = StatusLine::new(!opts.quiet);
     let mut exited_children: std::collections::HashSet<u32> = Default::default();
     let mut last_attribution_try = Instant::now();
@@ -324,9 +331,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                         Raw::Context(c) => {
                             for record in analyzer.process_context(c) {
                                 progress.observe(&record);
-                                timeline
-                                    .write_record(&record)
-                                    .context("writing the timeline")?;
+                                write_capped(&mut timeline, &mut cap, &record)?;
                             }
                             continue;
                         }
@@ -356,9 +361,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                         _ => {}
                     }
                     progress.observe(&record);
-                    timeline
-                        .write_record(&record)
-                        .context("writing the timeline")?;
+                    write_capped(&mut timeline, &mut cap, &record)?;
                 }
                 timeline.flush_live().context("writing the timeline")?;
             }
@@ -479,9 +482,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         }
     }
     for record in analyzer.flush_pending() {
-        timeline
-            .write_record(&record)
-            .context("writing the timeline")?;
+        write_capped(&mut timeline, &mut cap, &record)?;
     }
     let (samples, sample_warnings) = sampler.take().map(Sampler::stop).unwrap_or_default();
     warnings.extend(sample_warnings);
@@ -503,6 +504,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         redis: session.as_ref().map(|s| s.info.clone()),
         samples,
         warnings,
+        event_cap: cap.report(),
         end: EndInfo {
             reason: reason.unwrap_or("signal").to_string(),
             monotonic_end_ns: end_mono,
@@ -530,6 +532,20 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         lost_events: lost,
         target_exit_status: exit_status,
     })
+}
+
+/// Writes `record` unless `--max-events` / `--max-rate` leave it out.
+fn write_capped(
+    timeline: &mut Writer,
+    cap: &mut crate::event_cap::EventCap,
+    record: &Record,
+) -> Result<()> {
+    if cap.admit(record) {
+        timeline
+            .write_record(record)
+            .context("writing the timeline")?;
+    }
+    Ok(())
 }
 
 /// Converts the finished timeline at `timeline` into the Perfetto file opened at start.

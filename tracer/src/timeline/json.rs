@@ -342,6 +342,7 @@ mod tests {
             redis: None,
             samples: Vec::new(),
             warnings: vec!["a warning".into()],
+            event_cap: Default::default(),
         };
         tl.finish(&trailer).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&dest).unwrap()).unwrap();

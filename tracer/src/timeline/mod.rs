@@ -148,4 +148,7 @@ pub struct Trailer {
     pub samples: Vec<crate::samples::Sample>,
     /// Warnings printed during the run.
     pub warnings: Vec<String>,
+    /// Fault records left out of `events` by `--max-events` / `--max-rate` (counts,
+    /// epochs and aggregates still include them).
+    pub event_cap: crate::event_cap::CapReport,
 }

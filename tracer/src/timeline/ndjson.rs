@@ -173,6 +173,7 @@ mod tests {
             redis: None,
             samples: vec![],
             warnings: vec![],
+            event_cap: Default::default(),
         };
         t.finish(&trailer).unwrap();
         let text = std::fs::read_to_string(&dest).unwrap();

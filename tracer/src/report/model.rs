@@ -1,0 +1,730 @@
+//! What the report needs, extracted from the timeline JSON. Every field of the file is
+//! treated as optional: a missing, null or mistyped value becomes `None` (or an empty
+//! list), never a panic, so a timeline from an older or newer recorder still reports.
+
+use serde_json::Value;
+
+use super::rates::{Rates, rates};
+use crate::timeline::read::Timeline;
+
+/// Fault counts by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    /// Pages copied on write after a fork.
+    pub cow_copy: u64,
+    /// Write-protect faults that reused the page (no copy).
+    pub wp_reuse: u64,
+    /// Pages read back from swap.
+    pub swap_in: u64,
+    /// First touch of a page never used before.
+    pub first_touch: u64,
+    /// Anything else.
+    pub other: u64,
+}
+
+impl KindCounts {
+    /// Reads `{cow_copy, wp_reuse, swap_in, first_touch, other}`; absent counts are 0.
+    pub fn from_json(v: &Value) -> KindCounts {
+        KindCounts {
+            cow_copy: num(v, "cow_copy").unwrap_or(0),
+            wp_reuse: num(v, "wp_reuse").unwrap_or(0),
+            swap_in: num(v, "swap_in").unwrap_or(0),
+            first_touch: num(v, "first_touch").unwrap_or(0),
+            other: num(v, "other").unwrap_or(0),
+        }
+    }
+
+    /// Adds one fault of `kind`; returns false for a kind that is not a fault.
+    fn add(&mut self, kind: &str) -> bool {
+        let slot = match kind {
+            "cow_copy" => &mut self.cow_copy,
+            "wp_reuse" => &mut self.wp_reuse,
+            "swap_in" => &mut self.swap_in,
+            "first_touch" => &mut self.first_touch,
+            "other" => &mut self.other,
+            _ => return false,
+        };
+        *slot = slot.saturating_add(1);
+        true
+    }
+}
+
+/// The Redis server the run traced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedisInfo {
+    /// `redis_version`.
+    pub version: Option<String>,
+    /// `master` or `slave`.
+    pub role: Option<String>,
+    /// TCP port.
+    pub port: Option<u64>,
+    /// Struct layout used for attribution (`7.0`, `6.2`).
+    pub layout: Option<String>,
+}
+
+/// Who, what and when: the report's header.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Header {
+    /// Traced process id.
+    pub pid: Option<u64>,
+    /// Its `comm`.
+    pub comm: Option<String>,
+    /// Its executable.
+    pub exe: Option<String>,
+    /// The Redis server, when the target was one.
+    pub redis: Option<RedisInfo>,
+    /// `uname -r` of the recording host.
+    pub kernel_release: Option<String>,
+    /// Version of the recorder.
+    pub tracer_version: Option<String>,
+    /// Wall clock of the start, ns since the Unix epoch.
+    pub start_wall_ns: Option<u128>,
+    /// Length of the run.
+    pub duration_ns: Option<u64>,
+    /// Why the run ended (`duration`, `signal`, `target_exit`).
+    pub end_reason: Option<String>,
+    /// Events the kernel could not deliver.
+    pub lost_events: Option<u64>,
+    /// Events dropped because the ring buffer was full.
+    pub ring_buffer_full: Option<u64>,
+    /// Faults not tracked at all because too many threads were faulting at once (not
+    /// part of `lost_events`).
+    pub inflight_map_full: Option<u64>,
+    /// Events in the file.
+    pub event_count: usize,
+    /// Whether command/key attribution was on.
+    pub attribution: Option<bool>,
+}
+
+/// One active swap device.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SwapDevice {
+    /// Device or file.
+    pub path: String,
+    /// `partition` or `file`.
+    pub kind: Option<String>,
+    /// Size in bytes.
+    pub size_bytes: Option<u64>,
+    /// Used bytes at the start of the run.
+    pub used_bytes: Option<u64>,
+    /// Priority.
+    pub priority: Option<i64>,
+}
+
+/// The recording host's memory settings (`run.host`, absent in older timelines).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Host {
+    /// Physical RAM.
+    pub mem_total_bytes: Option<u64>,
+    /// `MemAvailable` at start.
+    pub mem_available_bytes: Option<u64>,
+    /// Swap size.
+    pub swap_total_bytes: Option<u64>,
+    /// Free swap at start.
+    pub swap_free_bytes: Option<u64>,
+    /// Active swap devices.
+    pub swap_devices: Vec<SwapDevice>,
+    /// Transparent huge pages: `always`, `madvise` or `never`.
+    pub thp_enabled: Option<String>,
+    /// THP defrag setting.
+    pub thp_defrag: Option<String>,
+    /// `vm.overcommit_memory`.
+    pub overcommit_memory: Option<u64>,
+    /// `vm.swappiness`.
+    pub swappiness: Option<u64>,
+    /// Online CPUs.
+    pub cpus: Option<u64>,
+}
+
+/// Parent and child RSS at the sample where their sum peaked during an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peak {
+    /// When.
+    pub ts_ns: u64,
+    /// Server RSS.
+    pub parent_rss: u64,
+    /// The epoch's child RSS (`None` when no sample saw that child).
+    pub child_rss: Option<u64>,
+}
+
+impl Peak {
+    /// Parent plus child RSS: what memory would hold if every shared page were copied.
+    pub fn total(&self) -> u64 {
+        self.parent_rss.saturating_add(self.child_rss.unwrap_or(0))
+    }
+}
+
+/// One fork epoch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Epoch {
+    /// Epoch id.
+    pub id: Option<u64>,
+    /// Why Redis forked (`bgsave`, `aof-rewrite`, `replication`, `module`, `other`).
+    pub reason: Option<String>,
+    /// The child.
+    pub child_pid: Option<u64>,
+    /// Fork time (monotonic ns; attach time when the child predates the run).
+    pub start_ns: Option<u64>,
+    /// Child exit (or end of the run).
+    pub end_ns: Option<u64>,
+    /// `exit` or `trace_end`.
+    pub end_reason: Option<String>,
+    /// The child was already running when tracing began.
+    pub started_before_trace: bool,
+    /// The libc `fork()` call in the parent.
+    pub fork_call_ns: Option<u64>,
+    /// The clone syscall in the parent.
+    pub fork_duration_ns: Option<u64>,
+    /// Redis's `latest_fork_usec`.
+    pub redis_fork_usec: Option<u64>,
+    /// Redis's `rdb_last_cow_size` / `aof_last_cow_size` after the child exited.
+    pub redis_cow_bytes: Option<u64>,
+    /// Parent faults during the epoch.
+    pub parent: KindCounts,
+    /// Child faults.
+    pub child: KindCounts,
+    /// Highest parent+child RSS among the samples taken during the epoch.
+    pub peak: Option<Peak>,
+}
+
+impl Epoch {
+    /// Fork time as the report shows it: the libc call when it was probed (what Redis's
+    /// `latest_fork_usec` measures), else the syscall.
+    pub fn fork_ns(&self) -> Option<u64> {
+        self.fork_call_ns.or(self.fork_duration_ns)
+    }
+
+    /// Child lifetime seen by the trace, and whether it was cut short by the run's
+    /// start or end (so the true lifetime is longer).
+    pub fn duration(&self) -> Option<(u64, bool)> {
+        let d = self.end_ns?.checked_sub(self.start_ns?)?;
+        let cut = self.started_before_trace || self.end_reason.as_deref() != Some("exit");
+        Some((d, cut))
+    }
+}
+
+/// Faults of one command or internal activity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    /// Command name (`SET`) or activity (`cron`, `networking-read`).
+    pub name: String,
+    /// Whether it is a Redis command.
+    pub is_command: bool,
+    /// Its faults.
+    pub faults: KindCounts,
+}
+
+/// Pages attributed to one key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyRow {
+    /// The key as the recorder escaped it (attacker-controlled text).
+    pub key: String,
+    /// Length of the real key in bytes.
+    pub key_len: Option<u64>,
+    /// The recorder kept only a prefix.
+    pub truncated: bool,
+    /// `key` is a keyed hash of the real key (`record --keys hash`).
+    pub hashed: bool,
+    /// Pages.
+    pub pages: u64,
+    /// Cluster slot (`None` for a truncated key).
+    pub slot: Option<u64>,
+    /// How much `pages` may overcount (the key sketch gives upper bounds; 0 is exact).
+    pub error: Option<u64>,
+}
+
+/// Pages attributed to one cluster slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotRow {
+    /// Slot (0-16383).
+    pub slot: u64,
+    /// Pages.
+    pub pages: u64,
+}
+
+/// Attribution of the whole run (`summary.attribution`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Attribution {
+    /// Every activity, as recorded.
+    pub by_activity: Vec<Activity>,
+    /// Top keys by copy-on-write pages (at most `top`).
+    pub keys_cow: Vec<KeyRow>,
+    /// Top keys by swap-in pages.
+    pub keys_swap_in: Vec<KeyRow>,
+    /// Top slots by copy-on-write pages.
+    pub slots_cow: Vec<SlotRow>,
+    /// Top slots by swap-in pages.
+    pub slots_swap_in: Vec<SlotRow>,
+}
+
+impl Attribution {
+    /// Activities with faults of one kind, most first, at most `top`.
+    pub fn top_activities(&self, kind: fn(&KindCounts) -> u64, top: usize) -> Vec<&Activity> {
+        let mut v: Vec<&Activity> = self
+            .by_activity
+            .iter()
+            .filter(|a| kind(&a.faults) > 0)
+            .collect();
+        v.sort_by_key(|a| std::cmp::Reverse(kind(&a.faults)));
+        v.truncate(top);
+        v
+    }
+}
+
+/// Swap as seen by the recorder, the kernel counters and the samples.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SwapState {
+    /// Pages of the traced processes read back from swap.
+    pub pages_in: Option<u64>,
+    /// Pages of the traced processes written to swap.
+    pub pages_out: Option<u64>,
+    /// Swap slots freed without a read.
+    pub pages_discarded: Option<u64>,
+    /// Anonymous pages written to swap by the whole machine during the run.
+    pub system_swap_writes: Option<u64>,
+    /// Largest server `VmSwap` in the samples.
+    pub server_swap_max: Option<u64>,
+    /// Last server `VmSwap` in the samples.
+    pub server_swap_last: Option<u64>,
+    /// Largest `swap_bytes` of `swap_level` events.
+    pub swap_level_max: Option<u64>,
+    /// Sum of `pswpin` deltas (pages, all processes).
+    pub pswpin: Option<u64>,
+    /// Sum of `pswpout` deltas.
+    pub pswpout: Option<u64>,
+}
+
+/// Redis's own memory figures from INFO (one sample).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InfoPoint {
+    /// `used_memory`.
+    pub used_memory: Option<u64>,
+    /// `used_memory_rss`.
+    pub used_memory_rss: Option<u64>,
+    /// `mem_fragmentation_ratio`.
+    pub frag_ratio: Option<f64>,
+    /// `maxmemory` (0: no limit).
+    pub maxmemory: Option<u64>,
+}
+
+/// One memory sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplePoint {
+    /// Monotonic time.
+    pub ts_ns: u64,
+    /// Server RSS.
+    pub server_rss: Option<u64>,
+    /// Server swap.
+    pub server_swap: Option<u64>,
+    /// Server `AnonHugePages`.
+    pub server_huge: Option<u64>,
+    /// The fork child alive at that time, if any.
+    pub child_pid: Option<u64>,
+    /// Its RSS.
+    pub child_rss: Option<u64>,
+    /// Its `AnonHugePages`.
+    pub child_huge: Option<u64>,
+    /// INFO memory figures.
+    pub info: Option<InfoPoint>,
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Model {
+    /// Header.
+    pub header: Header,
+    /// Host settings (`None` for timelines recorded before `run.host` existed).
+    pub host: Option<Host>,
+    /// Faults of the whole run.
+    pub faults: KindCounts,
+    /// Faults served with a huge page.
+    pub huge_faults: Option<u64>,
+    /// Fork epochs.
+    pub epochs: Vec<Epoch>,
+    /// Attribution of the whole run.
+    pub attribution: Attribution,
+    /// Swap.
+    pub swap: SwapState,
+    /// Memory samples, oldest first.
+    pub samples: Vec<SamplePoint>,
+    /// Fault rates.
+    pub rates: Rates,
+    /// Warnings the recorder printed.
+    pub warnings: Vec<String>,
+    /// Monotonic start and end of the run (the charts' time axis).
+    pub span_ns: (u64, u64),
+}
+
+fn num(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+impl Model {
+    /// Extracts the report from `t`, keeping at most `top` rows of each top-N list.
+    pub fn build(t: &Timeline, top: usize) -> Model {
+        let v = t.value();
+        let run = &v["run"];
+        let samples = samples(t.samples());
+        let (span, event_faults, swap_level_max) = scan_events(t);
+        let summary = &v["summary"];
+        let faults = match summary.get("faults") {
+            Some(f) if f.is_object() => KindCounts::from_json(f),
+            // An older or hand-made file without totals: count the events.
+            _ => event_faults,
+        };
+        let header = Header {
+            pid: num(&v["target"], "pid"),
+            comm: text(&v["target"], "comm"),
+            exe: text(&v["target"], "exe"),
+            redis: v.get("redis").filter(|r| r.is_object()).map(|r| RedisInfo {
+                version: text(r, "version"),
+                role: text(r, "role"),
+                port: num(r, "port"),
+                layout: text(r, "layout"),
+            }),
+            kernel_release: text(run, "kernel_release"),
+            tracer_version: text(run, "tracer_version"),
+            start_wall_ns: run
+                .get("monotonic_start_ns")
+                .and_then(Value::as_u64)
+                .and_then(|m| t.wall_ns(m)),
+            duration_ns: num(run, "monotonic_start_ns")
+                .zip(num(&v["end"], "monotonic_end_ns"))
+                .and_then(|(s, e)| e.checked_sub(s)),
+            end_reason: text(&v["end"], "reason"),
+            lost_events: num(v, "lost_events"),
+            ring_buffer_full: num(&v["kernel"], "ring_buffer_full"),
+            inflight_map_full: num(&v["kernel"], "inflight_map_full"),
+            event_count: t.events().len(),
+            attribution: run["options"].get("attribution").and_then(Value::as_bool),
+        };
+        let epochs = t
+            .epochs()
+            .iter()
+            .map(|e| epoch(e, &samples, span.1))
+            .collect();
+        let swap = swap_state(v, &samples, swap_level_max);
+        Model {
+            header,
+            host: run.get("host").filter(|h| h.is_object()).map(host),
+            faults,
+            huge_faults: num(summary, "huge_faults"),
+            epochs,
+            attribution: attribution(&summary["attribution"], top),
+            swap,
+            rates: rates(t, span),
+            samples,
+            warnings: list(v, "warnings")
+                .iter()
+                .filter_map(|w| w.as_str().map(str::to_string))
+                .collect(),
+            span_ns: span,
+        }
+    }
+
+    /// Physical RAM of the recording host, when known.
+    pub fn mem_total(&self) -> Option<u64> {
+        self.host
+            .as_ref()
+            .and_then(|h| h.mem_total_bytes)
+            .filter(|&m| m > 0)
+    }
+
+    /// Wall clock of a monotonic time of this run, ns since the Unix epoch.
+    pub fn wall_ns(&self, ts_ns: u64) -> Option<u128> {
+        let start_wall = self.header.start_wall_ns?;
+        let delta = ts_ns as i128 - self.span_ns.0 as i128;
+        u128::try_from(start_wall as i128 + delta).ok()
+    }
+
+    /// The latest sample with Redis's INFO memory figures.
+    pub fn last_info(&self) -> Option<InfoPoint> {
+        self.samples.iter().rev().find_map(|s| s.info)
+    }
+}
+
+/// The run's time span, fault counts of the events, and the highest `swap_level`.
+fn scan_events(t: &Timeline) -> ((u64, u64), KindCounts, Option<u64>) {
+    let mut counts = KindCounts::default();
+    let mut swap_level: Option<u64> = None;
+    let (mut lo, mut hi) = (u64::MAX, 0u64);
+    for e in t.events() {
+        if let Some(ts) = num(e, "ts_ns") {
+            lo = lo.min(ts);
+            hi = hi.max(ts);
+        }
+        match e.get("kind").and_then(Value::as_str) {
+            Some("swap_level") => {
+                if let Some(b) = num(e, "swap_bytes") {
+                    swap_level = Some(swap_level.map_or(b, |m| m.max(b)));
+                }
+            }
+            Some(kind) => {
+                counts.add(kind);
+            }
+            None => {}
+        }
+    }
+    for s in t.samples() {
+        if let Some(ts) = num(s, "ts_ns") {
+            lo = lo.min(ts);
+            hi = hi.max(ts);
+        }
+    }
+    let v = t.value();
+    let start = num(&v["run"], "monotonic_start_ns").unwrap_or(if lo == u64::MAX { 0 } else { lo });
+    let end = num(&v["end"], "monotonic_end_ns")
+        .filter(|&e| e >= start)
+        .unwrap_or(hi.max(start));
+    ((start, end), counts, swap_level)
+}
+
+fn host(h: &Value) -> Host {
+    Host {
+        mem_total_bytes: num(h, "mem_total_bytes"),
+        mem_available_bytes: num(h, "mem_available_bytes"),
+        swap_total_bytes: num(h, "swap_total_bytes"),
+        swap_free_bytes: num(h, "swap_free_bytes"),
+        swap_devices: list(h, "swap_devices")
+            .iter()
+            .filter(|d| d.is_object())
+            .map(|d| SwapDevice {
+                path: text(d, "path").unwrap_or_else(|| "?".into()),
+                kind: text(d, "kind"),
+                size_bytes: num(d, "size_bytes"),
+                used_bytes: num(d, "used_bytes"),
+                priority: d.get("priority").and_then(Value::as_i64),
+            })
+            .collect(),
+        thp_enabled: text(h, "thp_enabled"),
+        thp_defrag: text(h, "thp_defrag"),
+        overcommit_memory: num(h, "overcommit_memory"),
+        swappiness: num(h, "swappiness"),
+        cpus: num(h, "cpus"),
+    }
+}
+
+fn samples(raw: &[Value]) -> Vec<SamplePoint> {
+    let mut out: Vec<SamplePoint> = raw
+        .iter()
+        .filter_map(|s| {
+            let ts_ns = num(s, "ts_ns")?;
+            let server = &s["server"];
+            // `child` is `[pid, {rss_bytes, ...}]` or null.
+            let child = &s["child"];
+            let info = s.get("info").filter(|i| i.is_object()).map(|i| InfoPoint {
+                used_memory: num(i, "used_memory"),
+                used_memory_rss: num(i, "used_memory_rss"),
+                frag_ratio: i
+                    .get("mem_fragmentation_ratio")
+                    .and_then(Value::as_f64)
+                    .filter(|r| r.is_finite()),
+                maxmemory: num(i, "maxmemory"),
+            });
+            Some(SamplePoint {
+                ts_ns,
+                server_rss: num(server, "rss_bytes"),
+                server_swap: num(server, "swap_bytes"),
+                server_huge: num(server, "anon_huge_bytes"),
+                child_pid: child[0].as_u64(),
+                child_rss: num(&child[1], "rss_bytes"),
+                child_huge: num(&child[1], "anon_huge_bytes"),
+                info,
+            })
+        })
+        .collect();
+    out.sort_by_key(|s| s.ts_ns);
+    out
+}
+
+fn epoch(e: &Value, samples: &[SamplePoint], run_end: u64) -> Epoch {
+    let redis = &e["redis"];
+    let mut ep = Epoch {
+        id: num(e, "id"),
+        reason: text(e, "reason"),
+        child_pid: num(e, "child_pid"),
+        start_ns: num(e, "start_ns"),
+        end_ns: num(e, "end_ns"),
+        end_reason: text(e, "end_reason"),
+        started_before_trace: e
+            .get("started_before_trace")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        fork_call_ns: num(e, "fork_call_ns"),
+        fork_duration_ns: num(e, "fork_duration_ns"),
+        redis_fork_usec: num(redis, "latest_fork_usec"),
+        redis_cow_bytes: num(redis, "last_cow_size"),
+        parent: KindCounts::from_json(&e["faults"]["parent"]),
+        child: KindCounts::from_json(&e["faults"]["child"]),
+        peak: None,
+    };
+    ep.peak = peak(&ep, samples, run_end);
+    ep
+}
+
+/// The sample inside the epoch with the highest server + child RSS. The child counts
+/// only when the sample saw this epoch's child.
+fn peak(ep: &Epoch, samples: &[SamplePoint], run_end: u64) -> Option<Peak> {
+    let start = ep.start_ns?;
+    let end = ep.end_ns.unwrap_or(run_end).max(start);
+    samples
+        .iter()
+        .filter(|s| (start..=end).contains(&s.ts_ns))
+        .filter_map(|s| {
+            let child_rss = match (s.child_pid, ep.child_pid) {
+                (Some(a), Some(b)) if a == b => s.child_rss,
+                _ => None,
+            };
+            Some(Peak {
+                ts_ns: s.ts_ns,
+                parent_rss: s.server_rss?,
+                child_rss,
+            })
+        })
+        // On ties the earliest sample wins: `max_by_key` keeps the last, so reverse.
+        .rev()
+        .max_by_key(Peak::total)
+}
+
+fn key_rows(v: &[Value], top: usize) -> Vec<KeyRow> {
+    let mut rows: Vec<KeyRow> = v
+        .iter()
+        .filter_map(|k| {
+            Some(KeyRow {
+                key: text(k, "key")?,
+                key_len: num(k, "key_len"),
+                truncated: k.get("truncated").and_then(Value::as_bool) == Some(true),
+                hashed: k.get("hashed").and_then(Value::as_bool) == Some(true),
+                pages: num(k, "pages")?,
+                slot: num(k, "slot"),
+                error: num(k, "error"),
+            })
+        })
+        .collect();
+    // Stable: equal counts keep the recorder's order.
+    rows.sort_by_key(|r| std::cmp::Reverse(r.pages));
+    rows.truncate(top);
+    rows
+}
+
+fn slot_rows(v: &[Value], top: usize) -> Vec<SlotRow> {
+    let mut rows: Vec<SlotRow> = v
+        .iter()
+        .filter_map(|s| {
+            Some(SlotRow {
+                slot: num(s, "slot")?,
+                pages: num(s, "pages")?,
+            })
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.pages));
+    rows.truncate(top);
+    rows
+}
+
+fn attribution(a: &Value, top: usize) -> Attribution {
+    Attribution {
+        by_activity: list(a, "by_activity")
+            .iter()
+            .filter_map(|r| {
+                Some(Activity {
+                    name: text(r, "activity")?,
+                    is_command: r.get("is_command").and_then(Value::as_bool) == Some(true),
+                    faults: KindCounts::from_json(&r["faults"]),
+                })
+            })
+            .collect(),
+        keys_cow: key_rows(list(a, "top_keys_cow"), top),
+        keys_swap_in: key_rows(list(a, "top_keys_swap_in"), top),
+        slots_cow: slot_rows(list(a, "top_slots_cow"), top),
+        slots_swap_in: slot_rows(list(a, "top_slots_swap_in"), top),
+    }
+}
+
+fn sum_opt(it: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    it.flatten().fold(None, |acc: Option<u64>, x| {
+        Some(acc.unwrap_or(0).saturating_add(x))
+    })
+}
+
+fn swap_state(v: &Value, samples: &[SamplePoint], swap_level_max: Option<u64>) -> SwapState {
+    let s = &v["summary"]["swap"];
+    let raw = v["samples"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    SwapState {
+        pages_in: num(s, "pages_in"),
+        pages_out: num(s, "pages_out"),
+        pages_discarded: num(s, "pages_discarded"),
+        system_swap_writes: num(&v["kernel"], "system_swap_writes"),
+        server_swap_max: samples.iter().filter_map(|p| p.server_swap).max(),
+        server_swap_last: samples.iter().rev().find_map(|p| p.server_swap),
+        swap_level_max,
+        pswpin: sum_opt(raw.iter().map(|r| num(r, "pswpin_delta"))),
+        pswpout: sum_opt(raw.iter().map(|r| num(r, "pswpout_delta"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::fixture::{base, model};
+    use serde_json::json;
+
+    #[test]
+    fn extracts_the_base_timeline() {
+        let m = model(base());
+        assert_eq!(m.header.pid, Some(42));
+        assert_eq!(m.header.duration_ns, Some(3_000_000_000));
+        assert_eq!(m.header.event_count, 4);
+        assert_eq!(m.faults.cow_copy, 2);
+        assert_eq!(m.span_ns, (1_000_000_000, 4_000_000_000));
+        let e = &m.epochs[0];
+        assert_eq!(e.fork_ns(), Some(21_500_000), "the libc call is preferred");
+        assert_eq!(e.duration(), Some((2_000_000_000, false)));
+        let p = e.peak.unwrap();
+        assert_eq!(p.ts_ns, 3_000_000_000, "the sample with the largest child");
+        assert_eq!(p.total(), (1u64 << 30) + (3u64 << 28));
+        assert_eq!(m.mem_total(), Some(8 << 30));
+        assert_eq!(m.attribution.keys_cow[0].key, "k1");
+        assert_eq!(m.swap.pswpin, Some(0));
+        assert_eq!(m.last_info().unwrap().frag_ratio, Some(1.05));
+    }
+
+    #[test]
+    fn the_child_counts_only_when_it_is_the_epochs_child() {
+        let mut v = base();
+        v["samples"][2]["child"][0] = json!(99);
+        let p = model(v).epochs[0].peak.unwrap();
+        assert_eq!(p.ts_ns, 2_000_000_000);
+        assert_eq!(p.child_rss, Some(1 << 29));
+    }
+
+    #[test]
+    fn minimal_document_gives_empty_model() {
+        let m = model(json!({}));
+        assert_eq!(m.header, Header::default());
+        assert!(m.host.is_none() && m.epochs.is_empty() && m.samples.is_empty());
+        assert_eq!(m.rates, Rates::default());
+        let m = model(json!(null));
+        assert!(m.epochs.is_empty());
+    }
+
+    #[test]
+    fn missing_summary_totals_are_counted_from_events() {
+        let mut v = base();
+        v["summary"] = json!(null);
+        let m = model(v);
+        assert_eq!(m.faults.cow_copy, 2);
+        assert_eq!(m.faults.first_touch, 1);
+    }
+}
