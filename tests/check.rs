@@ -99,12 +99,8 @@ fn host_checks_agree_with_proc_and_sysfs() {
         }
     );
     // Nothing of the load test stays attached.
-    let progs = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .unwrap();
-    let progs = String::from_utf8_lossy(&progs.stdout);
-    assert!(!progs.contains("fault_done_minor"), "{progs}");
+    let left = our_programs_loaded();
+    assert!(left.is_empty(), "programs still loaded: {left:?}");
 }
 
 #[test]

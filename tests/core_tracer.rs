@@ -249,17 +249,6 @@ fn no_programs_left_after_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("timeline.json");
     record_command(&out, &["--pages".into(), "10".into(), "--no-fork".into()]);
-    let progs = Command::new("bpftool")
-        .args(["prog", "show"])
-        .output()
-        .expect("bpftool");
-    let text = String::from_utf8_lossy(&progs.stdout);
-    for name in [
-        "page_fault_user",
-        "fault_done_mino",
-        "rss_stat",
-        "mm_page_alloc",
-    ] {
-        assert!(!text.contains(name), "program {name} still loaded:\n{text}");
-    }
+    let left = our_programs_loaded();
+    assert!(left.is_empty(), "programs still loaded: {left:?}");
 }

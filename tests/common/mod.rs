@@ -229,3 +229,44 @@ pub fn tracer_fails(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Every program of the tracer's eBPF object, as `bpftool -j` names them.
+pub const PROGRAM_NAMES: &[&str] = &[
+    "page_fault_user",
+    "page_fault_kernel",
+    "fault_done_minor",
+    "fault_done_major",
+    "mm_page_alloc",
+    "rss_stat",
+    "reclaim_begin",
+    "reclaim_end",
+    "mm_vmscan_write_folio",
+    "task_newtask",
+    "sched_process_fork",
+    "sched_process_exit",
+    "clone_enter",
+    "clone_exit",
+    "fork_call_enter",
+    "fork_call_exit",
+];
+
+/// Names of the tracer's programs the kernel still has loaded (`bpftool prog show -j`).
+pub fn our_programs_loaded() -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool (cargo xtask setup installs it)");
+    assert!(out.status.success(), "bpftool prog show failed");
+    let progs: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bpftool -j prints JSON");
+    let loaded: Vec<String> = progs
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
+    loaded
+        .into_iter()
+        .filter(|n| PROGRAM_NAMES.contains(&n.as_str()))
+        .collect()
+}

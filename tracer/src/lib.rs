@@ -24,6 +24,7 @@ pub mod record;
 pub mod redis;
 pub mod report;
 pub mod samples;
+pub mod signals;
 pub mod status_line;
 pub mod target;
 pub mod timeline;

@@ -163,13 +163,15 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     })?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping exits at once; the output path is untouched then.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
-            .context("installing signal handlers")?;
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("installing signal handlers")?;
+    let mut temp_files = Vec::new();
+    if !opts.ndjson {
+        temp_files.push(crate::output_file::temp_path(&opts.output));
     }
+    if let Some(p) = &opts.perfetto {
+        temp_files.push(crate::output_file::temp_path(p));
+    }
+    crate::signals::install(Arc::clone(&stop), &temp_files)
+        .context("installing signal handlers")?;
 
     let setup = (|| -> Result<_> {
         let mut probes = Probes::attach(ProbeOptions {

@@ -1,0 +1,220 @@
+//! Safe to attach to a production Redis: signals stop cleanly, a second signal leaves no
+//! partial file, SIGKILL leaves no BPF program behind while Redis keeps serving, and a
+//! server that exits mid-trace still gets a complete timeline with its epochs closed.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{
+    PROGRAM_NAMES, our_programs_loaded, read_timeline, redis::RedisServer, require_root, tracer,
+};
+
+/// `record --pid` on `server`, returned once it printed `tracing pid` (and, with
+/// attribution, `attribution on`).
+fn attach(
+    server: &RedisServer,
+    out: &Path,
+    extra: &[&str],
+) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(tracer())
+        .args(["record", "--redis", &server.url(), "-o"])
+        .arg(out)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut l = String::new();
+        assert!(
+            stderr.read_line(&mut l).unwrap() > 0,
+            "tracer ended: {seen}"
+        );
+        seen.push_str(&l);
+        if l.contains("attribution on") {
+            return (child, stderr);
+        }
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+fn server() -> RedisServer {
+    let s = RedisServer::start(Path::new(common::redis::REDIS_70), &[]);
+    s.populate(20_000, "key", 256);
+    s
+}
+
+#[test]
+fn sigint_and_sigterm_write_a_complete_timeline() {
+    require_root();
+    let server = server();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let (mut child, mut stderr) = attach(&server, &out, &[]);
+        let mut con = server.client();
+        for i in 0..100 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg("v")
+                .query(&mut con)
+                .unwrap();
+        }
+        signal(&child, sig);
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        assert!(status.success(), "signal {sig}: {status:?} {rest}");
+        assert!(rest.contains("stopped (signal)"), "{rest}");
+        let t = read_timeline(&out);
+        assert_eq!(t["end"]["reason"], "signal");
+        assert!(t["summary"]["faults"]["first_touch"].is_u64());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only the timeline is left: {names:?}");
+    }
+}
+
+#[test]
+fn second_signal_exits_at_once_without_a_partial_file() {
+    require_root();
+    let server = server();
+    // JSON: the destination never appears, the temporary file is removed.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let trace = dir.path().join("trace.json");
+    let (mut child, _stderr) = attach(&server, &out, &["--perfetto", trace.to_str().unwrap()]);
+    // Two different signals: two of the same kind sent at once may be merged into one.
+    signal(&child, libc::SIGINT);
+    signal(&child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+
+    // NDJSON: what was written is valid line by line.
+    let out = dir.path().join("t.ndjson");
+    let (mut child, _stderr) = attach(&server, &out, &["--format", "ndjson"]);
+    let mut con = server.client();
+    for i in 0..2000 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("n{i}"))
+            .arg(i)
+            .query(&mut con)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGTERM);
+    signal(&child, libc::SIGINT);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.ends_with('\n'), "the last line is whole");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines[0]["type"], "header");
+    assert!(lines.len() >= 2, "records were streamed before the signal");
+}
+
+#[test]
+fn sigkill_leaves_nothing_attached_and_redis_keeps_serving() {
+    require_root();
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let stop = Arc::new(AtomicBool::new(false));
+    let pings = Arc::new(AtomicU64::new(0));
+    let pinger = {
+        let (stop, pings) = (Arc::clone(&stop), Arc::clone(&pings));
+        let mut con = server.client();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let pong: String = redis::cmd("PING").query(&mut con).expect("Redis answers");
+                assert_eq!(pong, "PONG");
+                pings.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let (mut child, _stderr) = attach(&server, &out, &[]);
+    // Positive control: while it runs, every program is loaded (so the check below can
+    // fail).
+    let mut loaded = our_programs_loaded();
+    loaded.sort();
+    loaded.dedup();
+    assert_eq!(loaded.len(), PROGRAM_NAMES.len(), "loaded: {loaded:?}");
+    let before = pings.load(Ordering::Relaxed);
+    signal(&child, libc::SIGKILL);
+    child.wait().unwrap();
+    // The kernel frees programs when the last reference (the killed process's fds) goes.
+    let mut left = our_programs_loaded();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = our_programs_loaded();
+    }
+    assert!(left.is_empty(), "programs left after SIGKILL: {left:?}");
+    let links = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    for name in PROGRAM_NAMES {
+        assert!(!links.contains(name), "link of {name} left: {links}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    pinger.join().expect("Redis answered every PING");
+    assert!(pings.load(Ordering::Relaxed) > before, "Redis kept serving");
+}
+
+#[test]
+fn redis_exiting_mid_trace_closes_epochs_and_the_timeline() {
+    require_root();
+    let mut server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let (mut child, mut stderr) = attach(&server, &out, &[]);
+    let mut con = server.client();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("rdb-key-save-delay")
+        .arg("1000")
+        .query(&mut con)
+        .unwrap();
+    let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The server goes away while its fork child is saving.
+    let _ = redis::cmd("SHUTDOWN").arg("NOSAVE").query::<()>(&mut con);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("stopped (target_exit)"), "{rest}");
+    assert!(!server.is_running());
+    let t = read_timeline(&out);
+    assert_eq!(t["end"]["reason"], "target_exit");
+    let epochs = t["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 1);
+    assert_eq!(epochs[0]["reason"], "bgsave");
+    assert!(epochs[0]["end_ns"].is_u64(), "epoch closed: {}", epochs[0]);
+}
