@@ -46,6 +46,11 @@ impl Recording {
         r
     }
 
+    /// The tracer's pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
     /// SIGINT, wait for a clean exit, return everything it printed.
     pub fn stop(mut self) -> String {
         // SAFETY: signalling our own child.

@@ -141,8 +141,9 @@ pub struct RecordArgs {
     /// Write at most N fault records per second of trace (counts stay exact).
     #[arg(long, value_name = "N")]
     pub max_rate: Option<u64>,
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, default_value_t = 64)]
+    /// Ring buffer size in MiB (a power of two). It is mapped into the tracer twice, so
+    /// it counts double in the tracer's RSS.
+    #[arg(long, default_value_t = 16)]
     pub ring_buffer_mb: u32,
     /// How often the ring buffer is drained, in milliseconds.
     #[arg(long, default_value_t = 2)]

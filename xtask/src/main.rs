@@ -63,6 +63,13 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         clients: u32,
     },
+    /// The soak test for longer: redis-benchmark and a BGSAVE every 5 s under the tracer
+    /// (the test suite runs it for 60 s).
+    Soak {
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// The main job: a throwaway Redis with a BGSAVE under writes and a swap episode,
     /// recorded; prints the report and leaves timeline.json, trace.json, report.html.
     Demo {
@@ -165,6 +172,14 @@ fn main() -> Result<()> {
         } => {
             build()?;
             bench_overhead::bench_overhead(requests, rounds, clients)
+        }
+        Cmd::Soak { minutes } => {
+            build()?;
+            run(cargo()
+                .args(["test", "--release", "-p", "memtrace-tests", "--test", "soak"])
+                .env("MEMTRACE_BIN", bin("redis-memtrace"))
+                .env("MEMTRACE_SOAK_SECS", (minutes * 60).to_string())
+                .args(["--", "--test-threads=1", "--nocapture"]))
         }
         Cmd::Demo { out } => {
             build()?;

@@ -1,0 +1,101 @@
+//! Soak: redis-benchmark writing and reading without pause, a BGSAVE every few seconds,
+//! under the tracer with full attribution, for `MEMTRACE_SOAK_SECS` seconds (60 in the
+//! test suite; `cargo xtask soak` runs 10 minutes). Asserts: the tracer's RSS stays
+//! under 64 MiB, no event is lost, every BGSAVE is an epoch and every epoch is closed,
+//! and the timeline is complete and valid.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{read_timeline, recording::Recording, redis::RedisServer, require_root};
+
+/// VmRSS of `pid` in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+#[test]
+fn soak_under_benchmark_with_periodic_bgsave() {
+    require_root();
+    let secs: u64 = std::env::var("MEMTRACE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let server = RedisServer::start(Path::new(common::redis::REDIS_70), &[]);
+    server.populate(100_000, "key", 512);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("soak.json");
+    let rec = Recording::start(&server, &out, &["--interval", "1s"]);
+    let tracer_pid = rec.pid();
+
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let mut bench = common::KillOnDrop(
+        Command::new("redis-benchmark")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "set,get",
+                "-r",
+                "100000",
+            ])
+            .args(["-d", "512", "-c", "20", "-n", "1000000000", "-q", "-l"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-benchmark"),
+    );
+    let mut con = server.client();
+    let started = Instant::now();
+    let mut bgsaves = 0;
+    let mut max_rss = 0;
+    let mut last_save = Instant::now() - Duration::from_secs(10);
+    while started.elapsed() < Duration::from_secs(secs) {
+        max_rss = max_rss.max(rss(tracer_pid));
+        let saving: u64 = server.info_u64("persistence", "rdb_bgsave_in_progress");
+        if saving == 0 && last_save.elapsed() >= Duration::from_secs(5) {
+            let r: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+            assert_eq!(r, "Background saving started");
+            bgsaves += 1;
+            last_save = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    server.wait_bgsave_done(Duration::from_secs(60));
+    let _ = bench.0.kill();
+    let _ = bench.0.wait();
+    let log = rec.stop();
+    let t = read_timeline(&out);
+    eprintln!(
+        "soak {secs}s: {bgsaves} BGSAVEs, tracer max RSS {} MiB, {} events, lost {}",
+        max_rss >> 20,
+        t["events"].as_array().unwrap().len(),
+        t["lost_events"]
+    );
+    assert!(bgsaves >= secs / 10, "only {bgsaves} BGSAVEs: {log}");
+    assert!(max_rss > 0 && max_rss < 64 << 20, "tracer RSS {max_rss} B");
+    assert_eq!(t["lost_events"], 0);
+    assert_eq!(t["kernel"]["inflight_map_full"], 0);
+    let epochs = t["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len() as u64, bgsaves, "one epoch per BGSAVE");
+    for e in epochs {
+        assert!(e["end_ns"].is_u64(), "epoch not closed: {e}");
+        assert_eq!(e["end_reason"], "exit");
+        assert_eq!(e["reason"], "bgsave");
+    }
+    assert_eq!(t["end"]["reason"], "signal");
+    assert!(t["summary"]["faults"]["cow_copy"].as_u64().unwrap() > 0);
+}
