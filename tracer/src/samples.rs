@@ -427,6 +427,17 @@ mod tests {
     use crate::redis::{info::tests::INFO_7_0, locate::test_server::TestRedis};
 
     #[test]
+    proptest::proptest! {
+        /// smaps_rollup text of any shape: a value or `None`, never a panic.
+        #[test]
+        fn rollup_parsing_never_panics(s in "\\PC*") {
+            if let Ok(r) = SmapsRollup::from_buf_read(s.as_bytes()) {
+                let _ = ProcMem::from_rollup(&r);
+            }
+        }
+    }
+
+    #[test]
     fn proc_mem_from_rollup_text() {
         let text = "56132f3d1000-7fff028af000 ---p 00000000 00:00 0                          [rollup]\n\
 Rss:                1608 kB\n\

@@ -178,6 +178,29 @@ pub fn parse_format(name: &str, text: &str) -> Result<Format, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text, including cut and mutated real formats: an error or a format, never
+        /// a panic.
+        #[test]
+        fn parse_never_panics(s in "\\PC*") {
+            let _ = parse_format("x", &s);
+        }
+
+        #[test]
+        fn cut_or_mutated_formats_never_panic(cut in 0usize..2000, at in 0usize..2000, c in any::<char>()) {
+            let text = FORK_618;
+            let cut = cut.min(text.len());
+            if text.is_char_boundary(cut) {
+                let _ = parse_format("x", &text[..cut]);
+            }
+            let mut chars: Vec<char> = text.chars().collect();
+            let at = at % chars.len();
+            chars[at] = c;
+            let _ = parse_format("x", &chars.into_iter().collect::<String>());
+        }
+    }
 
     const FORK_618: &str = "name: sched_process_fork
 ID: 300
