@@ -21,6 +21,10 @@ use common::{
 
 /// `record --pid` on `server`, returned once it printed `tracing pid` (and, with
 /// attribution, `attribution on`).
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is returned to the caller, which waits for it"
+)]
 fn attach(
     server: &RedisServer,
     out: &Path,
@@ -37,10 +41,11 @@ fn attach(
     let mut seen = String::new();
     loop {
         let mut l = String::new();
-        assert!(
-            stderr.read_line(&mut l).unwrap() > 0,
-            "tracer ended: {seen}"
-        );
+        if stderr.read_line(&mut l).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tracer ended: {seen}");
+        }
         seen.push_str(&l);
         if l.contains("attribution on") {
             return (child, stderr);
@@ -217,4 +222,81 @@ fn redis_exiting_mid_trace_closes_epochs_and_the_timeline() {
     assert_eq!(epochs.len(), 1);
     assert_eq!(epochs[0]["reason"], "bgsave");
     assert!(epochs[0]["end_ns"].is_u64(), "epoch closed: {}", epochs[0]);
+}
+
+#[test]
+fn follow_finds_the_restarted_server_in_a_new_segment() {
+    require_root();
+    let binary = Path::new(common::redis::REDIS_70);
+    let first = server();
+    let port = first.port;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let (child, mut stderr) = attach(&first, &out, &["--follow"]);
+    let first_pid = first.pid;
+    drop(first); // SIGTERM: the server exits
+    let mut seen = String::new();
+    loop {
+        let mut l = String::new();
+        assert!(
+            stderr.read_line(&mut l).unwrap() > 0,
+            "tracer ended: {seen}"
+        );
+        seen.push_str(&l);
+        if l.contains("waiting for a server") {
+            break;
+        }
+    }
+    // A new server on the same address: found again, traced with attribution.
+    let second = RedisServer::start_with_port(binary, Some(port), &[]);
+    second.populate(20_000, "key", 256);
+    loop {
+        let mut l = String::new();
+        assert!(
+            stderr.read_line(&mut l).unwrap() > 0,
+            "tracer ended: {seen}"
+        );
+        seen.push_str(&l);
+        if l.contains("attribution on") {
+            break;
+        }
+    }
+    assert!(seen.contains(&format!("as pid {}", second.pid)), "{seen}");
+    let mut con = second.client();
+    let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+    for i in 0..2000 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("key:{i}"))
+            .arg("x".repeat(300))
+            .query(&mut con)
+            .unwrap();
+    }
+    second.wait_bgsave_done(Duration::from_secs(60));
+    signal(&child, libc::SIGINT);
+    let mut child = child;
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{seen}{rest}");
+    let t = read_timeline(&out);
+    let segments = t["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    assert_eq!(segments[0]["pid"].as_u64(), Some(first_pid as u64));
+    assert_eq!(segments[0]["end_reason"], "target_exit");
+    assert_eq!(segments[1]["pid"].as_u64(), Some(second.pid as u64));
+    assert_eq!(segments[1]["end_reason"], "signal");
+    assert_eq!(t["end"]["reason"], "signal");
+    // The second server's BGSAVE is an epoch of the second server, labelled.
+    let epochs = t["epochs"].as_array().unwrap();
+    let e = epochs.last().expect("an epoch");
+    assert_eq!(e["parent_pid"].as_u64(), Some(second.pid as u64));
+    assert_eq!(e["reason"], "bgsave");
+    // Faults of the second server are attributed to its commands.
+    let set_faults = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["pid"].as_u64() == Some(second.pid as u64) && f["activity"] == "SET")
+        .count();
+    assert!(set_faults > 0, "no SET faults of the second server");
 }

@@ -141,6 +141,12 @@ impl RedisServer {
     /// Returns once the server answers `PING`; panics with the server's log if it does not
     /// within 10 s.
     pub fn start(binary: &Path, extra_args: &[&str]) -> RedisServer {
+        RedisServer::start_with_port(binary, None, extra_args)
+    }
+
+    /// [`RedisServer::start`] on `port` (a free one when `None`); a given port is not
+    /// retried elsewhere.
+    pub fn start_with_port(binary: &Path, fixed: Option<u16>, extra_args: &[&str]) -> RedisServer {
         let binary_version = binary_version(binary);
         let mut last_log = String::new();
         // A port taken between `free_port` and the server's bind is retried.
@@ -149,7 +155,7 @@ impl RedisServer {
                 .prefix("memtrace-redis-")
                 .tempdir()
                 .expect("create a temporary folder for redis-server");
-            let port = free_port();
+            let port = fixed.unwrap_or_else(free_port);
             let log_path = dir.path().join("redis.log");
             let log = std::fs::File::create(&log_path).expect("create redis.log");
             let mut cmd = Command::new(binary);

@@ -127,7 +127,8 @@ pub mod context_flags {
 pub const KEY_CAP: usize = 256;
 /// Longest command or thread name the kernel copies.
 pub const NAME_CAP: usize = 32;
-/// Phase ranges a [`RedisLayout`] can carry.
+/// Phase ranges a [`RedisLayout`] can carry. The stack scan compares every word with
+/// every range: 10 ranges already exceed the verifier's complexity limit.
 pub const PHASE_RANGES: usize = 8;
 /// Stack words scanned for return addresses when the main thread is outside a command.
 pub const STACK_WORDS: usize = 192;

@@ -250,8 +250,33 @@ impl Analyzer {
         }
     }
 
+    /// Follows a new target (`record --follow`: the server restarted as `target`).
+    /// Epochs and totals so far are kept; the new server's attribution starts off until
+    /// [`Analyzer::enable_attribution`] is called for it.
+    /// Returns the old server's parse-stage faults still held.
+    #[must_use = "the returned records belong in the timeline"]
+    pub fn retarget(&mut self, target: u32, target_swap_bytes: Option<u64>) -> Vec<Record> {
+        let held = self.flush_pending();
+        self.target = target;
+        self.epochs.retarget(target);
+        self.target_exit_ns = None;
+        if let Some(b) = target_swap_bytes {
+            self.swap_bytes.insert(target, b);
+        }
+        if let Some(a) = self.attribution.as_mut() {
+            // No context of the new server yet: its faults count as unattributed.
+            a.attributor = Attributor::default();
+        }
+        held
+    }
+
     /// Turns attribution on (the target is a Redis server whose layout the kernel has).
+    /// After [`Analyzer::retarget`], the aggregates so far are kept.
     pub fn enable_attribution(&mut self, opts: AttributionOptions) {
+        if let Some(a) = self.attribution.as_mut() {
+            a.attributor = Attributor::new(opts.phases, opts.key_max, opts.keys);
+            return;
+        }
         self.attribution = Some(AttributionState {
             attributor: Attributor::new(opts.phases, opts.key_max, opts.keys),
             total: Aggregates::new(opts.key_capacity),
@@ -288,9 +313,10 @@ impl Analyzer {
                 });
                 a.release(Some(&parse))
             }
-            // Still reading input (a new read of the same phase): keep waiting.
-            Some(now) if now.is_parsing() => Vec::new(),
-            _ => a.release(None),
+            // Still reading input, or the event loop doing something else between two
+            // reads of the same command (cron, before-sleep, allocator work): the faults
+            // wait for the command (bounded by MAX_PENDING).
+            _ => Vec::new(),
         }
     }
 

@@ -102,6 +102,10 @@ pub struct RecordArgs {
     /// Its PID comes from the listening socket or INFO; INFO feeds samples and fork labels.
     #[arg(long, conflicts_with = "command", value_name = "ADDR")]
     pub redis: Option<String>,
+    /// With --redis: when the server exits, wait for a server at the same address and go
+    /// on tracing it (a new segment of the same timeline). Stop with Ctrl-C or --duration.
+    #[arg(long, requires = "redis")]
+    pub follow: bool,
     /// Do not attribute faults to Redis commands and keys (count only).
     #[arg(long)]
     pub no_attribution: bool,

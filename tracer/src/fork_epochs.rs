@@ -117,6 +117,11 @@ impl ForkEpochs {
         None
     }
 
+    /// Forks of `target` open epochs from now on (`record --follow`); earlier epochs stay.
+    pub fn retarget(&mut self, target: u32) {
+        self.target = target;
+    }
+
     /// A child of the target that was already running when tracing began.
     pub fn adopt_running_child(&mut self, child: u32, ts: u64) -> u32 {
         self.open(self.target, self.target, child, ts, true)
@@ -193,7 +198,11 @@ impl ForkEpochs {
         if pid == self.target {
             // The most recent epoch that covers the fault: the parent's copies are caused by
             // the newest child still sharing its pages.
-            let found = self.epochs.iter_mut().rev().find(|e| e.covers(ts));
+            let found = self
+                .epochs
+                .iter_mut()
+                .rev()
+                .find(|e| e.parent_pid == pid && e.covers(ts));
             return match found {
                 Some(e) => {
                     e.faults.parent.add(kind);

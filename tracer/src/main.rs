@@ -67,6 +67,7 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         keys,
         max_events: args.max_events,
         max_rate: args.max_rate,
+        follow: args.follow,
     };
     record(&opts)?;
     Ok(ExitCode::SUCCESS)

@@ -28,7 +28,7 @@ use crate::{
     samples::Sampler,
     status_line::{Progress, StatusLine},
     target::{self, ProcessId},
-    timeline::{EndInfo, RunInfo, Trailer, Writer},
+    timeline::{EndInfo, RunInfo, Segment, Trailer, Writer},
 };
 
 /// What to trace.
@@ -77,6 +77,9 @@ pub struct RecordOptions {
     pub max_events: Option<u64>,
     /// At most this many fault records per second of trace time in `events`.
     pub max_rate: Option<u64>,
+    /// With `--redis`: when the server exits, wait for one at the same address and go on
+    /// tracing it in a new segment.
+    pub follow: bool,
 }
 
 /// Outcome of a recording, for callers that want the numbers.
@@ -136,7 +139,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             (Some(l), info, id)
         }
     };
-    let pid = target_id.pid;
+    let mut target_id = target_id;
+    let mut pid = target_id.pid;
+    if opts.follow && !matches!(opts.target, TargetSpec::Redis(_)) {
+        bail!("--follow needs --redis HOST:PORT (the address the restarted server is found at)");
+    }
 
     let stdout = opts.output == std::path::Path::new("-");
     if stdout && !opts.ndjson {
@@ -315,6 +322,11 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     }
     let mut sampler = start_sampler(pid, session.as_ref(), opts.interval);
     let mut progress = Progress::default();
+    // `--follow`: the servers traced one after the other, and since when none is.
+    let mut segments = vec![Segment::begin(&target_info, start_mono)];
+    let mut waiting_since: Option<Instant> = None;
+    let mut last_follow_try = Instant::now();
+    let mut earlier_samples = Vec::new();
     let mut cap = crate::event_cap::EventCap::new(opts.max_events, opts.max_rate);
     let mut status = StatusLine::new(!opts.quiet);
     let mut exited_children: std::collections::HashSet<u32> = Default::default();
@@ -427,9 +439,73 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                 }
             }
         }
+        if let (Some(since), Some(p), TargetSpec::Redis(spec)) =
+            (waiting_since, probes.as_mut(), &opts.target)
+            && reason.is_none()
+            && last_follow_try.elapsed() >= Duration::from_millis(500)
+        {
+            last_follow_try = Instant::now();
+            if let Some(found) = find_restarted(spec, target_id) {
+                let (info, id) = found;
+                let now = clock::monotonic_ns();
+                if !opts.quiet {
+                    eprintln!(
+                        "redis-memtrace: following: a server is back at {} as pid {} ({:.1} s after the last one exited)",
+                        crate::redis::info::redact_spec(spec),
+                        id.pid,
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                for record in analyzer.retarget(id.pid, target::swap_bytes(id.pid)) {
+                    write_capped(&mut timeline, &mut cap, &record)?;
+                }
+                target_id = id;
+                pid = id.pid;
+                segments.push(Segment::begin(&info, now));
+                p.trace(pid, role::TARGET)?;
+                if let Err(w) = probe_fork_call(p, pid) {
+                    warnings.push(w);
+                }
+                if opts.attribution {
+                    match try_attribution(p, pid, redis_spec.clone(), opts, &mut analyzer) {
+                        Ok(Some((s, w))) => {
+                            p.trace(pid, role::TARGET | role::ATTRIBUTE)?;
+                            if !opts.quiet {
+                                eprintln!(
+                                    "redis-memtrace: Redis {} attribution on ({} layout)",
+                                    s.info.version,
+                                    s.info.layout.unwrap_or("?")
+                                );
+                            }
+                            warnings.extend(w);
+                            session = Some(s);
+                        }
+                        Ok(None) => session = None,
+                        Err(w) => {
+                            warnings.push(w);
+                            session = None;
+                        }
+                    }
+                }
+                if let Some(old) = sampler.take() {
+                    let (samples, w) = old.stop();
+                    earlier_samples.extend(samples);
+                    warnings.extend(w);
+                }
+                sampler = start_sampler(pid, session.as_ref(), opts.interval);
+                waiting_since = None;
+            }
+        }
         if reason.is_none() {
             if stop.load(Ordering::Relaxed) {
                 reason = Some("signal");
+            } else if waiting_since.is_some() {
+                // Following: only a signal or the duration ends the run.
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    reason = Some("duration");
+                }
+            } else if analyzer.target_exited() && opts.follow {
+                target_gone(&mut segments, &mut waiting_since, pid, opts.quiet);
             } else if analyzer.target_exited() {
                 reason = Some("target_exit");
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -444,7 +520,9 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
                     }
                     None => target::still_running(target_id).is_err(),
                 };
-                if gone {
+                if gone && opts.follow {
+                    target_gone(&mut segments, &mut waiting_since, pid, opts.quiet);
+                } else if gone {
                     reason = Some("target_exit");
                 }
             }
@@ -487,6 +565,19 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         write_capped(&mut timeline, &mut cap, &record)?;
     }
     let (samples, sample_warnings) = sampler.take().map(Sampler::stop).unwrap_or_default();
+    if !opts.quiet {
+        for w in &sample_warnings {
+            eprintln!("redis-memtrace: warning: {w}");
+        }
+    }
+    earlier_samples.extend(samples);
+    let samples = earlier_samples;
+    if let Some(last) = segments.last_mut()
+        && last.end_ns.is_none()
+    {
+        last.end_ns = Some(end_mono);
+        last.end_reason = Some(reason.unwrap_or("signal"));
+    }
     warnings.extend(sample_warnings);
     let kernel = counters.read();
     let lost = kernel.ring_buffer_full;
@@ -507,6 +598,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         samples,
         warnings,
         event_cap: cap.report(),
+        segments,
         end: EndInfo {
             reason: reason.unwrap_or("signal").to_string(),
             monotonic_end_ns: end_mono,
@@ -534,6 +626,33 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         lost_events: lost,
         target_exit_status: exit_status,
     })
+}
+
+/// The traced server went away under `--follow`: close its segment, start waiting.
+fn target_gone(
+    segments: &mut [Segment],
+    waiting_since: &mut Option<Instant>,
+    pid: u32,
+    quiet: bool,
+) {
+    if let Some(last) = segments.last_mut() {
+        last.end_ns = Some(clock::monotonic_ns());
+        last.end_reason = Some("target_exit");
+    }
+    *waiting_since = Some(Instant::now());
+    if !quiet {
+        eprintln!(
+            "redis-memtrace: pid {pid} exited; waiting for a server at the same address (--follow)"
+        );
+    }
+}
+
+/// A server at `spec` that is not `old` (another pid, or the same pid reused by a new
+/// process: the start time tells them apart).
+fn find_restarted(spec: &str, old: ProcessId) -> Option<(crate::timeline::TargetInfo, ProcessId)> {
+    let resolved = locate::resolve_redis(spec, Duration::from_millis(500)).ok()?;
+    let (info, id) = target::describe(resolved.pid).ok()?;
+    (id != old).then_some((info, id))
 }
 
 /// Writes `record` unless `--max-events` / `--max-rate` leave it out.

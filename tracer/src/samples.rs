@@ -218,13 +218,22 @@ struct Worker {
     proc_warned: bool,
 }
 
+/// Whether `pid` exists and is not a zombie.
+fn still_alive(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|st| !matches!(st.state, 'Z' | 'X'))
+}
+
 impl Worker {
     fn sample(&mut self) -> Sample {
         let ts_ns = clock::monotonic_ns();
         let server = match read_proc_mem(self.pid) {
             Ok(m) => Some(m),
             Err(e) => {
-                if !self.proc_warned {
+                // A server that exited (or is exiting) is the run ending, not a problem
+                // worth a warning.
+                if !self.proc_warned && still_alive(self.pid) {
                     self.proc_warned = true;
                     self.warnings
                         .push(format!("{e}; later samples without it are not reported"));
@@ -426,7 +435,6 @@ mod tests {
     use super::*;
     use crate::redis::{info::tests::INFO_7_0, locate::test_server::TestRedis};
 
-    #[test]
     proptest::proptest! {
         /// smaps_rollup text of any shape: a value or `None`, never a panic.
         #[test]

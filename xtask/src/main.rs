@@ -176,7 +176,14 @@ fn main() -> Result<()> {
         Cmd::Soak { minutes } => {
             build()?;
             run(cargo()
-                .args(["test", "--release", "-p", "memtrace-tests", "--test", "soak"])
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "memtrace-tests",
+                    "--test",
+                    "soak",
+                ])
                 .env("MEMTRACE_BIN", bin("redis-memtrace"))
                 .env("MEMTRACE_SOAK_SECS", (minutes * 60).to_string())
                 .args(["--", "--test-threads=1", "--nocapture"]))

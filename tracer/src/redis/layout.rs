@@ -124,7 +124,11 @@ pub const PHASE_FUNCTIONS: [(&str, &str); tracer_common::PHASE_RANGES] = [
     ("activeDefragCycle", "active-defrag"),
     ("serverCron", "cron"),
     ("beforeSleep", "before-sleep"),
-    ("readSyncBulkPayload", "replica-sync-load"),
+    // Parsing the query buffer: in 6.2 `readQueryFromClient` tail-calls
+    // `processInputBuffer`, so it is not on the stack while the arguments are built.
+    // (This slot held `readSyncBulkPayload`, a replica loading its full sync; the
+    // verifier's complexity limit allows 8 ranges.)
+    ("processInputBuffer", "networking-read"),
 ];
 
 #[cfg(test)]

@@ -343,6 +343,7 @@ mod tests {
             samples: Vec::new(),
             warnings: vec!["a warning".into()],
             event_cap: Default::default(),
+            segments: vec![],
         };
         tl.finish(&trailer).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&dest).unwrap()).unwrap();

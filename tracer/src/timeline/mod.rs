@@ -151,4 +151,38 @@ pub struct Trailer {
     /// Fault records left out of `events` by `--max-events` / `--max-rate` (counts,
     /// epochs and aggregates still include them).
     pub event_cap: crate::event_cap::CapReport,
+    /// The processes traced as the target, in order: one, or several with `--follow`
+    /// when the server restarted.
+    pub segments: Vec<Segment>,
+}
+
+/// One target process's stretch of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Segment {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (with the pid, names the process).
+    pub start_time_ticks: u64,
+    /// `comm` when it was found.
+    pub comm: String,
+    /// Monotonic time tracing of it began.
+    pub start_ns: u64,
+    /// Monotonic time it exited or the run ended.
+    pub end_ns: Option<u64>,
+    /// `target_exit`, or how the run ended (`signal`, `duration`).
+    pub end_reason: Option<&'static str>,
+}
+
+impl Segment {
+    /// A segment of `target` starting at `start_ns`.
+    pub fn begin(target: &TargetInfo, start_ns: u64) -> Segment {
+        Segment {
+            pid: target.pid,
+            start_time_ticks: target.start_time_ticks,
+            comm: target.comm.clone(),
+            start_ns,
+            end_ns: None,
+            end_reason: None,
+        }
+    }
 }

@@ -174,6 +174,7 @@ mod tests {
             samples: vec![],
             warnings: vec![],
             event_cap: Default::default(),
+            segments: vec![],
         };
         t.finish(&trailer).unwrap();
         let text = std::fs::read_to_string(&dest).unwrap();
