@@ -88,15 +88,25 @@ fn exact_case(pages: u64, cow: u64, reuse: u64, swap: u64) {
         e["end_ns"].as_u64().unwrap(),
     );
     assert!(end > start, "epoch must have a closed end after its start");
-    let syscall = e["fork_duration_ns"].as_u64().unwrap();
-    assert!(syscall > 0, "fork duration measured");
     // fault-gen forks right after its exec: the libc probe must already be in place.
     let call = e["fork_call_ns"]
         .as_u64()
         .expect("libc fork() call measured");
+    assert!(call > 0, "fork duration measured");
+    // The kernel's fork (sched_process_fork, the epoch's start) happens inside the
+    // timed fork() call.
+    let ret = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ev| ev["kind"] == "fork_return")
+        .expect("a fork_return event");
+    assert_eq!(ret["ret"].as_u64(), Some(child));
+    assert_eq!(ret["duration_ns"].as_u64(), Some(call));
+    let call_start = ret["ts_ns"].as_u64().unwrap();
     assert!(
-        call >= syscall,
-        "fork() call {call} ns contains its clone syscall {syscall} ns"
+        (call_start..call_start + call).contains(&start),
+        "fork at {start} outside the fork() call {call_start}+{call}"
     );
     assert!(e["faults"]["parent"]["cow_copy"].as_u64().unwrap() >= cow);
     // Every summary field other tools read is present and an integer.

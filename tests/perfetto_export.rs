@@ -227,7 +227,7 @@ fn bgsave_under_writes_exports_a_trace_an_independent_parser_accepts() {
     // The independent parser.
     let script = dir.path().join("check_trace.py");
     std::fs::write(&script, CHECKER).unwrap();
-    let check = Command::new("python3")
+    let check = Command::new("/usr/bin/python3")
         .arg(&script)
         .arg(&out)
         .arg(&timeline)

@@ -244,8 +244,6 @@ pub const PROGRAM_NAMES: &[&str] = &[
     "task_newtask",
     "sched_process_fork",
     "sched_process_exit",
-    "clone_enter",
-    "clone_exit",
     "fork_call_enter",
     "fork_call_exit",
 ];

@@ -393,12 +393,10 @@ pub struct Config {
     pub write_folio_pfn: u32,
     /// `vmscan:mm_vmscan_write_folio` `reclaim_flags`.
     pub write_folio_flags: u32,
-    /// `syscalls:sys_exit_clone{,3}` `ret`.
-    pub sys_exit_ret: u32,
     /// Explicit padding.
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 52);
 
 impl Config {
     /// A configuration with every field absent (the value compiled into the object).
@@ -415,7 +413,6 @@ impl Config {
         alloc_gfp: FIELD_ABSENT,
         write_folio_pfn: FIELD_ABSENT,
         write_folio_flags: FIELD_ABSENT,
-        sys_exit_ret: FIELD_ABSENT,
         _pad: 0,
     };
 }

@@ -51,10 +51,6 @@ static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CLONE_FLAGS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
 
-/// tid -> start of an in-progress clone syscall of a traced process.
-#[map]
-static CLONE_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
-
 /// tid -> start of an in-progress libc `fork()` call of a traced process.
 #[map]
 static FORK_CALL_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
@@ -759,39 +755,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         addr: 0,
         arg: 0,
         duration_ns: 0,
-    });
-    0
-}
-
-#[tracepoint]
-pub fn clone_enter(_ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current();
-    if is_traced(tgid) {
-        let _ = CLONE_START.insert(tid, now_ns(), 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn clone_exit(ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current();
-    // SAFETY: value copied out immediately.
-    let Some(start) = (unsafe { CLONE_START.get(tid) }).copied() else {
-        return 0;
-    };
-    let _ = CLONE_START.remove(tid);
-    let ret = field::<i64>(&ctx, cfg(&CONFIG.sys_exit_ret)).unwrap_or(-1);
-    // The child returns from clone too (ret 0) but never ran clone_enter: only the
-    // parent gets here.
-    emit(Event {
-        ts_ns: start,
-        kind: kind::FORK_RET,
-        tgid,
-        tid,
-        flags: 0,
-        addr: 0,
-        arg: ret as u64,
-        duration_ns: now_ns().saturating_sub(start),
     });
     0
 }

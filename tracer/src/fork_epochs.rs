@@ -45,11 +45,11 @@ pub struct Epoch {
     pub start_ns: u64,
     /// Monotonic time of the child's exit; `None` while open.
     pub end_ns: Option<u64>,
-    /// How long the clone syscall took in the parent (kernel entry to exit).
-    pub fork_duration_ns: Option<u64>,
-    /// How long the libc `fork()` call took in the parent, as the caller saw it: the
-    /// syscall plus atfork handlers and any wait for a CPU on the way back. This is what
-    /// Redis's `latest_fork_usec` measures. `None` when libc's `fork` could not be probed.
+    /// How long the `fork()` call took in the parent, as the caller saw it (libc `fork`
+    /// entry to return in the parent: the clone syscall, atfork handlers and any wait for
+    /// a CPU on the way back). This is what Redis's `latest_fork_usec` measures. `None`
+    /// when libc's `fork` could not be probed (a static binary without symbols) or the
+    /// child existed before tracing started.
     pub fork_call_ns: Option<u64>,
     /// The child was already running when tracing started (start and fork time unknown).
     pub started_before_trace: bool,
@@ -136,7 +136,6 @@ impl ForkEpochs {
             child_pid: child,
             start_ns: ts,
             end_ns: None,
-            fork_duration_ns: None,
             fork_call_ns: None,
             started_before_trace: before,
             end_reason: None,
@@ -147,21 +146,6 @@ impl ForkEpochs {
         });
         self.member.insert(child, id);
         id
-    }
-
-    /// The clone syscall of `tid` returned `ret` after `duration_ns`.
-    pub fn on_fork_return(&mut self, tid: u32, ret: i64, duration_ns: u64) {
-        if ret <= 0 {
-            return;
-        }
-        if let Some(epoch) = self
-            .epochs
-            .iter_mut()
-            .rev()
-            .find(|e| e.child_pid == ret as u32 && e.parent_tid == tid)
-        {
-            epoch.fork_duration_ns.get_or_insert(duration_ns);
-        }
     }
 
     /// The libc `fork()` call of `tid` returned `ret` after `duration_ns`.
@@ -259,7 +243,6 @@ mod tests {
     fn epoch_opens_on_fork_and_closes_on_child_exit() {
         let mut ep = ForkEpochs::new(T);
         assert_eq!(ep.on_fork(T, 101, 200, 1_000), Some(0));
-        ep.on_fork_return(101, 200, 350);
         // The child's return (0) and another thread's call are not the parent's.
         ep.on_fork_call_return(101, 0, 1);
         ep.on_fork_call_return(102, 200, 2);
@@ -279,10 +262,9 @@ mod tests {
         );
         let e = &ep.epochs()[0];
         assert_eq!(
-            (e.start_ns, e.end_ns, e.fork_duration_ns),
-            (1_000, Some(2_000), Some(350))
+            (e.start_ns, e.end_ns, e.fork_call_ns),
+            (1_000, Some(2_000), Some(420))
         );
-        assert_eq!(e.fork_call_ns, Some(420));
         assert_eq!(e.faults.parent.cow_copy, 1);
         assert_eq!(e.faults.child.cow_copy, 1);
         assert_eq!(e.faults.parent.wp_reuse, 0);
@@ -331,8 +313,8 @@ mod tests {
             None,
             "grandchild exit must not close"
         );
-        ep.on_fork_return(T, -11, 5);
-        assert_eq!(ep.epochs()[0].fork_duration_ns, None);
+        ep.on_fork_call_return(T, -11, 5);
+        assert_eq!(ep.epochs()[0].fork_call_ns, None);
         assert_eq!(ep.epochs().len(), 1);
     }
 

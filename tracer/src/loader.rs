@@ -147,30 +147,6 @@ const HOOKS: &[Hook] = &[
         name: "mm_vmscan_write_folio",
         loses: Some("swap writes are not counted"),
     },
-    Hook {
-        program: "clone_enter",
-        category: "syscalls",
-        name: "sys_enter_clone",
-        loses: Some("fork durations are not measured"),
-    },
-    Hook {
-        program: "clone_exit",
-        category: "syscalls",
-        name: "sys_exit_clone",
-        loses: Some("fork durations are not measured"),
-    },
-    Hook {
-        program: "clone_enter",
-        category: "syscalls",
-        name: "sys_enter_clone3",
-        loses: Some("fork durations of clone3 callers are not measured"),
-    },
-    Hook {
-        program: "clone_exit",
-        category: "syscalls",
-        name: "sys_exit_clone3",
-        loses: Some("fork durations of clone3 callers are not measured"),
-    },
 ];
 
 /// Reads every tracepoint layout the programs need from `root` (tracefs).
@@ -203,20 +179,8 @@ pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
         alloc_gfp: alloc.require("gfp_flags")?,
         write_folio_pfn: optional(fmt("vmscan", "mm_vmscan_write_folio"), "pfn"),
         write_folio_flags: optional(fmt("vmscan", "mm_vmscan_write_folio"), "reclaim_flags"),
-        sys_exit_ret: optional(fmt("syscalls", "sys_exit_clone"), "ret"),
         _pad: 0,
     })
-}
-
-/// Whether a hook's layout matches what `config` was built from (the kernel-mode fault
-/// and clone3 tracepoints share offsets with their siblings; attach them only if so).
-fn layout_matches(root: &Path, hook: &Hook, config: &Config) -> bool {
-    match (hook.category, hook.name) {
-        ("syscalls", "sys_exit_clone3") => tracefs::read_format(root, hook.category, hook.name)
-            .ok()
-            .is_some_and(|f| f.optional("ret") == Some(config.sys_exit_ret)),
-        _ => true,
-    }
 }
 
 /// Every tracepoint the programs hook, as (category, event, what is lost without it;
@@ -258,8 +222,7 @@ impl Probes {
                 "tracepoint {}:{} (program {})",
                 hook.category, hook.name, hook.program
             );
-            let available = tracefs::exists(&root, hook.category, hook.name)
-                && layout_matches(&root, hook, &config);
+            let available = tracefs::exists(&root, hook.category, hook.name);
             if !available {
                 match hook.loses {
                     None => {

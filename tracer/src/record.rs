@@ -583,7 +583,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     let lost = kernel.ring_buffer_full;
     let (mut epochs, summary) = analyzer.finish(end_mono);
     for e in &mut epochs {
-        if let (Some(r), Some(ours)) = (e.redis.as_mut(), e.fork_call_ns.or(e.fork_duration_ns))
+        if let (Some(r), Some(ours)) = (e.redis.as_mut(), e.fork_call_ns)
             && let Some(theirs) = r.latest_fork_usec
         {
             r.fork_usec_difference = Some((ours / 1000) as i64 - theirs as i64);
@@ -687,7 +687,7 @@ fn write_perfetto(
 
 /// Probes the libc `fork()` of `pid`; `Err` is a warning saying what is lost.
 fn probe_fork_call(probes: &mut Probes, pid: u32) -> Result<(), String> {
-    let lost = "epochs carry the clone syscall time only (fork_call_ns null)";
+    let lost = "fork() calls are not timed (epochs' fork_call_ns null)";
     let object = crate::libc_fork::locate(pid).map_err(|e| format!("{e}: {lost}"))?;
     probes
         .attach_fork_call(&object)
@@ -748,7 +748,6 @@ fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::pat
             e.child_pid,
             e.end_ns.unwrap_or(e.start_ns).saturating_sub(e.start_ns) as f64 / 1e9,
             e.fork_call_ns
-                .or(e.fork_duration_ns)
                 .map_or("?".into(), |d| (d / 1000).to_string()),
             e.faults.parent.cow_copy,
             e.faults.child.cow_copy,

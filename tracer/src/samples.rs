@@ -622,6 +622,7 @@ SwapPss:               4 kB\n";
         // Sampling went on after the failure.
         let after = samples.iter().filter(|s| s.info.is_none()).count();
         assert!(after >= 3, "{after} samples after the failure");
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        // The server is gone: its missing smaps_rollup is the run ending, not a warning.
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 }
