@@ -53,8 +53,16 @@ fn run(
     (out, stderr)
 }
 
-fn top_cow_key(t: &serde_json::Value) -> serde_json::Value {
-    t["summary"]["attribution"]["top_keys_cow"][0].clone()
+/// The row of the secret key among the top CoW keys: the only key of its length (the
+/// others are `public:N` and `key:N`), whatever its rank.
+fn secret_row(t: &serde_json::Value) -> serde_json::Value {
+    let rows = &t["summary"]["attribution"]["top_keys_cow"];
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key_len"].as_u64() == Some(SECRET.len() as u64))
+        .cloned()
+        .unwrap_or_else(|| panic!("no row of the secret key's length in {rows}"))
 }
 
 /// Every output derived from `timeline`, as text.
@@ -103,11 +111,11 @@ fn no_key_name_leaves_with_hash_or_none() {
     let (full, _) = run(&server, dir.path(), "full.json", &[]);
     let t = read_timeline(&full);
     assert_eq!(
-        top_cow_key(&t)["key"],
+        secret_row(&t)["key"],
         SECRET,
         "control run must see the key"
     );
-    let secret_slot = top_cow_key(&t)["slot"].clone();
+    let secret_slot = secret_row(&t)["slot"].clone();
     assert!(secret_slot.is_u64());
 
     // Two hashed runs with one salt, one with another salt, one without keys.
@@ -130,7 +138,7 @@ fn no_key_name_leaves_with_hash_or_none() {
     let (none, e4) = run(&server, dir.path(), "none.json", &["--keys", "none"]);
 
     let (t1, t2) = (read_timeline(&h1), read_timeline(&h2));
-    let (k1, k2) = (top_cow_key(&t1), top_cow_key(&t2));
+    let (k1, k2) = (secret_row(&t1), secret_row(&t2));
     let hashed = k1["key"].as_str().unwrap();
     assert!(hashed.starts_with("h:") && hashed.len() == 34, "{k1}");
     assert_eq!(k1["hashed"], true);
