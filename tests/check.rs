@@ -99,7 +99,7 @@ fn host_checks_agree_with_proc_and_sysfs() {
         }
     );
     // Nothing of the load test stays attached.
-    let left = our_programs_loaded();
+    let left = our_programs_after_exit();
     assert!(left.is_empty(), "programs still loaded: {left:?}");
 }
 

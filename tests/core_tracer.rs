@@ -259,6 +259,6 @@ fn no_programs_left_after_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("timeline.json");
     record_command(&out, &["--pages".into(), "10".into(), "--no-fork".into()]);
-    let left = our_programs_loaded();
+    let left = our_programs_after_exit();
     assert!(left.is_empty(), "programs still loaded: {left:?}");
 }

@@ -16,7 +16,8 @@ use std::{
 };
 
 use common::{
-    PROGRAM_NAMES, our_programs_loaded, read_timeline, redis::RedisServer, require_root, tracer,
+    PROGRAM_NAMES, our_programs_after_exit, our_programs_loaded, read_timeline, redis::RedisServer,
+    require_root, tracer,
 };
 
 /// `record --pid` on `server`, returned once it printed `tracing pid` (and, with
@@ -169,14 +170,7 @@ fn sigkill_leaves_nothing_attached_and_redis_keeps_serving() {
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
     // The kernel frees programs when the last reference (the killed process's fds) goes.
-    let mut left = our_programs_loaded();
-    for _ in 0..50 {
-        if left.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        left = our_programs_loaded();
-    }
+    let left = our_programs_after_exit();
     assert!(left.is_empty(), "programs left after SIGKILL: {left:?}");
     let links = Command::new("bpftool")
         .args(["-j", "link", "show"])

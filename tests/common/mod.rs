@@ -248,6 +248,22 @@ pub const PROGRAM_NAMES: &[&str] = &[
     "fork_call_exit",
 ];
 
+/// Our programs still loaded once the tracer has exited, waiting up to 5 s: the kernel
+/// frees a program after the last fd closes, but raw tracepoint and perf-event detach
+/// waits for an RCU grace period, so a listing taken the instant the process is reaped
+/// can still show one.
+pub fn our_programs_after_exit() -> Vec<String> {
+    let mut left = our_programs_loaded();
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = our_programs_loaded();
+    }
+    left
+}
+
 /// Names of the tracer's programs the kernel still has loaded (`bpftool prog show -j`).
 pub fn our_programs_loaded() -> Vec<String> {
     let out = Command::new("bpftool")

@@ -110,9 +110,11 @@ fn is_traced(tgid: u32) -> bool {
 fn emit(event: Event) {
     // Never wake the reader from a fault: a wakeup is an irq_work inside the faulting
     // thread's path. Userspace drains on a timer instead, which it slows down when idle;
-    // the rare process lifecycle events wake it, so a fork is seen at once.
+    // the rare process lifecycle events wake it, so a fork is seen at once. Not the
+    // fork() return: that wakeup would run in Redis between fork() and the ustime() that
+    // ends its own `latest_fork_usec`, and the next timer drain is soon enough.
     let flags = match event.kind {
-        kind::FORK | kind::EXIT | kind::FORK_RET => BPF_RB_FORCE_WAKEUP,
+        kind::FORK | kind::EXIT => BPF_RB_FORCE_WAKEUP,
         _ => BPF_RB_NO_WAKEUP,
     };
     if EVENTS.output::<Event>(&event, flags as u64).is_err() {

@@ -70,10 +70,10 @@ pub struct Fork {
     pub epoch: Option<u64>,
 }
 
-/// A `fork_return` event: the clone syscall, from its start.
+/// A `fork_return` event: the parent's libc `fork()` call, timed from its start.
 #[derive(Debug, Clone)]
 pub struct ForkReturn {
-    /// Syscall entry time.
+    /// When the call started.
     pub ts_ns: u64,
     /// Process.
     pub pid: u32,
@@ -81,7 +81,7 @@ pub struct ForkReturn {
     pub tid: u32,
     /// Return value: the child pid, or -errno.
     pub ret: Option<i64>,
-    /// Syscall duration.
+    /// How long the call took.
     pub duration_ns: Option<u64>,
 }
 
