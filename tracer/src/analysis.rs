@@ -13,7 +13,7 @@ use crate::{
         aggregate::{AggregateReport, Aggregates},
         context::{Attribution, Attributor},
     },
-    classify::{FaultKind, classify, is_huge},
+    classify::{Evidence, FaultKind, classify, classify_with, is_huge},
     counts::KindCounts,
     fork_epochs::{Epoch, ForkEpochs, Role},
 };
@@ -230,6 +230,7 @@ pub struct Analyzer {
     target_exit_ns: Option<u64>,
     last_ts: u64,
     attribution: Option<AttributionState>,
+    evidence: Evidence,
 }
 
 impl Analyzer {
@@ -247,7 +248,13 @@ impl Analyzer {
             target_exit_ns: None,
             last_ts: 0,
             attribution: None,
+            evidence: Evidence::FULL,
         }
+    }
+
+    /// Classifies with `evidence` from now on (the kernel lacks a tracepoint).
+    pub fn set_evidence(&mut self, evidence: Evidence) {
+        self.evidence = evidence;
     }
 
     /// Follows a new target (`record --follow`: the server restarted as `target`).
@@ -440,7 +447,12 @@ impl Analyzer {
     }
 
     fn fault(&mut self, ev: &Event) -> Option<Record> {
-        let kind = classify(ev.flags, ev.arg);
+        let kind = if self.evidence == Evidence::FULL {
+            classify(ev.flags, ev.arg)
+        } else {
+            let shares = self.epochs.shares_pages(ev.tgid, ev.ts_ns);
+            classify_with(ev.flags, ev.arg, self.evidence, shares)
+        };
         let (role, epoch) = self.epochs.assign(ev.tgid, ev.ts_ns, kind);
         let s = &mut self.summary;
         s.faults.add(kind);

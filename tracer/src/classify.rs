@@ -59,6 +59,89 @@ impl FaultKind {
     }
 }
 
+/// Which kinds of evidence this kernel could give (a tracepoint may be missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evidence {
+    /// `kmem:mm_page_alloc` attached: page allocations inside a fault are seen.
+    pub page_alloc: bool,
+    /// `kmem:rss_stat` attached: RSS and swap-entry counter changes are seen.
+    pub rss_stat: bool,
+}
+
+impl Evidence {
+    /// Everything attached: classification is exact.
+    pub const FULL: Evidence = Evidence {
+        page_alloc: true,
+        rss_stat: true,
+    };
+
+    /// The kinds whose counts are approximate with this evidence, in summary order.
+    pub fn approximate_kinds(self) -> Vec<FaultKind> {
+        FaultKind::ALL
+            .into_iter()
+            .filter(|k| match k {
+                // Without allocations a copy is told from a reuse by the fork epoch.
+                FaultKind::CowCopy => !self.page_alloc || !self.rss_stat,
+                FaultKind::WpReuse => !self.page_alloc,
+                // Without counters: major faults and allocating faults stand in.
+                FaultKind::SwapIn | FaultKind::FirstTouch | FaultKind::Other => !self.rss_stat,
+            })
+            .collect()
+    }
+}
+
+/// Classifies a fault when some evidence is missing. `shares_pages`: the faulting process
+/// had a live fork relative at the time (an open epoch), so a write to a present page was
+/// most likely a copy.
+///
+/// - no `rss_stat`: a major fault on a non-present page is a `swap_in` (file-backed major
+///   faults are counted too, swap-cache hits are missed); a fault on a non-present page
+///   that allocated is a `first_touch` (page-cache fills are counted too).
+/// - no `mm_page_alloc`: a write to a present page is a `cow_copy` inside an epoch and a
+///   `wp_reuse` outside one.
+pub fn classify_with(
+    flags: u32,
+    error_code: u64,
+    evidence: Evidence,
+    shares_pages: bool,
+) -> FaultKind {
+    if evidence == Evidence::FULL {
+        return classify(flags, error_code);
+    }
+    if flags & ff::INCOMPLETE != 0 {
+        return FaultKind::Other;
+    }
+    let present = error_code & PF_PRESENT != 0;
+    let write_protect = error_code & (PF_PRESENT | PF_WRITE) == (PF_PRESENT | PF_WRITE);
+    let anon_grew = evidence.rss_stat && flags & ff::ANON_RSS != 0;
+    if evidence.rss_stat {
+        if flags & ff::SWAP_ENTS != 0 {
+            return FaultKind::SwapIn;
+        }
+    } else if flags & ff::MAJOR != 0 && !present {
+        return FaultKind::SwapIn;
+    }
+    if write_protect {
+        if anon_grew {
+            return FaultKind::FirstTouch;
+        }
+        let copied = if evidence.page_alloc {
+            flags & ff::ALLOC != 0
+        } else {
+            shares_pages
+        };
+        return if copied {
+            FaultKind::CowCopy
+        } else {
+            FaultKind::WpReuse
+        };
+    }
+    if anon_grew || (!evidence.rss_stat && !present && flags & ff::ALLOC != 0) {
+        return FaultKind::FirstTouch;
+    }
+    FaultKind::Other
+}
+
 /// Classifies a fault from its kernel-side evidence `flags` and x86 `error_code`.
 pub fn classify(flags: u32, error_code: u64) -> FaultKind {
     if flags & ff::INCOMPLETE != 0 {
@@ -140,6 +223,94 @@ mod tests {
         // first touch that had to reclaim memory first.
         let flags = ff::ALLOC | ff::ANON_RSS | ff::RECLAIM;
         assert_eq!(classify(flags, WRITE_NP), FaultKind::FirstTouch);
+    }
+
+    const NO_ALLOC: Evidence = Evidence {
+        page_alloc: false,
+        rss_stat: true,
+    };
+    const NO_RSS: Evidence = Evidence {
+        page_alloc: true,
+        rss_stat: false,
+    };
+
+    #[test]
+    fn full_evidence_is_the_exact_classification() {
+        for flags in 0..(1 << 10) {
+            for code in [READ_NP, WRITE_NP, WRITE_P, 0x3, 0x5] {
+                for shares in [false, true] {
+                    assert_eq!(
+                        classify_with(flags, code, Evidence::FULL, shares),
+                        classify(flags, code),
+                        "flags {flags:#x} code {code:#x}"
+                    );
+                }
+            }
+        }
+        assert!(Evidence::FULL.approximate_kinds().is_empty());
+    }
+
+    #[test]
+    fn without_page_allocations_the_epoch_tells_copy_from_reuse() {
+        assert_eq!(
+            classify_with(0, WRITE_P, NO_ALLOC, true),
+            FaultKind::CowCopy
+        );
+        assert_eq!(
+            classify_with(0, WRITE_P, NO_ALLOC, false),
+            FaultKind::WpReuse
+        );
+        // Anon RSS growth still means a zero-page copy, not a fork copy.
+        assert_eq!(
+            classify_with(ff::ANON_RSS, WRITE_P, NO_ALLOC, true),
+            FaultKind::FirstTouch
+        );
+        // The counters still decide swap-ins and first touches exactly.
+        assert_eq!(
+            classify_with(ff::SWAP_ENTS, READ_NP, NO_ALLOC, true),
+            FaultKind::SwapIn
+        );
+        assert_eq!(
+            classify_with(ff::ANON_RSS, WRITE_NP, NO_ALLOC, false),
+            FaultKind::FirstTouch
+        );
+        assert_eq!(
+            NO_ALLOC.approximate_kinds(),
+            [FaultKind::CowCopy, FaultKind::WpReuse]
+        );
+    }
+
+    #[test]
+    fn without_counters_major_faults_are_swap_ins() {
+        let disk = ff::ALLOC | ff::MAJOR;
+        assert_eq!(
+            classify_with(disk, READ_NP, NO_RSS, false),
+            FaultKind::SwapIn
+        );
+        // A swap-cache hit leaves no trace without the counters.
+        assert_eq!(classify_with(0, READ_NP, NO_RSS, false), FaultKind::Other);
+        assert_eq!(
+            classify_with(ff::ALLOC, WRITE_NP, NO_RSS, false),
+            FaultKind::FirstTouch
+        );
+        assert_eq!(
+            classify_with(ff::ALLOC, WRITE_P, NO_RSS, true),
+            FaultKind::CowCopy
+        );
+        assert_eq!(classify_with(0, WRITE_P, NO_RSS, true), FaultKind::WpReuse);
+        assert_eq!(
+            classify_with(disk | ff::INCOMPLETE, READ_NP, NO_RSS, false),
+            FaultKind::Other
+        );
+        assert_eq!(
+            NO_RSS.approximate_kinds(),
+            [
+                FaultKind::CowCopy,
+                FaultKind::SwapIn,
+                FaultKind::FirstTouch,
+                FaultKind::Other
+            ]
+        );
     }
 
     #[test]

@@ -176,6 +176,20 @@ impl ForkEpochs {
         None
     }
 
+    /// Whether process `pid` shared its pages with a live fork relative at `ts`: the
+    /// target inside an open epoch, or a fork child whose epoch is still open.
+    pub fn shares_pages(&self, pid: u32, ts: u64) -> bool {
+        if pid == self.target {
+            return self
+                .epochs
+                .iter()
+                .any(|e| e.parent_pid == pid && e.covers(ts));
+        }
+        self.member
+            .get(&pid)
+            .is_some_and(|&id| self.epochs[id as usize].end_ns.is_none())
+    }
+
     /// Side and epoch of a fault of process `pid` that began at `ts`, counted in the
     /// epoch's totals.
     pub fn assign(&mut self, pid: u32, ts: u64, kind: FaultKind) -> (Role, Option<u32>) {

@@ -17,6 +17,7 @@ use aya::{
 };
 use tracer_common::{CONFIG_GLOBAL, Config, FIELD_ABSENT, RedisLayout, counter, maps};
 
+use crate::classify::Evidence;
 use crate::tracefs::{self, Format, TracefsError};
 
 /// The eBPF object built from `tracer-ebpf`, embedded at compile time.
@@ -61,6 +62,8 @@ pub struct Probes {
     traced: BpfHashMap<MapData, u32, u32>,
     /// Hooks that could not be attached on this kernel, with what is lost.
     pub degraded: Vec<String>,
+    /// What the fault classification can rely on with the hooks attached.
+    pub evidence: Evidence,
     /// Time from opening the object to the last attach.
     pub attach_time: std::time::Duration,
     /// Objects (device, inode) whose `fork` is probed.
@@ -91,13 +94,17 @@ const HOOKS: &[Hook] = &[
         program: "mm_page_alloc",
         category: "kmem",
         name: "mm_page_alloc",
-        loses: None,
+        loses: Some(
+            "copy-on-write copies are told from reuses by the fork epoch (approximate); huge-page faults are not flagged",
+        ),
     },
     Hook {
         program: "rss_stat",
         category: "kmem",
         name: "rss_stat",
-        loses: None,
+        loses: Some(
+            "swap-ins are counted from major faults (approximate: swap-cache hits missed) and first touches from page allocations; swap level events are not recorded",
+        ),
     },
     Hook {
         program: "task_newtask",
@@ -164,19 +171,24 @@ pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
     fault.require("error_code")?;
     let fork = fmt("sched", "sched_process_fork")?;
     let newtask = fmt("task", "task_newtask")?;
-    let rss = fmt("kmem", "rss_stat")?;
-    let alloc = fmt("kmem", "mm_page_alloc")?;
+    // Optional hooks: their fields stay absent when the tracepoint is (see `HOOKS`).
+    let field = |c: &str, n: &str, f: &str| -> Result<u32, TracefsError> {
+        if !tracefs::exists(root, c, n) {
+            return Ok(FIELD_ABSENT);
+        }
+        fmt(c, n)?.require(f)
+    };
     Ok(Config {
         fork_child_pid: fork.require("child_pid")?,
         newtask_pid: newtask.require("pid")?,
         newtask_clone_flags: newtask.require("clone_flags")?,
         exit_group_dead: optional(fmt("sched", "sched_process_exit"), "group_dead"),
-        rss_mm_id: rss.require("mm_id")?,
-        rss_curr: rss.require("curr")?,
-        rss_member: rss.require("member")?,
-        rss_size: rss.require("size")?,
-        alloc_order: alloc.require("order")?,
-        alloc_gfp: alloc.require("gfp_flags")?,
+        rss_mm_id: field("kmem", "rss_stat", "mm_id")?,
+        rss_curr: field("kmem", "rss_stat", "curr")?,
+        rss_member: field("kmem", "rss_stat", "member")?,
+        rss_size: field("kmem", "rss_stat", "size")?,
+        alloc_order: field("kmem", "mm_page_alloc", "order")?,
+        alloc_gfp: field("kmem", "mm_page_alloc", "gfp_flags")?,
         write_folio_pfn: optional(fmt("vmscan", "mm_vmscan_write_folio"), "pfn"),
         write_folio_flags: optional(fmt("vmscan", "mm_vmscan_write_folio"), "reclaim_flags"),
         _pad: 0,
@@ -206,6 +218,7 @@ impl Probes {
             .map_err(LoadError::Load)?;
 
         let mut degraded = Vec::new();
+        let mut evidence = Evidence::FULL;
         for &(name, event, loses) in RAW_HOOKS {
             let what = format!("raw tracepoint {event} (program {name})");
             let prog: &mut RawTracePoint = typed(&mut ebpf, name, &what)?;
@@ -237,6 +250,11 @@ impl Probes {
                             "{}:{} unavailable: {loss}",
                             hook.category, hook.name
                         ));
+                        match hook.program {
+                            "mm_page_alloc" => evidence.page_alloc = false,
+                            "rss_stat" => evidence.rss_stat = false,
+                            _ => {}
+                        }
                         continue;
                     }
                 }
@@ -281,6 +299,7 @@ impl Probes {
             ebpf,
             traced,
             degraded,
+            evidence,
             attach_time: started.elapsed(),
             fork_call_objects: Vec::new(),
         })

@@ -221,6 +221,12 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             "ring_buffer_mb": opts.ring_buffer_mb,
             "poll_interval_ns": opts.poll_interval.as_nanos() as u64,
             "degraded": probes.degraded,
+            "approximate_kinds": probes
+                .evidence
+                .approximate_kinds()
+                .into_iter()
+                .map(crate::classify::FaultKind::name)
+                .collect::<Vec<_>>(),
             "attribution": opts.attribution,
             "key_max_bytes": opts.key_max,
             "top_n": opts.top_n,
@@ -233,6 +239,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
         host: crate::host::HostInfo::read(),
     };
     let mut analyzer = Analyzer::new(pid, target::swap_bytes(pid).or(Some(0)));
+    analyzer.set_evidence(probes.evidence);
 
     // The fork() call as the caller sees it; a launched command only after its exec.
     // A launched command has not exec'd yet: probe our own libc now (the same file

@@ -35,7 +35,7 @@ pub struct Finding {
     /// How much it matters.
     pub severity: Severity,
     /// Stable identifier (`thp`, `swap`, `fork-ram`, `overcommit`, `fragmentation`,
-    /// `on-commands`, `lost-events`), for tests and HTML anchors.
+    /// `on-commands`, `lost-events`, `approximate`), for tests and HTML anchors.
     pub id: &'static str,
     /// One line.
     pub title: String,
@@ -97,6 +97,7 @@ pub fn findings(m: &Model) -> Vec<Finding> {
         overcommit(m),
         fragmentation(m),
         lost_events(m),
+        approximate(m),
         on_commands(m),
     ]
     .into_iter()
@@ -355,6 +356,30 @@ fn lost_events(m: &Model) -> Option<Finding> {
     })
 }
 
+fn approximate(m: &Model) -> Option<Finding> {
+    let h = &m.header;
+    if h.approximate_kinds.is_empty() {
+        return None;
+    }
+    Some(Finding {
+        severity: Severity::Warning,
+        id: "approximate",
+        title: format!(
+            "{} counts are approximate on this kernel",
+            h.approximate_kinds.join(", ")
+        ),
+        reason: if h.degraded.is_empty() {
+            "a kernel hook the classification relies on was unavailable.".into()
+        } else {
+            format!("{}.", h.degraded.join("; "))
+        },
+        fix: "Run `redis-memtrace check` to see which tracepoints are missing; a kernel \
+              with kmem:mm_page_alloc and kmem:rss_stat (every kernel since 5.5) gives \
+              exact counts."
+            .into(),
+    })
+}
+
 fn on_commands(m: &Model) -> Option<Finding> {
     let seen: Vec<String> = m
         .attribution
@@ -581,6 +606,22 @@ mod tests {
         let mut v = base();
         v["kernel"]["unmatched_completions"] = json!(1);
         assert!(findings(&model(v)).is_empty());
+    }
+
+    #[test]
+    fn approximate_kinds_are_a_finding() {
+        let mut v = base();
+        v["run"]["options"]["approximate_kinds"] = json!(["cow_copy", "wp_reuse"]);
+        v["run"]["options"]["degraded"] =
+            json!(["kmem:mm_page_alloc unavailable: copies are told from reuses by the epoch"]);
+        let f = findings(&model(v));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].id, "approximate");
+        assert_eq!(
+            f[0].title,
+            "cow_copy, wp_reuse counts are approximate on this kernel"
+        );
+        assert!(f[0].reason.starts_with("kmem:mm_page_alloc unavailable"));
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub struct Header {
     pub event_count: usize,
     /// Whether command/key attribution was on.
     pub attribution: Option<bool>,
+    /// Fault kinds counted approximately (a kernel hook was missing).
+    pub approximate_kinds: Vec<String>,
+    /// What the missing hooks cost, as the tracer described it.
+    pub degraded: Vec<String>,
 }
 
 /// One active swap device.
@@ -408,6 +412,8 @@ impl Model {
             inflight_map_full: num(&v["kernel"], "inflight_map_full"),
             event_count: t.events().len(),
             attribution: run["options"].get("attribution").and_then(Value::as_bool),
+            approximate_kinds: strings(&run["options"]["approximate_kinds"]),
+            degraded: strings(&run["options"]["degraded"]),
         };
         let epochs = t
             .epochs()
@@ -672,6 +678,18 @@ fn swap_state(v: &Value, samples: &[SamplePoint], swap_level_max: Option<u64>) -
         pswpin: sum_opt(raw.iter().map(|r| num(r, "pswpin_delta"))),
         pswpout: sum_opt(raw.iter().map(|r| num(r, "pswpout_delta"))),
     }
+}
+
+/// The strings of a JSON array (anything else is empty).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
