@@ -284,7 +284,8 @@ fn check_fork_numbers(label: &str, e: &Value, info_fork_usec: u64) {
         / 1000;
     let diff = call.abs_diff(info_fork_usec);
     assert!(
-        diff <= 500 || diff * 10 <= info_fork_usec,
+        // The bar: within 200 us or 25%.
+        diff <= 200 || diff * 4 <= info_fork_usec,
         "[{label}] fork() call {call} us vs latest_fork_usec {info_fork_usec}"
     );
 }
