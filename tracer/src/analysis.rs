@@ -201,6 +201,9 @@ struct AttributionState {
     attributor: Attributor,
     total: Aggregates,
     per_epoch: HashMap<u32, Aggregates>,
+    /// Epochs whose tables were turned into their report (see
+    /// [`Analyzer::retire_epoch_tables`]).
+    retired: std::collections::HashSet<u32>,
     fork_child: Arc<Attribution>,
     top_n: usize,
     key_capacity: usize,
@@ -219,6 +222,10 @@ struct PendingFault {
 
 /// Parse-stage faults held at most; past this they are written as `networking-read`.
 const MAX_PENDING: usize = 65_536;
+
+/// How long after its end an epoch's tables stay open for faults still in flight (a
+/// fault is emitted when it completes but dated when it began).
+const RETIRE_AFTER_NS: u64 = 2_000_000_000;
 
 /// Consumes kernel events in arrival order.
 #[derive(Debug)]
@@ -288,6 +295,7 @@ impl Analyzer {
             attributor: Attributor::new(opts.phases, opts.key_max, opts.keys),
             total: Aggregates::new(opts.key_capacity),
             per_epoch: HashMap::new(),
+            retired: Default::default(),
             fork_child: Arc::new(Attribution::phase("fork-child")),
             top_n: opts.top_n,
             key_capacity: opts.key_capacity,
@@ -373,6 +381,7 @@ impl Analyzer {
         let record = match ev.kind {
             kind::FAULT => return self.fault(ev),
             kind::FORK => {
+                self.retire_epoch_tables(ev.ts_ns);
                 let child = ev.addr as u32;
                 let epoch = self.epochs.on_fork(ev.tgid, ev.tid, child, ev.ts_ns);
                 if epoch.is_some() {
@@ -534,12 +543,44 @@ impl Analyzer {
         self.target_exit_ns.is_some()
     }
 
+    /// Turns the key sketches of epochs that ended at least [`RETIRE_AFTER_NS`] before
+    /// `now` into their final report. The sketches are what takes memory, and a server
+    /// saving every few seconds has thousands of epochs in a long trace; called at each
+    /// fork, so at most the open epochs and the last one keep live tables.
+    fn retire_epoch_tables(&mut self, now: u64) {
+        let Some(a) = self.attribution.as_mut() else {
+            return;
+        };
+        let epochs = self.epochs.epochs_mut();
+        let done: Vec<u32> = a
+            .per_epoch
+            .keys()
+            .copied()
+            .filter(|&id| {
+                let ended = epochs
+                    .get(id as usize)
+                    .and_then(|e| e.end_ns)
+                    .is_some_and(|end| end.saturating_add(RETIRE_AFTER_NS) <= now);
+                ended && !a.pending.iter().any(|p| p.epoch == Some(id))
+            })
+            .collect();
+        for id in done {
+            if let (Some(agg), Some(e)) = (a.per_epoch.remove(&id), epochs.get_mut(id as usize)) {
+                e.attribution = Some(agg.report(a.top_n));
+                a.retired.insert(id);
+            }
+        }
+    }
+
     /// Ends the run at `end_ts`: open epochs are closed there.
     pub fn finish(mut self, end_ts: u64) -> (Vec<Epoch>, Summary) {
         self.epochs.close_all(end_ts.max(self.last_ts));
         if let Some(a) = &self.attribution {
             self.summary.attribution = Some(a.total.report(a.top_n));
             for e in self.epochs.epochs_mut() {
+                if a.retired.contains(&e.id) {
+                    continue;
+                }
                 e.attribution = Some(
                     a.per_epoch
                         .get(&e.id)
@@ -567,7 +608,10 @@ impl AttributionState {
         at: Option<Arc<Attribution>>,
     ) -> Record {
         self.total.add(kind, at.as_deref());
-        if let Some(id) = epoch {
+        // A fault of an epoch whose tables are retired (it began before the epoch ended
+        // and completed after the next fork, RETIRE_AFTER_NS later) counts in the run's
+        // tables only.
+        if let Some(id) = epoch.filter(|id| !self.retired.contains(id)) {
             let cap = self.key_capacity;
             self.per_epoch
                 .entry(id)
@@ -725,6 +769,66 @@ mod tests {
             }
         ));
         assert_eq!(an.summary().swap.pages_discarded, 2);
+    }
+
+    /// Two BGSAVE-like epochs with SET faults on key `k`; the second fork comes `gap`
+    /// after the first child's exit. Returns the finished epochs.
+    fn two_epochs_with_sets(gap: u64) -> Vec<Epoch> {
+        let mut an = Analyzer::new(T, None);
+        an.enable_attribution(AttributionOptions {
+            phases: Vec::new(),
+            key_max: 128,
+            top_n: 5,
+            key_capacity: 1000,
+            keys: crate::attribution::key_privacy::KeyPolicy::Full,
+        });
+        let mut set = ContextEvent::zeroed();
+        set.ts_ns = 1;
+        set.tgid = T;
+        set.tid = T;
+        set.phase = tracer_common::phase::COMMAND;
+        set.name[..3].copy_from_slice(b"set");
+        set.name_len = 3;
+        set.key[..1].copy_from_slice(b"k");
+        set.key_captured = 1;
+        set.key_len = 1;
+        set.argc = 3;
+        set.flags = tracer_common::context_flags::HAS_KEY;
+        assert!(an.process_context(&set).is_empty());
+        let child2 = C + 1;
+        let second = 50 + gap;
+        let stream = [
+            ev(kind::FORK, 10, T, 0, C as u64, 0),
+            ev(kind::FAULT, 20, T, ff::ALLOC, 0x1000, 0x7),
+            ev(kind::FAULT, 21, T, ff::ALLOC, 0x2000, 0x7),
+            ev(kind::EXIT, 50, C, exit_flags::GROUP_DEAD, 0, 0),
+            ev(kind::FORK, second, T, 0, child2 as u64, 0),
+            ev(kind::FAULT, second + 10, T, ff::ALLOC, 0x3000, 0x7),
+            // dated inside the first epoch, completed after the second fork
+            ev(kind::FAULT, 30, T, ff::ALLOC, 0x4000, 0x7),
+        ];
+        for e in &stream {
+            an.process(e);
+        }
+        an.finish(second + 100).0
+    }
+
+    #[test]
+    fn ended_epochs_keep_their_tables_as_a_report() {
+        let kept = two_epochs_with_sets(10);
+        let retired = two_epochs_with_sets(RETIRE_AFTER_NS);
+        let cow = |e: &Epoch| {
+            let a = e.attribution.as_ref().expect("tables");
+            (a.by_activity[0].activity.clone(), a.top_keys_cow[0].pages)
+        };
+        // Within the grace period the late fault still lands in the first epoch.
+        assert_eq!(cow(&kept[0]), ("SET".to_string(), 3));
+        // Retired at the second fork: the report is what the tables held then.
+        assert_eq!(cow(&retired[0]), ("SET".to_string(), 2));
+        assert_eq!(cow(&kept[1]), ("SET".to_string(), 1));
+        assert_eq!(cow(&retired[1]), ("SET".to_string(), 1));
+        // The epoch's own fault counts never depend on the tables.
+        assert_eq!(retired[0].faults.parent.cow_copy, 3);
     }
 
     #[test]

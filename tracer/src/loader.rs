@@ -172,23 +172,28 @@ pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
     let fork = fmt("sched", "sched_process_fork")?;
     let newtask = fmt("task", "task_newtask")?;
     // Optional hooks: their fields stay absent when the tracepoint is (see `HOOKS`).
-    let field = |c: &str, n: &str, f: &str| -> Result<u32, TracefsError> {
-        if !tracefs::exists(root, c, n) {
-            return Ok(FIELD_ABSENT);
+    let hook = |c: &str, n: &str| -> Result<Option<Format>, TracefsError> {
+        if tracefs::exists(root, c, n) {
+            fmt(c, n).map(Some)
+        } else {
+            Ok(None)
         }
-        fmt(c, n)?.require(f)
     };
+    let field =
+        |f: &Option<Format>, name: &str| f.as_ref().map_or(Ok(FIELD_ABSENT), |f| f.require(name));
+    let rss = hook("kmem", "rss_stat")?;
+    let alloc = hook("kmem", "mm_page_alloc")?;
     Ok(Config {
         fork_child_pid: fork.require("child_pid")?,
         newtask_pid: newtask.require("pid")?,
         newtask_clone_flags: newtask.require("clone_flags")?,
         exit_group_dead: optional(fmt("sched", "sched_process_exit"), "group_dead"),
-        rss_mm_id: field("kmem", "rss_stat", "mm_id")?,
-        rss_curr: field("kmem", "rss_stat", "curr")?,
-        rss_member: field("kmem", "rss_stat", "member")?,
-        rss_size: field("kmem", "rss_stat", "size")?,
-        alloc_order: field("kmem", "mm_page_alloc", "order")?,
-        alloc_gfp: field("kmem", "mm_page_alloc", "gfp_flags")?,
+        rss_mm_id: field(&rss, "mm_id")?,
+        rss_curr: field(&rss, "curr")?,
+        rss_member: field(&rss, "member")?,
+        rss_size: field(&rss, "size")?,
+        alloc_order: field(&alloc, "order")?,
+        alloc_gfp: field(&alloc, "gfp_flags")?,
         write_folio_pfn: optional(fmt("vmscan", "mm_vmscan_write_folio"), "pfn"),
         write_folio_flags: optional(fmt("vmscan", "mm_vmscan_write_folio"), "reclaim_flags"),
         _pad: 0,

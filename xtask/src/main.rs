@@ -156,7 +156,34 @@ fn test(filter: Option<String>) -> Result<()> {
     run(&mut cmd)
 }
 
+/// Puts `/dev/null` on stdin unless it is a terminal. CI starts us with fd 0
+/// closed, and `cargo xtask` then hands us whatever cargo had opened there (a pipe
+/// of compiler output); rustc's `rustc - --print ...` target probe, run by every
+/// cargo below us, reads stdin as source and fails on it. Nothing here reads stdin.
+fn detach_stdin() -> Result<()> {
+    // SAFETY: isatty only queries the descriptor.
+    if unsafe { libc::isatty(0) } == 1 {
+        return Ok(());
+    }
+    // SAFETY: a NUL-terminated path and plain flags; dup2 onto fd 0 (which clears
+    // close-on-exec, so every child inherits it), then the spare copy is closed.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null < 0 || libc::dup2(null, 0) < 0 {
+            bail!(
+                "cannot put /dev/null on stdin: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        if null != 0 {
+            libc::close(null);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    detach_stdin()?;
     match Cli::parse().command {
         Cmd::Setup => setup::setup(),
         Cmd::Build => build(),
