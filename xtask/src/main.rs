@@ -156,10 +156,10 @@ fn test(filter: Option<String>) -> Result<()> {
     run(&mut cmd)
 }
 
-/// Puts `/dev/null` on stdin unless it is a terminal. CI starts us with fd 0
-/// closed, and `cargo xtask` then hands us whatever cargo had opened there (a pipe
-/// of compiler output); rustc's `rustc - --print ...` target probe, run by every
-/// cargo below us, reads stdin as source and fails on it. Nothing here reads stdin.
+/// Puts `/dev/null` on stdin unless it is a terminal. CI may start us with fd 0
+/// closed; the next descriptor opened would land on 0 and every child that reads
+/// stdin (rustc's `rustc - --print ...` target probe does) would read it. Nothing
+/// here reads stdin.
 fn detach_stdin() -> Result<()> {
     // SAFETY: isatty only queries the descriptor.
     if unsafe { libc::isatty(0) } == 1 {
@@ -183,6 +183,7 @@ fn detach_stdin() -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    setup::repair_dev_null()?;
     detach_stdin()?;
     match Cli::parse().command {
         Cmd::Setup => setup::setup(),

@@ -33,6 +33,44 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// Makes `/dev/null` the null device again when it is not. Some container runtimes
+/// leave a regular file there, which keeps whatever is written to it; every cargo
+/// below us opens `/dev/null` as the stdin of its `rustc - --print ...` target probe,
+/// and rustc then parses that text and fails ("couldn't read from stdin"). Runs before
+/// anything else in xtask; `.ci/run` does the same before cargo starts.
+pub fn repair_dev_null() -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    const NULL: &str = "/dev/null";
+    let null_dev = libc::makedev(1, 3);
+    let is_null = |m: &std::fs::Metadata| m.file_type().is_char_device() && m.rdev() == null_dev;
+    if std::fs::metadata(NULL).is_ok_and(|m| is_null(&m)) {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("{NULL} is not the null device; as root: rm -f {NULL} && mknod -m 666 {NULL} c 1 3");
+    }
+    eprintln!("setup: {NULL} is not the null device (a regular file?); recreating it (c 1 3)");
+    let tmp = "/dev/.null.redis-memtrace";
+    let _ = std::fs::remove_file(tmp);
+    // SAFETY: a NUL-terminated path literal and plain mode/device numbers.
+    if unsafe {
+        libc::mknod(
+            c"/dev/.null.redis-memtrace".as_ptr(),
+            libc::S_IFCHR | 0o666,
+            null_dev,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error()).context("mknod /dev/null (c 1 3)");
+    }
+    // mknod applies the umask; the null device must be writable by everyone.
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("chmod 666 {tmp}"))?;
+    // rename(2) replaces the broken file atomically: no moment without a /dev/null.
+    std::fs::rename(tmp, NULL).with_context(|| format!("renaming {tmp} to {NULL}"))?;
+    Ok(())
+}
+
 /// Whether we run as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
