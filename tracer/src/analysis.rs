@@ -405,7 +405,8 @@ impl Analyzer {
                 // of every process on the slow path (about 70 ns each, measured).
                 debug_assert!(ev.flags & fork_ret_flags::LIBC_CALL != 0);
                 let ret = ev.arg as i64;
-                self.epochs.on_fork_call_return(ev.tid, ret, ev.duration_ns);
+                self.epochs
+                    .on_fork_call_return(ev.tid, ev.ts_ns, ret, ev.duration_ns);
                 Record::ForkReturn {
                     ts_ns: ev.ts_ns,
                     pid: ev.tgid,

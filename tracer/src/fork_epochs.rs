@@ -148,17 +148,20 @@ impl ForkEpochs {
         id
     }
 
-    /// The libc `fork()` call of `tid` returned `ret` after `duration_ns`.
-    pub fn on_fork_call_return(&mut self, tid: u32, ret: i64, duration_ns: u64) {
+    /// The libc `fork()` call of `tid`, begun at `start_ns`, returned `ret` after
+    /// `duration_ns`. The call is matched to the fork made inside it by thread and time,
+    /// not by `ret`: in a PID namespace (a container) `ret` is the child's pid there, not
+    /// the one the kernel's fork event carries.
+    pub fn on_fork_call_return(&mut self, tid: u32, start_ns: u64, ret: i64, duration_ns: u64) {
         if ret <= 0 {
             return;
         }
-        if let Some(epoch) = self
-            .epochs
-            .iter_mut()
-            .rev()
-            .find(|e| e.child_pid == ret as u32 && e.parent_tid == tid)
-        {
+        let end_ns = start_ns.saturating_add(duration_ns);
+        if let Some(epoch) = self.epochs.iter_mut().rev().find(|e| {
+            e.parent_tid == tid
+                && !e.started_before_trace
+                && (start_ns..=end_ns).contains(&e.start_ns)
+        }) {
             epoch.fork_call_ns.get_or_insert(duration_ns);
         }
     }
@@ -257,10 +260,14 @@ mod tests {
     fn epoch_opens_on_fork_and_closes_on_child_exit() {
         let mut ep = ForkEpochs::new(T);
         assert_eq!(ep.on_fork(T, 101, 200, 1_000), Some(0));
-        // The child's return (0) and another thread's call are not the parent's.
-        ep.on_fork_call_return(101, 0, 1);
-        ep.on_fork_call_return(102, 200, 2);
-        ep.on_fork_call_return(101, 200, 420);
+        // The child's return (0), another thread's call and a call that did not contain
+        // the fork are not the parent's.
+        ep.on_fork_call_return(101, 900, 0, 1);
+        ep.on_fork_call_return(102, 900, 200, 2);
+        ep.on_fork_call_return(101, 1_001, 200, 3);
+        // The call that contains the fork, returning the child's pid in the parent's own
+        // PID namespace (here 7, not 200): matched by thread and time.
+        ep.on_fork_call_return(101, 900, 7, 420);
         assert_eq!(
             ep.assign(T, 1_500, FaultKind::CowCopy),
             (Role::Parent, Some(0))
@@ -327,7 +334,7 @@ mod tests {
             None,
             "grandchild exit must not close"
         );
-        ep.on_fork_call_return(T, -11, 5);
+        ep.on_fork_call_return(T, 999, -11, 5);
         assert_eq!(ep.epochs()[0].fork_call_ns, None);
         assert_eq!(ep.epochs().len(), 1);
     }

@@ -28,6 +28,46 @@ pub enum LocateError {
     NotFound(u32),
 }
 
+/// Where `fork` of a process that has just exec'd stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterExec {
+    /// This file defines it.
+    Found(PathBuf),
+    /// The executable is dynamically linked and its loader has not mapped the C library
+    /// yet: ask again shortly.
+    NotYetMapped,
+}
+
+/// Locates `fork` for a process that exec'd moments ago. A dynamically linked program is
+/// probed right after its `execve`, before its loader (`PT_INTERP`) has mapped libc: that
+/// is not an error, only "not yet". A static executable that does not define `fork` is.
+pub fn locate_after_exec(pid: u32) -> Result<AfterExec, LocateError> {
+    match locate(pid) {
+        Ok(path) => Ok(AfterExec::Found(path)),
+        Err(LocateError::NotFound(_))
+            if has_interpreter(&PathBuf::from(format!("/proc/{pid}/exe"))) =>
+        {
+            Ok(AfterExec::NotYetMapped)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the ELF file at `path` names a program interpreter (is dynamically linked).
+pub fn has_interpreter(path: &std::path::Path) -> bool {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(elf) = ElfFile64::<object::Endianness>::parse(&*data) else {
+        return false;
+    };
+    let endian = elf.endian();
+    elf.elf_program_headers()
+        .iter()
+        .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
+}
+
 /// The file (as seen from this namespace) that defines `fork` for `pid`.
 pub fn locate(pid: u32) -> Result<PathBuf, LocateError> {
     let maps = procfs::process::Process::new(pid as i32)
@@ -92,6 +132,17 @@ mod tests {
         assert!(defines(&path, "fork"));
         // Our own executable imports fork but does not define it.
         assert!(!defines(std::path::Path::new("/proc/self/exe"), "fork"));
+    }
+
+    #[test]
+    fn dynamic_and_static_executables_are_told_apart() {
+        // This test binary is dynamically linked; a static one has no PT_INTERP.
+        assert!(has_interpreter(std::path::Path::new("/proc/self/exe")));
+        assert!(!has_interpreter(std::path::Path::new("/nonexistent")));
+        assert_eq!(
+            locate_after_exec(std::process::id()).unwrap(),
+            AfterExec::Found(locate(std::process::id()).unwrap())
+        );
     }
 
     #[test]

@@ -245,6 +245,7 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
     // A launched command has not exec'd yet: probe our own libc now (the same file
     // almost always, so its first fork is seen) and its own once it runs.
     let mut fork_call_pending = launched.is_some();
+    let mut exec_seen: Option<Instant> = None;
     let probe_pid = if launched.is_some() {
         std::process::id()
     } else {
@@ -402,12 +403,17 @@ pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
             && let Some(p) = probes.as_mut()
             && target::has_exec_d(pid)
         {
-            fork_call_pending = false;
-            if let Err(w) = probe_fork_call(p, pid) {
-                if !opts.quiet {
-                    eprintln!("redis-memtrace: warning: {w}");
+            let since = *exec_seen.get_or_insert_with(Instant::now);
+            match probe_fork_call_after_exec(p, target_id, since.elapsed()) {
+                ForkProbe::Done => fork_call_pending = false,
+                ForkProbe::Retry => {}
+                ForkProbe::Failed(w) => {
+                    fork_call_pending = false;
+                    if !opts.quiet {
+                        eprintln!("redis-memtrace: warning: {w}");
+                    }
+                    warnings.push(w);
                 }
-                warnings.push(w);
             }
         }
         if attribution_pending
@@ -699,6 +705,49 @@ fn probe_fork_call(probes: &mut Probes, pid: u32) -> Result<(), String> {
     probes
         .attach_fork_call(&object)
         .map_err(|e| format!("cannot probe fork(): {e}: {lost}"))
+}
+
+/// How long after its exec a dynamically linked command may take to map its C library.
+const LOADER_GRACE: Duration = Duration::from_secs(10);
+
+/// Outcome of one attempt to probe `fork()` in a command that has exec'd.
+#[derive(Debug, PartialEq, Eq)]
+enum ForkProbe {
+    /// Probed, or nothing left to probe.
+    Done,
+    /// The loader has not mapped libc yet.
+    Retry,
+    /// A warning saying what is lost.
+    Failed(String),
+}
+
+/// Probes `fork()` in the command launched as `id`, `elapsed` after its exec was seen.
+/// Right after `execve` a dynamic executable has only itself and the loader mapped: that
+/// is a retry, not a failure (the probe on our own libc, attached before the exec, covers
+/// its first forks when it maps the same file, which is the usual case). A command that
+/// exits meanwhile leaves nothing to probe, and no warning.
+fn probe_fork_call_after_exec(probes: &mut Probes, id: ProcessId, elapsed: Duration) -> ForkProbe {
+    use crate::libc_fork::AfterExec;
+    let lost = "fork() calls are not timed (epochs' fork_call_ns null)";
+    let outcome = match crate::libc_fork::locate_after_exec(id.pid) {
+        Ok(AfterExec::Found(object)) => match probes.attach_fork_call(&object) {
+            Ok(()) => ForkProbe::Done,
+            Err(e) => ForkProbe::Failed(format!("cannot probe fork(): {e}: {lost}")),
+        },
+        Ok(AfterExec::NotYetMapped) if elapsed < LOADER_GRACE => ForkProbe::Retry,
+        Ok(AfterExec::NotYetMapped) => ForkProbe::Failed(format!(
+            "pid {} mapped no file defining `fork` within {} s of its exec: {lost}",
+            id.pid,
+            LOADER_GRACE.as_secs()
+        )),
+        Err(e) => ForkProbe::Failed(format!("{e}: {lost}")),
+    };
+    // Its files are read through /proc/PID: once it has exited they are gone, and so is
+    // anything left to time.
+    match outcome {
+        ForkProbe::Failed(_) if target::still_running(id).is_err() => ForkProbe::Done,
+        other => other,
+    }
 }
 
 /// Proves a layout for a Redis target and hands it to the kernel. `Ok(None)`: not a

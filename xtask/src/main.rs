@@ -1,7 +1,8 @@
 //! `cargo xtask`: everything needed on a fresh machine, in one place.
 //!
 //! - `setup`: idempotent; mounts tracefs, adds rust-src to nightly, builds bpf-linker against
-//!   rustc's own LLVM, installs the Debian packages the tests use. Every other command runs it.
+//!   rustc's own LLVM, installs the Debian packages the tests use and the Redis/Valkey builds
+//!   they run against (see `servers`). Every other command runs it.
 //! - `build`: the `redis-memtrace` binary (with the eBPF object embedded) and the fault generator.
 //! - `test`: formatting, clippy, unit tests and the root integration tests, serially.
 //! - `bench`: events/s delivered and lost, and fault-rate overhead, in one run.
@@ -11,8 +12,8 @@
 mod bench;
 mod bench_overhead;
 mod demo;
-mod redis62;
 mod redis_server;
+mod servers;
 mod setup;
 mod swap;
 
@@ -142,11 +143,14 @@ fn test(filter: Option<String>) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Installed by `build`'s setup already: this only checks each `--version` again.
+    let servers = servers::ensure()?;
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--no-fail-fast"])
         .args(packages)
         .env("MEMTRACE_BIN", bin("redis-memtrace"))
-        .env("MEMTRACE_REDIS62", redis62::ensure()?)
+        .env("MEMTRACE_REDIS62", &servers.redis62)
+        .env(servers::MANIFEST_ENV, &servers.manifest)
         .arg("--");
     if let Some(f) = filter {
         cmd.arg(f);

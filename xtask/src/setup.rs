@@ -18,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "python3-jsonschema",
     "chromium",
+    // Points trixie's Redis 8.0 at its own loader and libraries (see servers.rs).
+    "patchelf",
 ];
 
 /// Runs every setup step.
@@ -29,7 +31,7 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     packages()?;
-    crate::redis62::ensure()?;
+    crate::servers::ensure()?;
     Ok(())
 }
 
