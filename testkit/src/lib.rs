@@ -1,0 +1,38 @@
+//! The one test kit of redis-memtrace, for the integration tests (`tests/`), xtask's
+//! benchmarks and demo, and anything else that needs a real server or a real recording:
+//!
+//! - [`builds`]: the Redis/Valkey builds of the manifest (`MEMTRACE_BUILDS`);
+//! - [`server`]: one of them running on a free loopback port, cleaned up on drop;
+//! - [`recording`]: `redis-memtrace record` in the background, stopped by SIGINT;
+//! - [`swap`], [`pageout`]: swap for the test, and a process's memory pushed into it;
+//! - [`fork_child`], [`commands`], [`timeline`], [`programs`], [`tracefs`], [`clock`],
+//!   [`wait`], [`process`]: the smaller pieces the tests share.
+//!
+//! Test helpers panic with a clear message (a failing test keeps its backtrace); the
+//! `try_` forms return an [`Error`] for xtask, whose users get an error, not a panic.
+//! This crate does not depend on the tracer: it drives the tracer binary.
+
+pub mod builds;
+pub mod clock;
+pub mod commands;
+pub mod error;
+pub mod fork_child;
+pub mod pageout;
+pub mod process;
+pub mod programs;
+pub mod recording;
+pub mod server;
+pub mod swap;
+pub mod timeline;
+pub mod tracefs;
+pub mod wait;
+
+pub use builds::{Allocator, Build, Product, attribution_builds, builds, by_label};
+pub use error::Error;
+pub use pageout::page_out;
+pub use process::{Guarded, free_port};
+pub use recording::{Recording, require_root, tracer, tracer_fails};
+pub use redis;
+pub use server::Server;
+pub use swap::SwapGuard;
+pub use timeline::read_timeline;

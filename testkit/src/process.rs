@@ -1,0 +1,143 @@
+//! Child processes stopped on every path, free ports, and `/proc` facts about processes.
+
+use std::{
+    net::TcpListener,
+    ops::{Deref, DerefMut},
+    process::{Child, ExitStatus},
+    time::{Duration, Instant},
+};
+
+use crate::Error;
+
+/// A free TCP port on 127.0.0.1: bound, read, released (whoever binds it next may lose
+/// a race; [`crate::Server`] retries).
+pub fn try_free_port() -> Result<u16, Error> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(Error::io("binding a free port on 127.0.0.1"))
+}
+
+/// [`try_free_port`], panicking on failure.
+pub fn free_port() -> u16 {
+    try_free_port().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sends `sig` to the process `pid`; false if it could not be sent.
+pub fn signal(pid: u32, sig: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill has no memory preconditions; callers signal their own children (not
+    // yet reaped, so the pid cannot have been reused) or processes they just looked up.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Waits up to `timeout` for `child` to exit; its status if it did.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends `sig` to `child`, waits up to `grace` for it to exit, then SIGKILLs it. Its exit
+/// status when it ended within `grace`.
+pub fn stop_child(child: &mut Child, sig: libc::c_int, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(st)) = child.try_wait() {
+        return Some(st);
+    }
+    signal(child.id(), sig);
+    let status = wait_exit(child, grace);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+}
+
+/// A child process stopped when dropped: its stop signal, a grace period, then SIGKILL.
+/// Derefs to the [`Child`] (panics once [`Guarded::stop`] took it).
+pub struct Guarded {
+    child: Option<Child>,
+    sig: libc::c_int,
+    grace: Duration,
+}
+
+impl Guarded {
+    /// Stopped by `sig`, with `grace` to exit before SIGKILL.
+    pub fn new(child: Child, sig: libc::c_int, grace: Duration) -> Guarded {
+        Guarded {
+            child: Some(child),
+            sig,
+            grace,
+        }
+    }
+
+    /// Killed (SIGKILL) and reaped when dropped, as a test's helper process.
+    pub fn kill_on_drop(child: Child) -> Guarded {
+        Guarded::new(child, libc::SIGKILL, Duration::from_secs(5))
+    }
+
+    /// Stops the child now (once); its exit status if it exited within the grace period.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        stop_child(&mut child, self.sig, self.grace)
+    }
+}
+
+impl Deref for Guarded {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.child.as_ref().expect("child used after Guarded::stop")
+    }
+}
+
+impl DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child used after Guarded::stop")
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `/proc/PID/stat` fields after the command name: (state, ppid).
+pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut it = rest.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// The state letter of `pid` (`R`, `S`, `T` for stopped, `Z` ...).
+pub fn proc_state(pid: u32) -> Option<char> {
+    proc_stat(pid).map(|(s, _)| s)
+}
+
+/// Live (not zombie) children of `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| proc_stat(pid).is_some_and(|(state, ppid)| ppid == parent && state != 'Z'))
+        .collect()
+}
+
+/// A live (not zombie) child process of `parent`.
+pub fn child_of(parent: u32) -> Option<u32> {
+    children_of(parent).into_iter().next()
+}
