@@ -1,11 +1,9 @@
 //! Bad input: every case exits non-zero with one line naming the problem and the fix,
 //! never panics, and leaves no timeline or temporary file behind.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use testkit::{require_root, tracer, tracer_fails};
 
 fn one_line_error(args: &[&str], env: &[(&str, &str)], needle: &str) {
     let (code, stderr) = tracer_fails(args, env);

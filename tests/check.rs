@@ -1,12 +1,11 @@
 //! `redis-memtrace check`: every line's verdict agrees with an independent reading of
 //! the same fact, and the exit code is the worst verdict (0 pass, 1 warn, 2 fail).
 
-mod common;
-
 use std::process::Command;
 
-use common::redis::RedisServer;
-use common::*;
+use testkit::{
+    Server, by_label, programs::our_programs_after_exit, require_root, tracer, tracer_fails,
+};
 
 /// Runs `check` with `args` (as the current user, or through setpriv as nobody).
 fn check(args: &[&str], as_nobody: bool) -> (i32, Vec<String>, String) {
@@ -130,10 +129,7 @@ fn redis_server_checks() {
     // maxmemory at 10% of RAM passes; 0 (no limit) warns.
     let tenth = (ram / 10).to_string();
     for (maxmemory, expected) in [(tenth.as_str(), "pass"), ("0", "warn")] {
-        let server = RedisServer::start(
-            std::path::Path::new(common::redis::REDIS_70),
-            &["--maxmemory", maxmemory],
-        );
+        let server = Server::start(&by_label("redis-7.0"), &["--maxmemory", maxmemory]);
         let (code, lines, stderr) = check(&["--redis", &server.url()], false);
         assert!(stderr.is_empty(), "{stderr}");
         exit_code_matches(code, &lines);

@@ -9,6 +9,10 @@ mod common;
 use std::{collections::BTreeMap, process::Command};
 
 use common::*;
+use testkit::{
+    Guarded, SwapGuard, programs::our_programs_after_exit, read_timeline, require_root,
+    tracefs::tracefs_without, tracer,
+};
 
 /// Fault counts inside the generator's region, keyed by (kind, role, epoch).
 fn region_counts(
@@ -139,7 +143,7 @@ fn unrelated_busy_process_emits_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("timeline.json");
     // A busy process faulting as fast as it can, not traced.
-    let mut busy = KillOnDrop(
+    let mut busy = Guarded::kill_on_drop(
         Command::new(fault_gen())
             .args([
                 "--pages",
@@ -155,7 +159,7 @@ fn unrelated_busy_process_emits_nothing() {
             .spawn()
             .unwrap(),
     );
-    let busy_pid = busy.0.id() as u64;
+    let busy_pid = busy.id() as u64;
     let run = record_command(
         &out,
         &[
@@ -165,7 +169,7 @@ fn unrelated_busy_process_emits_nothing() {
             "2000".into(),
         ],
     );
-    let status = busy.0.wait().unwrap();
+    let status = busy.wait().unwrap();
     assert!(status.success());
     let child = run.value("child").unwrap().parse::<u64>().unwrap();
     let t = read_timeline(&out);
@@ -229,14 +233,8 @@ fn attach_to_running_pid() {
     let out = dir.path().join("timeline.json");
     let run = record_pid(
         &out,
-        &[
-            "--pages".into(),
-            "1500".into(),
-            "--cow".into(),
-            "700".into(),
-            "--reuse".into(),
-            "300".into(),
-        ],
+        &["--pages", "1500", "--cow", "700", "--reuse", "300"],
+        &[],
     );
     let t = read_timeline(&out);
     let counts = region_counts(&t, run.region());

@@ -5,12 +5,10 @@
 //! duration, the counters, the child's name) and cross-checked against the timeline in
 //! Rust (epoch count, CoW totals, rates). Bad input to `export` fails in one line.
 
-mod common;
-
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
 
-use common::{read_timeline, recording::Recording, redis::RedisServer, require_root, tracer};
 use serde_json::Value;
+use testkit::{Recording, Server, by_label, read_timeline, require_root, tracer};
 
 /// The independent checker: `python3 check.py TRACE TIMELINE`. Prints what it checked,
 /// exits 1 listing every problem found.
@@ -171,7 +169,7 @@ fn of_cat<'a>(trace: &'a Value, cat: &str) -> Vec<&'a Value> {
 #[test]
 fn bgsave_under_writes_exports_a_trace_an_independent_parser_accepts() {
     require_root();
-    let server = RedisServer::start(Path::new(common::redis::REDIS_70), &[]);
+    let server = Server::start(&by_label("redis-7.0"), &[]);
     const KEYS: u64 = 50_000;
     server.populate(KEYS, "key", 1024);
     // Keep the child alive while the client writes (microseconds per key saved).

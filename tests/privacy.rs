@@ -4,21 +4,14 @@
 //! (JSON timeline, NDJSON stream, Perfetto trace, terminal report, HTML report, the
 //! tracer's own stderr) is searched for it.
 
-mod common;
-
 use std::{path::Path, process::Command, time::Duration};
 
-use common::{read_timeline, recording::Recording, redis::RedisServer, require_root, tracer};
+use testkit::{Recording, Server, by_label, read_timeline, require_root, tracer};
 
 const SECRET: &str = "s3cr3t-customer-4711";
 
 /// One recording of the workload; returns (timeline path, tracer stderr).
-fn run(
-    server: &RedisServer,
-    dir: &Path,
-    name: &str,
-    extra: &[&str],
-) -> (std::path::PathBuf, String) {
+fn run(server: &Server, dir: &Path, name: &str, extra: &[&str]) -> (std::path::PathBuf, String) {
     let out = dir.join(name);
     let rec = Recording::start(server, &out, extra);
     let mut con = server.client();
@@ -103,7 +96,7 @@ fn all_outputs(timeline: &Path, dir: &Path, tag: &str) -> Vec<(String, String)> 
 #[test]
 fn no_key_name_leaves_with_hash_or_none() {
     require_root();
-    let server = RedisServer::start(Path::new(common::redis::REDIS_70), &[]);
+    let server = Server::start(&by_label("redis-7.0"), &[]);
     server.populate(20_000, "key", 512);
     let dir = tempfile::tempdir().unwrap();
 

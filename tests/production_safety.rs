@@ -2,12 +2,8 @@
 //! partial file, SIGKILL leaves no BPF program behind while Redis keeps serving, and a
 //! server that exits mid-trace still gets a complete timeline with its epochs closed.
 
-mod common;
-
 use std::{
-    io::{BufRead, BufReader, Read},
-    path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -15,52 +11,14 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    PROGRAM_NAMES, our_programs_after_exit, our_programs_loaded, read_timeline, redis::RedisServer,
-    require_root, tracer,
+use testkit::{
+    Recording, Server, by_label,
+    programs::{PROGRAM_NAMES, our_programs_after_exit, our_programs_loaded},
+    read_timeline, require_root,
 };
 
-/// `record --pid` on `server`, returned once it printed `tracing pid` (and, with
-/// attribution, `attribution on`).
-#[allow(
-    clippy::zombie_processes,
-    reason = "the child is returned to the caller, which waits for it"
-)]
-fn attach(
-    server: &RedisServer,
-    out: &Path,
-    extra: &[&str],
-) -> (Child, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(tracer())
-        .args(["record", "--redis", &server.url(), "-o"])
-        .arg(out)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut l = String::new();
-        if stderr.read_line(&mut l).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tracer ended: {seen}");
-        }
-        seen.push_str(&l);
-        if l.contains("attribution on") {
-            return (child, stderr);
-        }
-    }
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-fn server() -> RedisServer {
-    let s = RedisServer::start(Path::new(common::redis::REDIS_70), &[]);
+fn server() -> Server {
+    let s = Server::start(&by_label("redis-7.0"), &[]);
     s.populate(20_000, "key", 256);
     s
 }
@@ -72,7 +30,7 @@ fn sigint_and_sigterm_write_a_complete_timeline() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("t.json");
-        let (mut child, mut stderr) = attach(&server, &out, &[]);
+        let rec = Recording::start(&server, &out, &[]);
         let mut con = server.client();
         for i in 0..100 {
             let _: () = redis::cmd("SET")
@@ -81,10 +39,8 @@ fn sigint_and_sigterm_write_a_complete_timeline() {
                 .query(&mut con)
                 .unwrap();
         }
-        signal(&child, sig);
-        let status = child.wait().unwrap();
-        let mut rest = String::new();
-        stderr.read_to_string(&mut rest).unwrap();
+        rec.signal(sig);
+        let (status, rest) = rec.exit();
         assert!(status.success(), "signal {sig}: {status:?} {rest}");
         assert!(rest.contains("stopped (signal)"), "{rest}");
         let t = read_timeline(&out);
@@ -103,11 +59,11 @@ fn second_signal_exits_at_once_without_a_partial_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");
     let trace = dir.path().join("trace.json");
-    let (mut child, _stderr) = attach(&server, &out, &["--perfetto", trace.to_str().unwrap()]);
+    let rec = Recording::start(&server, &out, &["--perfetto", trace.to_str().unwrap()]);
     // Two different signals: two of the same kind sent at once may be merged into one.
-    signal(&child, libc::SIGINT);
-    signal(&child, libc::SIGTERM);
-    let status = child.wait().unwrap();
+    rec.signal(libc::SIGINT);
+    rec.signal(libc::SIGTERM);
+    let (status, _) = rec.exit();
     assert_eq!(status.code(), Some(130), "{status:?}");
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -117,7 +73,7 @@ fn second_signal_exits_at_once_without_a_partial_file() {
 
     // NDJSON: what was written is valid line by line.
     let out = dir.path().join("t.ndjson");
-    let (mut child, _stderr) = attach(&server, &out, &["--format", "ndjson"]);
+    let rec = Recording::start(&server, &out, &["--format", "ndjson"]);
     let mut con = server.client();
     for i in 0..2000 {
         let _: () = redis::cmd("SET")
@@ -127,9 +83,9 @@ fn second_signal_exits_at_once_without_a_partial_file() {
             .unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
-    signal(&child, libc::SIGTERM);
-    signal(&child, libc::SIGINT);
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    rec.signal(libc::SIGTERM);
+    rec.signal(libc::SIGINT);
+    assert_eq!(rec.exit().0.code(), Some(130));
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.ends_with('\n'), "the last line is whole");
     let lines: Vec<serde_json::Value> = text
@@ -159,7 +115,7 @@ fn sigkill_leaves_nothing_attached_and_redis_keeps_serving() {
             }
         })
     };
-    let (mut child, _stderr) = attach(&server, &out, &[]);
+    let rec = Recording::start(&server, &out, &[]);
     // Positive control: while it runs, every program is loaded (so the check below can
     // fail).
     let mut loaded = our_programs_loaded();
@@ -167,8 +123,8 @@ fn sigkill_leaves_nothing_attached_and_redis_keeps_serving() {
     loaded.dedup();
     assert_eq!(loaded.len(), PROGRAM_NAMES.len(), "loaded: {loaded:?}");
     let before = pings.load(Ordering::Relaxed);
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
+    rec.signal(libc::SIGKILL);
+    rec.exit();
     // The kernel frees programs when the last reference (the killed process's fds) goes.
     let left = our_programs_after_exit();
     assert!(left.is_empty(), "programs left after SIGKILL: {left:?}");
@@ -192,7 +148,7 @@ fn redis_exiting_mid_trace_closes_epochs_and_the_timeline() {
     let mut server = server();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");
-    let (mut child, mut stderr) = attach(&server, &out, &[]);
+    let rec = Recording::start(&server, &out, &[]);
     let mut con = server.client();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -204,9 +160,7 @@ fn redis_exiting_mid_trace_closes_epochs_and_the_timeline() {
     std::thread::sleep(Duration::from_millis(500));
     // The server goes away while its fork child is saving.
     let _ = redis::cmd("SHUTDOWN").arg("NOSAVE").query::<()>(&mut con);
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+    let (status, rest) = rec.exit();
     assert!(status.success(), "{rest}");
     assert!(rest.contains("stopped (target_exit)"), "{rest}");
     assert!(!server.is_running());
@@ -221,40 +175,19 @@ fn redis_exiting_mid_trace_closes_epochs_and_the_timeline() {
 #[test]
 fn follow_finds_the_restarted_server_in_a_new_segment() {
     require_root();
-    let binary = Path::new(common::redis::REDIS_70);
+    let build = by_label("redis-7.0");
     let first = server();
     let port = first.port;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");
-    let (child, mut stderr) = attach(&first, &out, &["--follow"]);
+    let mut rec = Recording::start(&first, &out, &["--follow"]);
     let first_pid = first.pid;
-    drop(first); // SIGTERM: the server exits
-    let mut seen = String::new();
-    loop {
-        let mut l = String::new();
-        assert!(
-            stderr.read_line(&mut l).unwrap() > 0,
-            "tracer ended: {seen}"
-        );
-        seen.push_str(&l);
-        if l.contains("waiting for a server") {
-            break;
-        }
-    }
+    drop(first); // SHUTDOWN NOSAVE, SIGTERM: the server exits
+    let mut seen = rec.wait_for("waiting for a server");
     // A new server on the same address: found again, traced with attribution.
-    let second = RedisServer::start_with_port(binary, Some(port), &[]);
+    let second = Server::start_on_port(&build, Some(port), &[]);
     second.populate(20_000, "key", 256);
-    loop {
-        let mut l = String::new();
-        assert!(
-            stderr.read_line(&mut l).unwrap() > 0,
-            "tracer ended: {seen}"
-        );
-        seen.push_str(&l);
-        if l.contains("attribution on") {
-            break;
-        }
-    }
+    seen += &rec.wait_for("attribution on");
     assert!(seen.contains(&format!("as pid {}", second.pid)), "{seen}");
     let mut con = second.client();
     let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
@@ -266,11 +199,8 @@ fn follow_finds_the_restarted_server_in_a_new_segment() {
             .unwrap();
     }
     second.wait_bgsave_done(Duration::from_secs(60));
-    signal(&child, libc::SIGINT);
-    let mut child = child;
-    let status = child.wait().unwrap();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+    rec.signal(libc::SIGINT);
+    let (status, rest) = rec.exit();
     assert!(status.success(), "{seen}{rest}");
     let t = read_timeline(&out);
     let segments = t["segments"].as_array().unwrap();

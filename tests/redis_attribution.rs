@@ -3,12 +3,13 @@
 //! it, swap-ins land on the GETs that touched swapped keys, slots match
 //! `CLUSTER KEYSLOT`, and the epoch agrees with what Redis itself reports.
 
-mod common;
+use std::{collections::HashMap, time::Duration};
 
-use std::{collections::HashMap, path::Path, time::Duration};
-
-use common::{SwapGuard, read_timeline, recording::Recording, redis::RedisServer, require_root};
 use serde_json::Value;
+use testkit::{
+    Recording, Server, SwapGuard, attribution_builds, commands::cluster_keyslots, page_out,
+    read_timeline, require_root,
+};
 
 fn faults(t: &Value) -> impl Iterator<Item = &Value> {
     t["events"].as_array().unwrap().iter().filter(|e| {
@@ -19,32 +20,12 @@ fn faults(t: &Value) -> impl Iterator<Item = &Value> {
     })
 }
 
-/// `CLUSTER KEYSLOT` needs cluster mode: a throwaway cluster-enabled server answers it.
-fn cluster_keyslots(binary: &Path, keys: &[String]) -> HashMap<String, u64> {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("nodes.conf");
-    let server = RedisServer::start(
-        binary,
-        &[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            conf.to_str().unwrap(),
-        ],
-    );
-    keys.iter()
-        .map(|k| {
-            let slot: u64 = server.query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(k));
-            (k.clone(), slot)
-        })
-        .collect()
-}
-
 #[test]
 fn bgsave_cow_is_attributed_to_set_on_hot_keys_and_matches_redis() {
     require_root();
-    for (label, binary) in common::redis::binaries() {
-        let server = RedisServer::start(&binary, &[]);
+    for build in attribution_builds() {
+        let label = &build.label;
+        let server = Server::start(&build, &[]);
         server.populate(200_000, "key", 1024);
         server.populate(10_000, "hot", 1024);
         server.populate(1_000, "hot:{tagged}", 1024);
@@ -169,7 +150,11 @@ fn bgsave_cow_is_attributed_to_set_on_hot_keys_and_matches_redis() {
             .map(|k| k["key"].as_str().unwrap().to_string())
             .collect();
         keys.push("hot:{tagged}:0".into());
-        let slots = cluster_keyslots(&binary, &keys);
+        let slots: HashMap<String, u64> = keys
+            .iter()
+            .cloned()
+            .zip(cluster_keyslots(&build, &keys))
+            .collect();
         for k in top_keys.iter().take(10) {
             let key = k["key"].as_str().unwrap();
             assert!(key.starts_with("hot:"), "[{label}] top CoW key {key}");
@@ -207,57 +192,13 @@ fn bgsave_cow_is_attributed_to_set_on_hot_keys_and_matches_redis() {
     }
 }
 
-/// Pages out the server's anonymous memory with `process_madvise(MADV_PAGEOUT)`.
-fn page_out(pid: u32) -> usize {
-    // SAFETY: plain syscalls with valid arguments; the iovecs point at the target's
-    // address ranges, which the kernel only uses as ranges.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
-        assert!(
-            pidfd >= 0,
-            "pidfd_open: {}",
-            std::io::Error::last_os_error()
-        );
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let mut total = 0;
-        for line in maps.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let anon = f.len() < 6 || f[5] == "[heap]";
-            if !anon || !f[1].starts_with("rw") {
-                continue;
-            }
-            let (a, b) = f[0].split_once('-').unwrap();
-            let (a, b) = (
-                u64::from_str_radix(a, 16).unwrap(),
-                u64::from_str_radix(b, 16).unwrap(),
-            );
-            let iov = libc::iovec {
-                iov_base: a as *mut libc::c_void,
-                iov_len: (b - a) as usize,
-            };
-            let r = libc::syscall(
-                libc::SYS_process_madvise,
-                pidfd,
-                &iov,
-                1,
-                libc::MADV_PAGEOUT,
-                0,
-            );
-            if r > 0 {
-                total += r as usize;
-            }
-        }
-        libc::close(pidfd);
-        total
-    }
-}
-
 #[test]
 fn swap_ins_are_attributed_to_get_on_the_keys_read() {
     require_root();
     let _swap = SwapGuard::ensure();
-    for (label, binary) in common::redis::binaries() {
-        let server = RedisServer::start(&binary, &[]);
+    for build in attribution_builds() {
+        let label = &build.label;
+        let server = Server::start(&build, &[]);
         // 16 KiB values: each spans pages of its own.
         server.populate(3_000, "key", 16 * 1024);
         let dir = tempfile::tempdir().unwrap();
@@ -265,7 +206,7 @@ fn swap_ins_are_attributed_to_get_on_the_keys_read() {
         let rec = Recording::start(&server, &out, &["--top", "100"]);
         let mut con = server.client();
         let _: String = redis::cmd("PING").query(&mut con).unwrap();
-        let paged = page_out(server.pid);
+        let paged = page_out(server.pid).expect("process_madvise(MADV_PAGEOUT) of the server");
         assert!(paged > 40 << 20, "[{label}] paged out only {paged} bytes");
         let known: Vec<String> = (1000..1100).map(|i| format!("key:{i}")).collect();
         for k in &known {

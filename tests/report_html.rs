@@ -4,19 +4,16 @@
 //! headless Chromium, which must run its script, draw every chart without an error and
 //! paint a non-blank page. Bad timelines give one error line, never a panic.
 
-mod common;
-
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{
-    KillOnDrop, read_timeline,
-    redis::{REDIS_70, RedisServer},
-    require_root, tracer,
+use testkit::{
+    Guarded, Recording, Server, by_label, read_timeline, recording::ATTRIBUTION_ON, require_root,
+    tracer,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -29,9 +26,9 @@ fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut child = KillOnDrop(child);
-    let mut stdout = child.0.stdout.take().unwrap();
-    let mut stderr = child.0.stderr.take().unwrap();
+    let mut child = Guarded::kill_on_drop(child);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
         let mut b = Vec::new();
         let _ = stdout.read_to_end(&mut b);
@@ -44,7 +41,7 @@ fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     });
     let deadline = Instant::now() + limit;
     let status = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
+        if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
         assert!(
@@ -158,37 +155,6 @@ fn cells(row: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Starts `record --pid` with `extra` and waits until attribution is on.
-fn start_recording(pid: u32, out: &Path, extra: &[&str]) -> (KillOnDrop, String) {
-    let mut child = Command::new(tracer())
-        .args(["record", "--pid", &pid.to_string(), "-o"])
-        .arg(out)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start redis-memtrace record");
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let proc = KillOnDrop(child);
-    let mut seen = String::new();
-    loop {
-        let mut l = String::new();
-        assert!(
-            err.read_line(&mut l).unwrap() > 0,
-            "tracer ended before attribution was on: {seen}"
-        );
-        seen.push_str(&l);
-        if l.contains("attribution on") {
-            break;
-        }
-    }
-    // Keep draining stderr so the tracer never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = err.read_to_string(&mut rest);
-    });
-    (proc, seen)
-}
-
 fn sysctl(path: &str) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -203,7 +169,7 @@ fn report_of_a_real_bgsave_matches_the_timeline_and_renders_in_chromium() {
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} missing: apt-get install chromium"
     );
-    let server = RedisServer::start(Path::new(REDIS_70), &[]);
+    let server = Server::start(&by_label("redis-7.0"), &[]);
     server.populate(40_000, "key", 1024);
     // A few seconds of child life (a sleep per key saved), so samples land inside the
     // epoch and the writes below copy pages while the child lives.
@@ -216,10 +182,11 @@ fn report_of_a_real_bgsave_matches_the_timeline_and_renders_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let timeline = dir.path().join("timeline.json");
     // Stopped by SIGINT once the child has exited; --duration only caps a stuck run.
-    let (mut rec, _) = start_recording(
-        server.pid,
+    let rec = Recording::start_with(
+        &["--pid", &server.pid.to_string()],
         &timeline,
         &["--duration", "120s", "--interval", "200ms"],
+        ATTRIBUTION_ON,
     );
     std::thread::sleep(Duration::from_millis(1000));
     let mut con = server.client();
@@ -241,10 +208,7 @@ fn report_of_a_real_bgsave_matches_the_timeline_and_renders_in_chromium() {
     let (status, _) = server.wait_bgsave_done(Duration::from_secs(60));
     assert_eq!(status, "ok", "{}", server.log());
     std::thread::sleep(Duration::from_millis(600));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(rec.0.id() as i32, libc::SIGINT) };
-    let st = rec.0.wait().unwrap();
-    assert!(st.success(), "record failed: {st}");
+    rec.stop();
     let t = read_timeline(&timeline);
 
     // The text report.
@@ -272,7 +236,7 @@ fn report_of_a_real_bgsave_matches_the_timeline_and_renders_in_chromium() {
     )));
     assert!(report.contains(&format!(
         "  redis     {}, master, port {}",
-        server.version, server.port
+        server.build.version, server.port
     )));
     let events = t["events"].as_array().unwrap().len();
     let lost = t["lost_events"].as_u64().unwrap();

@@ -4,15 +4,12 @@
 //! under 64 MiB, no event is lost, every BGSAVE is an epoch and every epoch is closed,
 //! and the timeline is complete and valid.
 
-mod common;
-
 use std::{
-    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{read_timeline, recording::Recording, redis::RedisServer, require_root};
+use testkit::{Guarded, Recording, Server, by_label, read_timeline, require_root};
 
 /// VmRSS of `pid` in bytes.
 fn rss(pid: u32) -> u64 {
@@ -32,7 +29,7 @@ fn soak_under_benchmark_with_periodic_bgsave() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let server = RedisServer::start(Path::new(common::redis::REDIS_70), &[]);
+    let server = Server::start(&by_label("redis-7.0"), &[]);
     server.populate(100_000, "key", 512);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("soak.json");
@@ -40,7 +37,7 @@ fn soak_under_benchmark_with_periodic_bgsave() {
     let tracer_pid = rec.pid();
 
     let port = server.url().rsplit(':').next().unwrap().to_string();
-    let mut bench = common::KillOnDrop(
+    let mut bench = Guarded::kill_on_drop(
         Command::new("redis-benchmark")
             .args([
                 "-h",
@@ -75,8 +72,8 @@ fn soak_under_benchmark_with_periodic_bgsave() {
         std::thread::sleep(Duration::from_millis(250));
     }
     server.wait_bgsave_done(Duration::from_secs(60));
-    let _ = bench.0.kill();
-    let _ = bench.0.wait();
+    let _ = bench.kill();
+    let _ = bench.wait();
     let log = rec.stop();
     let t = read_timeline(&out);
     eprintln!(

@@ -13,17 +13,14 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
-use common::{
-    KillOnDrop, SwapGuard, fault_gen, read_timeline, record_command, redis::RedisServer,
-    require_root, tracer,
-};
+use common::{record_command, record_command_env};
 use serde_json::Value;
+use testkit::{Recording, Server, SwapGuard, attribution_builds, read_timeline, require_root};
 
 /// The validator, run as `python3 -c VALIDATOR SCHEMA FILE [ndjson]`. Exit 0: valid;
 /// 1: invalid, the errors on stdout; anything else: the validator itself failed.
@@ -268,63 +265,13 @@ fn fault_gen_run_with_fork_cow_reuse_and_swap_matches_the_schema() {
 
 // (b)
 
-/// `record --redis` on `server`, stopped with SIGINT.
-struct Recording {
-    proc: KillOnDrop,
-    stderr: BufReader<std::process::ChildStderr>,
-    seen: String,
-}
-
-impl Recording {
-    /// Starts recording and returns once attribution is on.
-    fn start(server: &RedisServer, out: &Path, extra: &[&str]) -> Recording {
-        let mut child = Command::new(tracer())
-            .args(["record", "--redis", &server.url(), "-o"])
-            .arg(out)
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start redis-memtrace");
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut r = Recording {
-            proc: KillOnDrop(child),
-            stderr,
-            seen: String::new(),
-        };
-        loop {
-            let mut l = String::new();
-            assert!(
-                r.stderr.read_line(&mut l).unwrap() > 0,
-                "tracer ended before attribution was on: {}",
-                r.seen
-            );
-            r.seen.push_str(&l);
-            if l.contains("attribution on") {
-                break;
-            }
-        }
-        r
-    }
-
-    /// SIGINT, wait for a clean exit, return everything it printed.
-    fn stop(mut self) -> String {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.proc.0.id() as i32, libc::SIGINT) };
-        let mut rest = String::new();
-        self.stderr.read_to_string(&mut rest).unwrap();
-        self.seen.push_str(&rest);
-        let status = self.proc.0.wait().unwrap();
-        assert!(status.success(), "tracer failed: {}", self.seen);
-        self.seen
-    }
-}
-
 #[test]
 fn redis_bgsave_under_writes_with_attribution_matches_the_schema() {
     require_root();
     require_validator();
-    for (label, binary) in common::redis::binaries() {
-        let server = RedisServer::start(&binary, &[]);
+    for build in attribution_builds() {
+        let label = &build.label;
+        let server = Server::start(&build, &[]);
         server.populate(50_000, "key", 1024);
         // Keep the child alive while the writes land (microseconds per key saved).
         let _: () = server.query(
@@ -561,24 +508,7 @@ fn ndjson_stream_matches_the_schema_line_by_line() {
     let _swap = SwapGuard::ensure();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("timeline.ndjson");
-    let output = Command::new(tracer())
-        .args(["record", "-q", "--format", "ndjson", "-o"])
-        .arg(&out)
-        .arg("--")
-        .arg(fault_gen())
-        .args(fault_gen_args())
-        .output()
-        .expect("run redis-memtrace");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "tracer failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("\ndone"),
-        "generator did not finish: {stdout}"
-    );
+    record_command_env(&out, &fault_gen_args(), &["-q", "--format", "ndjson"], &[]);
     assert_valid(&out, true);
 
     // The records are the events of a JSON timeline: the same coverage as case (a).

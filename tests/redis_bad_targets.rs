@@ -1,0 +1,320 @@
+//! Bad targets end to end, real eBPF, as root: an unreachable `--redis`, a wrong
+//! password, a server without the `server` symbol, a server whose layout is unknown, a
+//! process that is not Redis. Each is one error line, or a run that counts faults
+//! without attribution and says why, once.
+
+mod common;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use common::record_pid;
+use serde_json::Value;
+use testkit::{
+    Build, Recording, Server, by_label,
+    commands::info_on,
+    free_port, read_timeline,
+    recording::{ATTRIBUTION_ON, TRACING_PID},
+    require_root,
+    timeline::faults,
+    tracer_fails,
+    wait::wait_until,
+};
+
+#[test]
+fn unreachable_redis_is_one_error_line_and_no_timeline() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let port = free_port();
+    let target = format!("127.0.0.1:{port}");
+    let (code, stderr) = tracer_fails(
+        &["record", "--redis", &target, "-o", out.to_str().unwrap()],
+        &[],
+    );
+    eprintln!("closed port: exit {code}: {stderr}");
+    assert_ne!(code, 0);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "redis-memtrace: error: Redis at {target} is unreachable"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "files left behind"
+    );
+}
+
+#[test]
+fn wrong_password_traces_the_listener_and_never_shows_the_password() {
+    require_root();
+    const GOOD: &str = "GoodSecret-5d1c";
+    const BAD: &str = "WrongPass-93af";
+    let server = Server::start(&by_label("redis-7.0"), &[]);
+    server.populate(50_000, "key", 1024);
+    // Set the password on an open connection: it stays authenticated.
+    let mut con = server.client();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(GOOD)
+        .query(&mut con)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let target = format!("redis://default:{BAD}@{}", server.url());
+    let rec = Recording::start_with(&["--redis", &target], &out, &[], ATTRIBUTION_ON);
+    let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+    let value = vec![b'w'; 1024];
+    let mut pipe = redis::pipe();
+    for i in 0..5000 {
+        pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
+    }
+    pipe.query::<()>(&mut con).unwrap();
+    wait_until(
+        "BGSAVE",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || info_on(&mut con, "persistence")["rdb_bgsave_in_progress"] == "0",
+    );
+    let stderr = rec.stop();
+    eprintln!("{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let t: Value = serde_json::from_str(&text).unwrap();
+    for secret in [BAD, GOOD] {
+        assert!(!stderr.contains(secret), "password on stderr: {stderr}");
+        assert!(!text.contains(secret), "password in the timeline");
+    }
+    // The auth failure is named, once as the reason the listener is traced.
+    let warnings: Vec<&str> = t["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("WRONGPASS") && w.contains(&format!("PID {}", server.pid))),
+        "{warnings:?}"
+    );
+    assert!(warnings.len() <= 3, "warning spam: {warnings:?}");
+    let stderr_warnings = stderr.lines().filter(|l| l.contains("warning:")).count();
+    assert_eq!(stderr_warnings, warnings.len(), "{stderr}");
+    // Tracing worked: the listener was traced with attribution, without INFO.
+    assert_eq!(t["target"]["pid"], server.pid);
+    assert_eq!(t["redis"]["info_reachable"], false);
+    let set_cow = faults(&t)
+        .iter()
+        .filter(|f| f["activity"] == "SET" && f["kind"] == "cow_copy")
+        .count();
+    assert!(set_cow >= 500, "only {set_cow} SET cow_copy faults");
+    let e = &t["epochs"][0];
+    assert_eq!(e["reason"], "bgsave", "{e}");
+    assert!(e["redis"]["latest_fork_usec"].is_null(), "{e}");
+}
+
+/// Rewrites the symbol table entries named `name` (`.dynsym` and `.symtab`) of an ELF64
+/// little-endian file with `patch(entry)`; returns how many were patched.
+fn patch_symbol(elf: &mut [u8], name: &str, patch: impl Fn(&mut [u8])) -> usize {
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "not ELF64");
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+    let (shoff, shentsize, shnum) = (u64_at(elf, 0x28), u16_at(elf, 0x3a), u16_at(elf, 0x3c));
+    let mut patched = 0;
+    for i in 0..shnum {
+        let sh = shoff + i * shentsize;
+        let sh_type = u32_at(elf, sh + 4);
+        if sh_type != 2 && sh_type != 11 {
+            continue; // SHT_SYMTAB, SHT_DYNSYM
+        }
+        let (off, size, link, entsize) = (
+            u64_at(elf, sh + 0x18),
+            u64_at(elf, sh + 0x20),
+            u32_at(elf, sh + 0x28),
+            u64_at(elf, sh + 0x38),
+        );
+        let strtab = u64_at(elf, shoff + link * shentsize + 0x18);
+        for s in (off..off + size).step_by(entsize) {
+            let start = strtab + u32_at(elf, s);
+            let end = start + elf[start..].iter().position(|&b| b == 0).unwrap();
+            if &elf[start..end] == name.as_bytes() {
+                patch(&mut elf[s..s + entsize]);
+                patched += 1;
+            }
+        }
+    }
+    patched
+}
+
+/// A copy of Debian's redis-server, `strip --strip-all`ed, with its `server` symbol
+/// patched by `patch`, in `dir` under the name `redis-server`: redis-7.0 but for that.
+fn patched_redis(dir: &Path, patch: impl Fn(&mut [u8])) -> Build {
+    let base = by_label("redis-7.0");
+    let path = dir.join("redis-server");
+    std::fs::copy(&base.server, &path).unwrap();
+    let st = Command::new("strip")
+        .arg("--strip-all")
+        .arg(&path)
+        .status()
+        .expect("strip (binutils)");
+    assert!(st.success());
+    let mut elf = std::fs::read(&path).unwrap();
+    assert!(
+        patch_symbol(&mut elf, "server", patch) >= 1,
+        "no `server` symbol left after strip"
+    );
+    std::fs::write(&path, &elf).unwrap();
+    Build {
+        server: path,
+        ..base
+    }
+}
+
+/// Traces `server` with `record --redis` while a BGSAVE copies pages; returns the
+/// timeline and stderr. Attribution is expected off.
+fn record_without_attribution(server: &Server, out: &Path) -> (Value, String) {
+    let rec = Recording::start_with(&["--redis", &server.url()], out, &[], TRACING_PID);
+    let mut con = server.client();
+    let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+    let value = vec![b'n'; 1024];
+    let mut pipe = redis::pipe();
+    for i in 0..5000 {
+        pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
+    }
+    pipe.query::<()>(&mut con).unwrap();
+    server.wait_bgsave_done(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let stderr = rec.stop();
+    (read_timeline(out), stderr)
+}
+
+fn assert_counted_without_attribution(t: &Value, stderr: &str, warning: &str) {
+    assert!(!stderr.contains("attribution on"), "{stderr}");
+    assert!(t["redis"].is_null(), "{}", t["redis"]);
+    let warnings: Vec<&str> = t["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings, [warning], "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("warning:")).count(),
+        1,
+        "{stderr}"
+    );
+    let fs = faults(t);
+    let cow = fs
+        .iter()
+        .filter(|f| f["kind"] == "cow_copy" && f["role"] == "parent")
+        .count();
+    assert!(cow >= 500, "only {cow} parent cow_copy faults: {stderr}");
+    for f in &fs {
+        for field in ["activity", "key", "slot", "stage"] {
+            assert!(f.get(field).is_none(), "{field} without attribution: {f}");
+        }
+    }
+    let e = &t["epochs"][0];
+    assert!(e["reason"].is_null(), "{e}");
+    assert!(e["redis"].is_null(), "{e}");
+    assert!(e["attribution"].is_null(), "{e}");
+    assert!(t["summary"]["attribution"].is_null());
+}
+
+#[test]
+fn redis_server_without_server_symbol_is_traced_without_attribution() {
+    require_root();
+    let bindir = tempfile::tempdir().unwrap();
+    // strip --strip-all keeps .dynsym (the exported `server`): take its name away too.
+    let build = patched_redis(bindir.path(), |sym| {
+        sym[..4].copy_from_slice(&0u32.to_le_bytes())
+    });
+    let server = Server::start(&build, &[]);
+    server.populate(50_000, "key", 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let (t, stderr) = record_without_attribution(&server, &out);
+    eprintln!("{stderr}");
+    assert_counted_without_attribution(
+        &t,
+        &stderr,
+        "Redis attribution off, faults are still counted (attribution `unknown`): the binary \
+         exports no `server` symbol (not redis-server, or built without -rdynamic)",
+    );
+}
+
+#[test]
+fn redis_server_with_unknown_layout_is_traced_without_attribution() {
+    require_root();
+    let bindir = tempfile::tempdir().unwrap();
+    // `struct redisServer` of an unknown build: 64 bytes larger than 7.0's.
+    let size = 4368u64 + 64;
+    let build = patched_redis(bindir.path(), |sym| {
+        sym[16..24].copy_from_slice(&size.to_le_bytes())
+    });
+    let server = Server::start(&build, &[]);
+    server.populate(50_000, "key", 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let (t, stderr) = record_without_attribution(&server, &out);
+    eprintln!("{stderr}");
+    assert_counted_without_attribution(
+        &t,
+        &stderr,
+        &format!(
+            "Redis attribution off, faults are still counted (attribution `unknown`): \
+             unsupported Redis build: `struct redisServer` is {size} bytes; supported: \
+             7.0 (4368 bytes), 6.2 (3960 bytes)"
+        ),
+    );
+}
+
+#[test]
+fn a_process_that_is_not_redis_gets_no_attribution_and_no_warning() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    // Sampling every 10 ms: a sample taken after the target exited must not turn into a
+    // warning either (the run ends because the target exited: nothing is wrong).
+    let run = record_pid(
+        &out,
+        &["--pages", "800", "--cow", "300"],
+        &["--interval", "10ms"],
+    );
+    let t = read_timeline(&out);
+    assert!(
+        !run.stderr.contains("warning"),
+        "warnings for a non-Redis process: {}",
+        run.stderr
+    );
+    assert_eq!(t["warnings"], serde_json::json!([]));
+    assert!(t["redis"].is_null());
+    assert_eq!(t["target"]["comm"], "fault-gen");
+    let (lo, hi) = run.region();
+    let in_region = |f: &&Value| {
+        let a = f["addr"].as_u64().unwrap();
+        a >= lo && a < hi
+    };
+    let fs = faults(&t);
+    let touch = fs
+        .iter()
+        .filter(|f| in_region(f))
+        .filter(|f| f["kind"] == "first_touch")
+        .count();
+    let cow = fs
+        .iter()
+        .filter(|f| in_region(f))
+        .filter(|f| f["kind"] == "cow_copy" && f["role"] == "parent")
+        .count();
+    assert_eq!((touch, cow), (800, 300));
+    for f in &fs {
+        assert!(f.get("activity").is_none(), "{f}");
+    }
+    let e = &t["epochs"][0];
+    assert!(e["reason"].is_null() && e["redis"].is_null(), "{e}");
+}
