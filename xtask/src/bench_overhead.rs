@@ -11,29 +11,24 @@
 //! started and is stopped with SIGINT after it ended; it must exit 0 and write a timeline.
 //!
 //! The table gives medians over rounds; `target/bench-overhead.json` has every run.
-//! The server and the tracer are stopped on every path, Ctrl-C included (see [`Guarded`]).
+//! The server and the tracer are stopped on every path, Ctrl-C included (their guards
+//! in `testkit` stop them when dropped).
 
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-
-use crate::{
-    bin,
-    redis_server::{Guarded, REDIS_SERVER, Server, TempDir},
-    root,
-    setup::is_root,
+use testkit::{
+    Recording, Server,
+    recording::{Launch, TRACING_PID},
 };
+
+use crate::{bin, root, servers, setup::is_root};
 
 /// Requests per redis-benchmark run. With 3 rounds the bench takes about 2 minutes on an
 /// idle 2-vCPU machine (~60k req/s unpipelined, ~450k with `-P 16`) and 4.5 on a busy one
@@ -91,13 +86,6 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// `redis-memtrace record --pid PID` running, SIGINTed (then SIGKILLed) when dropped.
-struct Tracer {
-    proc: Guarded,
-    stderr: Option<JoinHandle<String>>,
-    out: PathBuf,
-}
-
 /// What one traced run's timeline says.
 struct TraceStats {
     events: u64,
@@ -105,90 +93,36 @@ struct TraceStats {
     lost: u64,
 }
 
-impl Tracer {
-    /// Starts the tracer and returns once it printed that it is tracing `pid`.
-    fn attach(pid: u32, out: &Path) -> Result<Tracer> {
-        let tracer = bin("redis-memtrace");
-        let mut child = Command::new(&tracer)
-            .args(["record", "--pid", &pid.to_string(), "-o"])
-            .arg(out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {} (run `cargo xtask build`)", tracer.display()))?;
-        let stderr = child.stderr.take().context("tracer stderr")?;
-        let proc = Guarded::new(child, libc::SIGINT, Duration::from_secs(60));
-        // The reader thread keeps draining stderr (the tracer never blocks on a full pipe)
-        // and signals the `tracing pid` line.
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("tracing pid") {
-                    let _ = tx.send(());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        let mut tracer = Tracer {
-            proc,
-            stderr: Some(reader),
-            out: out.to_path_buf(),
-        };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(()) => Ok(tracer),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = tracer.proc.stop();
-                bail!(
-                    "the tracer ended before attaching ({status:?}): {}",
-                    tracer.stderr_text()
-                )
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                tracer.proc.stop();
-                bail!(
-                    "the tracer did not print `tracing pid` within 60 s: {}",
-                    tracer.stderr_text()
-                )
-            }
-        }
-    }
+/// `redis-memtrace record --pid PID -o OUT`, returned once it printed that it is tracing
+/// `pid`; SIGINTed (then SIGKILLed) when dropped.
+fn attach(pid: u32, out: &Path) -> Result<Recording> {
+    let pid = pid.to_string();
+    Ok(Recording::launch(&Launch {
+        target: &["--pid", &pid],
+        out,
+        extra: &[],
+        ready: TRACING_PID,
+        echo: false,
+    })?)
+}
 
-    fn stderr_text(&mut self) -> String {
-        self.stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default()
-    }
-
-    /// SIGINT, wait for a clean exit, and read the timeline's totals.
-    fn stop(mut self) -> Result<TraceStats> {
-        let status = self.proc.stop();
-        let stderr = self.stderr_text();
-        match status {
-            Some(st) if st.success() => {}
-            Some(st) => bail!("the tracer exited with {st}: {stderr}"),
-            None => bail!("the tracer did not exit within 60 s of SIGINT: {stderr}"),
-        }
-        let bytes = std::fs::read(&self.out)
-            .with_context(|| format!("reading the timeline {}", self.out.display()))?;
-        let _ = std::fs::remove_file(&self.out);
-        let t: serde_json::Value =
-            serde_json::from_slice(&bytes).context("the timeline is not valid JSON")?;
-        let faults = t["summary"]["faults"]
-            .as_object()
-            .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
-            .unwrap_or(0);
-        Ok(TraceStats {
-            events: t["summary"]["events_received"].as_u64().unwrap_or(0),
-            faults,
-            lost: t["lost_events"].as_u64().unwrap_or(0),
-        })
-    }
+/// SIGINT, wait for a clean exit, and read the timeline's totals (then remove it).
+fn detach(tracer: Recording, out: &Path) -> Result<TraceStats> {
+    tracer.try_stop()?;
+    let bytes =
+        std::fs::read(out).with_context(|| format!("reading the timeline {}", out.display()))?;
+    let _ = std::fs::remove_file(out);
+    let t: serde_json::Value =
+        serde_json::from_slice(&bytes).context("the timeline is not valid JSON")?;
+    let faults = t["summary"]["faults"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
+    Ok(TraceStats {
+        events: t["summary"]["events_received"].as_u64().unwrap_or(0),
+        faults,
+        lost: t["lost_events"].as_u64().unwrap_or(0),
+    })
 }
 
 /// One redis-benchmark result.
@@ -314,8 +248,17 @@ pub fn bench_overhead(requests: u64, rounds: usize, clients: u32) -> Result<()> 
     }
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let dir = TempDir::new("memtrace-bench-overhead")?;
-    let result = run_all(requests, rounds, clients, &dir.0);
+    // Timelines can be large: keep them in memory when possible, like `bench`.
+    let base = if Path::new("/dev/shm").is_dir() {
+        Path::new("/dev/shm").to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("memtrace-bench-overhead-")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a folder in {}", base.display()))?;
+    let result = run_all(requests, rounds, clients, dir.path());
     if INTERRUPTED.load(Ordering::SeqCst) {
         eprintln!("bench-overhead: interrupted; server and tracer stopped");
     }
@@ -324,16 +267,11 @@ pub fn bench_overhead(requests: u64, rounds: usize, clients: u32) -> Result<()> 
 
 fn run_all(requests: u64, rounds: usize, clients: u32, dir: &Path) -> Result<()> {
     let started = Instant::now();
-    let mut server = Server::start(dir)?;
-    let pid = server.pid();
-    let version = server
-        .cli(&["INFO", "server"])?
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
-    server.populate(KEYS, VALUE_SIZE)?;
+    let mut server = Server::try_start(&servers::installed_build("redis-7.0")?, None, &[])?;
+    let pid = server.pid;
+    let version = server.build.version.clone();
+    let redis_server = server.build.server.clone();
+    server.try_populate_benchmark_keys(KEYS, VALUE_SIZE)?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "redis-memtrace bench-overhead: redis-server {version} (pid {pid}), {KEYS} keys of {VALUE_SIZE} B, \
@@ -353,9 +291,9 @@ fn run_all(requests: u64, rounds: usize, clients: u32, dir: &Path) -> Result<()>
             // A B in even rounds, B A in odd ones.
             for traced in [round % 2 == 1, round % 2 == 0] {
                 let sample = if traced {
-                    let tracer = Tracer::attach(pid, &timeline)?;
+                    let tracer = attach(pid, &timeline)?;
                     let sample = benchmark(server.port, clients, requests, w)?;
-                    let stats = tracer.stop()?;
+                    let stats = detach(tracer, &timeline)?;
                     r.events += stats.events;
                     r.faults += stats.faults;
                     r.lost += stats.lost;
@@ -378,11 +316,8 @@ fn run_all(requests: u64, rounds: usize, clients: u32, dir: &Path) -> Result<()>
             }
         }
     }
-    if let Ok(Some(st)) = server.proc.child().try_wait() {
-        bail!(
-            "redis-server exited during the benchmark ({st}): {}",
-            server.log_text()
-        );
+    if !server.is_running() {
+        bail!("redis-server exited during the benchmark: {}", server.log());
     }
     drop(server);
 
@@ -476,7 +411,7 @@ fn run_all(requests: u64, rounds: usize, clients: u32, dir: &Path) -> Result<()>
 
     let report = json!({
         "redis_version": version,
-        "redis_server": REDIS_SERVER,
+        "redis_server": redis_server,
         "tracer": bin("redis-memtrace"),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()

@@ -12,10 +12,8 @@
 mod bench;
 mod bench_overhead;
 mod demo;
-mod redis_server;
 mod servers;
 mod setup;
-mod swap;
 
 use std::{
     path::{Path, PathBuf},
@@ -133,6 +131,8 @@ fn test(filter: Option<String>) -> Result<()> {
         "-p",
         "tracer-common",
         "-p",
+        "testkit",
+        "-p",
         "memtrace-tests",
     ];
     run(cargo().args(["clippy", "--release"]).args(packages).args([
@@ -144,13 +144,13 @@ fn test(filter: Option<String>) -> Result<()> {
         "warnings",
     ]))?;
     // Installed by `build`'s setup already: this only checks each `--version` again.
-    let servers = servers::ensure()?;
+    let manifest = servers::ensure()?;
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--no-fail-fast"])
         .args(packages)
+        .args(["-p", "xtask"])
         .env("MEMTRACE_BIN", bin("redis-memtrace"))
-        .env("MEMTRACE_REDIS62", &servers.redis62)
-        .env(servers::MANIFEST_ENV, &servers.manifest)
+        .env(servers::MANIFEST_ENV, &manifest)
         .arg("--");
     if let Some(f) = filter {
         cmd.arg(f);
@@ -207,6 +207,7 @@ fn main() -> Result<()> {
         }
         Cmd::Soak { minutes } => {
             build()?;
+            let manifest = servers::ensure()?;
             run(cargo()
                 .args([
                     "test",
@@ -217,6 +218,7 @@ fn main() -> Result<()> {
                     "soak",
                 ])
                 .env("MEMTRACE_BIN", bin("redis-memtrace"))
+                .env(servers::MANIFEST_ENV, &manifest)
                 .env("MEMTRACE_SOAK_SECS", (minutes * 60).to_string())
                 .args(["--", "--test-threads=1", "--nocapture"]))
         }

