@@ -139,7 +139,19 @@ fn redis_server_checks() {
             .iter()
             .find(|l| l.contains("attribution symbols"))
             .unwrap();
-        assert!(sym.contains("Redis 7.0 layout"), "{sym}");
+        assert!(sym.contains("`server` is 4368 bytes"), "{sym}");
+        // `check` discovers the layout as `record` does and names build and allocator.
+        assert_eq!(verdict(&lines, "attribution layout"), "pass", "{lines:#?}");
+        let layout = lines
+            .iter()
+            .find(|l| l.contains("attribution layout"))
+            .unwrap();
+        assert!(
+            layout.contains(
+                "redis 7.0.15 (jemalloc-5.3.0 allocator): layout discovered and verified"
+            ),
+            "{layout}"
+        );
         assert_eq!(verdict(&lines, "Redis in swap"), "pass");
     }
 }

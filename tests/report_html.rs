@@ -398,9 +398,9 @@ fn report_of_a_real_bgsave_matches_the_timeline_and_renders_in_chromium() {
             .iter()
             .any(|s| s["server"]["swap_bytes"].as_u64().unwrap_or(0) > 0);
     assert_eq!(has("Redis pages are in swap"), swapped);
-    let untracked = t["kernel"]["inflight_map_full"].as_u64().unwrap_or(0);
+    let untracked = t["kernel"]["threads_full"].as_u64().unwrap_or(0);
     assert_eq!(has("events were lost"), lost > 0);
-    assert_eq!(has("faults were not tracked"), lost == 0 && untracked > 0);
+    assert_eq!(has("threads were not traced"), lost == 0 && untracked > 0);
     // Exactly the expected findings, no others.
     let expected = [
         overcommit != "1",

@@ -85,7 +85,7 @@ fn soak_under_benchmark_with_periodic_bgsave() {
     assert!(bgsaves >= secs / 10, "only {bgsaves} BGSAVEs: {log}");
     assert!(max_rss > 0 && max_rss < 64 << 20, "tracer RSS {max_rss} B");
     assert_eq!(t["lost_events"], 0);
-    assert_eq!(t["kernel"]["inflight_map_full"], 0);
+    assert_eq!(t["kernel"]["threads_full"], 0);
     let epochs = t["epochs"].as_array().unwrap();
     assert_eq!(epochs.len() as u64, bgsaves, "one epoch per BGSAVE");
     for e in epochs {

@@ -77,7 +77,12 @@ def check(v, instance, where):
             continue
         msg = e.message
         if e.context:
-            msg = "not valid under any of the given schemas [closest: %s]" % best_match(e.context).message
+            # Skip the `null` alternative: the other branch says what is wrong.
+            real = [c for c in e.context if c.validator != "type"] or e.context
+            best = best_match(real)
+            where = "/".join(str(p) for p in best.relative_path)
+            # The message starts with the whole instance: keep its end, which says why.
+            msg = "not valid under any of the given schemas [closest: at /%s: ...%s]" % (where, best.message[-200:])
         if len(msg) > 500:
             msg = msg[:500] + "..."
         error(loc + ": " + msg)

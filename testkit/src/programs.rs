@@ -15,10 +15,12 @@ pub const PROGRAM_NAMES: &[&str] = &[
     "reclaim_end",
     "mm_vmscan_write_folio",
     "task_newtask",
-    "sched_process_fork",
     "sched_process_exit",
     "fork_call_enter",
     "fork_call_exit",
+    "client_linked",
+    "client_unlinked",
+    "calibrate_call",
 ];
 
 /// Our programs still loaded once the tracer has exited, waiting up to 5 s: the kernel

@@ -300,6 +300,28 @@ impl Server {
         }
     }
 
+    /// Waits until the main dictionary of db 0 is not being rehashed (`DEBUG HTSTATS 0`
+    /// shows no rehashing target). While a fork child lives Redis stops rehashing in
+    /// `serverCron` and each lookup moves one bucket instead, writing entries all over
+    /// the heap: a test that counts a command's pages waits for this first.
+    pub fn wait_rehashed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats: String = self
+                .try_query(redis::cmd("DEBUG").arg("HTSTATS").arg(0))
+                .unwrap_or_else(|e| panic!("{e}"));
+            if !stats.to_ascii_lowercase().contains("rehashing") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: db 0 still rehashing after {timeout:?}: {stats}",
+                self.build.label
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// [`Server::try_wait_bgsave_done`], panicking on failure.
     pub fn wait_bgsave_done(&self, timeout: Duration) -> (String, u64) {
         self.try_wait_bgsave_done(timeout)

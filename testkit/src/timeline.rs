@@ -5,8 +5,23 @@ use std::{collections::BTreeMap, path::Path};
 use serde_json::Value;
 
 /// Parses a timeline file.
+///
+/// With `MEMTRACE_KEEP_TIMELINES=DIR` set, a copy is kept in DIR for a look after the
+/// test (a debugging aid: nothing reads it back).
 pub fn read_timeline(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if let Some(dir) = std::env::var_os("MEMTRACE_KEEP_TIMELINES") {
+        static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "{}-{n}-{}",
+            std::process::id(),
+            path.file_name()
+                .map_or("timeline".into(), |n| n.to_string_lossy())
+        );
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(Path::new(&dir).join(name), &bytes);
+    }
     serde_json::from_slice(&bytes).expect("timeline is valid JSON")
 }
 

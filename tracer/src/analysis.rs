@@ -5,17 +5,20 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 use tracer_common::{
-    ContextEvent, Event, exit_flags, fault_flags as ff, fork_ret_flags, kind, swap_flags,
+    ContextEvent, ExitEvent, FaultEvent, ForkEvent, SwapLevelEvent, exit_flags, fault_flags as ff,
+    swap_flags,
 };
 
 use crate::{
     attribution::{
         aggregate::{AggregateReport, Aggregates},
-        context::{Attribution, Attributor},
+        context::{Attribution, Attributor, PhaseRange, ThreadContext},
+        pending::PendingFaults,
     },
     classify::{Evidence, FaultKind, classify, classify_with, is_huge},
     counts::KindCounts,
     fork_epochs::{Epoch, ForkEpochs, Role},
+    kernel::events::KernelEvent,
 };
 
 /// Page size used to turn byte counters into pages.
@@ -62,18 +65,20 @@ pub enum Record {
         /// Epoch opened by this fork (forks of the target only).
         epoch: Option<u32>,
     },
-    /// A clone syscall returned in a traced process.
+    /// A libc `fork()` call returned in a traced process.
     ForkReturn {
-        /// Syscall entry time.
+        /// Call entry time.
         ts_ns: u64,
         /// Process.
         pid: u32,
         /// Thread.
         tid: u32,
-        /// Return value (child pid or -errno).
+        /// Return value (the child's pid in the caller's PID namespace, or -1).
         ret: i64,
-        /// Syscall duration.
+        /// Call duration.
         duration_ns: u64,
+        /// Epoch of the fork made inside this call.
+        epoch: Option<u32>,
     },
     /// A traced thread or process exited.
     Exit {
@@ -184,8 +189,8 @@ pub struct Summary {
 /// How attribution is configured for a Redis target.
 #[derive(Debug, Clone)]
 pub struct AttributionOptions {
-    /// Labels of the kernel's phase ranges.
-    pub phases: Vec<Option<&'static str>>,
+    /// What the kernel's ranges stand for.
+    pub ranges: Vec<PhaseRange>,
     /// Key bytes kept.
     pub key_max: usize,
     /// Rows in each top-N table.
@@ -207,9 +212,9 @@ struct AttributionState {
     fork_child: Arc<Attribution>,
     top_n: usize,
     key_capacity: usize,
-    /// Main-thread faults taken while Redis parsed input, waiting for the command they
-    /// belong to (the next command context of the thread).
-    pending: Vec<PendingFault>,
+    /// Main-thread faults taken while Redis read a client's command before its key was
+    /// parsed, waiting for that client's command.
+    pending: PendingFaults<PendingFault>,
 }
 
 #[derive(Debug)]
@@ -217,10 +222,9 @@ struct PendingFault {
     record: Record,
     kind: FaultKind,
     epoch: Option<u32>,
-    parsing: Arc<Attribution>,
 }
 
-/// Parse-stage faults held at most; past this they are written as `networking-read`.
+/// Parse-stage faults held at most; past this they get their client's fallback at once.
 const MAX_PENDING: usize = 65_536;
 
 /// How long after its end an epoch's tables stay open for faults still in flight (a
@@ -266,11 +270,10 @@ impl Analyzer {
 
     /// Follows a new target (`record --follow`: the server restarted as `target`).
     /// Epochs and totals so far are kept; the new server's attribution starts off until
-    /// [`Analyzer::enable_attribution`] is called for it.
-    /// Returns the old server's parse-stage faults still held.
-    #[must_use = "the returned records belong in the timeline"]
-    pub fn retarget(&mut self, target: u32, target_swap_bytes: Option<u64>) -> Vec<Record> {
-        let held = self.flush_pending();
+    /// [`Analyzer::enable_attribution`] is called for it. The old server's waiting faults
+    /// are written out.
+    pub fn retarget(&mut self, target: u32, target_swap_bytes: Option<u64>, out: &mut Vec<Record>) {
+        self.flush_pending(out);
         self.target = target;
         self.epochs.retarget(target);
         self.target_exit_ns = None;
@@ -281,83 +284,57 @@ impl Analyzer {
             // No context of the new server yet: its faults count as unattributed.
             a.attributor = Attributor::default();
         }
-        held
     }
 
     /// Turns attribution on (the target is a Redis server whose layout the kernel has).
     /// After [`Analyzer::retarget`], the aggregates so far are kept.
     pub fn enable_attribution(&mut self, opts: AttributionOptions) {
+        let attributor = Attributor::new(opts.ranges, opts.key_max, opts.keys);
         if let Some(a) = self.attribution.as_mut() {
-            a.attributor = Attributor::new(opts.phases, opts.key_max, opts.keys);
+            a.attributor = attributor;
             return;
         }
         self.attribution = Some(AttributionState {
-            attributor: Attributor::new(opts.phases, opts.key_max, opts.keys),
+            attributor,
             total: Aggregates::new(opts.key_capacity),
             per_epoch: HashMap::new(),
             retired: Default::default(),
             fork_child: Arc::new(Attribution::phase("fork-child")),
             top_n: opts.top_n,
             key_capacity: opts.key_capacity,
-            pending: Vec::new(),
+            pending: PendingFaults::new(MAX_PENDING),
         });
     }
 
-    /// Processes a context event (what a Redis thread was doing). Returns the fault
-    /// records it completes: faults taken while this command's input was parsed.
-    #[must_use = "the returned records belong in the timeline"]
-    pub fn process_context(&mut self, ev: &ContextEvent) -> Vec<Record> {
-        self.summary.events_received += 1;
-        self.summary.context_events += 1;
-        self.last_ts = self.last_ts.max(ev.ts_ns);
-        let Some(a) = self.attribution.as_mut() else {
-            return Vec::new();
-        };
-        if ev.tgid != self.target {
-            return Vec::new();
-        }
-        a.attributor.on_context(ev);
-        if ev.tid != self.target || a.pending.is_empty() {
-            return Vec::new();
-        }
-        match a.attributor.for_thread(ev.tid) {
-            Some(now) if now.is_command => {
-                let parse = Arc::new(Attribution {
-                    stage: Some("parse"),
-                    ..(*now).clone()
-                });
-                a.release(Some(&parse))
-            }
-            // Still reading input, or the event loop doing something else between two
-            // reads of the same command (cron, before-sleep, allocator work): the faults
-            // wait for the command (bounded by MAX_PENDING).
-            _ => Vec::new(),
+    /// Writes out faults still waiting for their client's command (end of the run).
+    pub fn flush_pending(&mut self, out: &mut Vec<Record>) {
+        if let Some(a) = self.attribution.as_mut() {
+            let released = a.pending.drain_all();
+            a.release(released, out);
         }
     }
 
-    /// Writes out faults still waiting for their command (end of the run).
-    pub fn flush_pending(&mut self) -> Vec<Record> {
-        self.attribution
-            .as_mut()
-            .map(|a| a.release(None))
-            .unwrap_or_default()
-    }
-
-    /// Labels the epoch of fork child `child` (reason and Redis's own numbers).
+    /// Labels the epoch `id` with why Redis forked and Redis's own numbers.
     pub fn label_epoch(
         &mut self,
-        child: u32,
+        id: u32,
         reason: Option<String>,
         redis: Option<crate::fork_epochs::EpochRedisInfo>,
     ) {
-        if let Some(e) = self.epochs.epoch_of_child_mut(child) {
+        if let Some(e) = self.epochs.epochs_mut().get_mut(id as usize) {
             if reason.is_some() {
                 e.reason = reason;
             }
-            if redis.is_some() {
-                e.redis = redis;
+            if let Some(r) = redis {
+                let mine = e.redis.get_or_insert_with(Default::default);
+                mine.merge(r);
             }
         }
+    }
+
+    /// The child of epoch `id`.
+    pub fn epoch_child(&self, id: u32) -> Option<u32> {
+        self.epochs.epochs().get(id as usize).map(|e| e.child_pid)
     }
 
     /// Mutable access to Redis's view of the epoch of `child` (to add numbers later).
@@ -374,166 +351,230 @@ impl Analyzer {
         self.epochs.adopt_running_child(child, ts)
     }
 
-    /// Processes one event; returns the record to write, or `None` for unknown kinds.
-    pub fn process(&mut self, ev: &Event) -> Option<Record> {
+    /// Processes one kernel event; appends the records it yields to `out` (none, one, or
+    /// several when it releases faults that waited for a command).
+    pub fn process(&mut self, ev: &KernelEvent, out: &mut Vec<Record>) {
         self.summary.events_received += 1;
-        self.last_ts = self.last_ts.max(ev.ts_ns);
-        let record = match ev.kind {
-            kind::FAULT => return self.fault(ev),
-            kind::FORK => {
-                self.retire_epoch_tables(ev.ts_ns);
-                let child = ev.addr as u32;
-                let epoch = self.epochs.on_fork(ev.tgid, ev.tid, child, ev.ts_ns);
-                if epoch.is_some() {
-                    self.summary.forks += 1;
-                }
-                // The child starts with the parent's swap entries.
-                if let Some(&b) = self.swap_bytes.get(&ev.tgid) {
-                    self.swap_bytes.insert(child, b);
-                }
-                Record::Fork {
-                    ts_ns: ev.ts_ns,
-                    pid: ev.tgid,
-                    tid: ev.tid,
-                    child_pid: child,
+        self.last_ts = self.last_ts.max(ev.header().ts_ns);
+        match ev {
+            KernelEvent::Fault(f) => self.fault(f, out),
+            KernelEvent::Fork(f) => out.push(self.fork(f)),
+            KernelEvent::ForkCall(c) => {
+                let epoch = self.epochs.on_fork_call_return(
+                    c.header.tid,
+                    c.header.ts_ns,
+                    c.ret,
+                    c.duration_ns,
+                );
+                out.push(Record::ForkReturn {
+                    ts_ns: c.header.ts_ns,
+                    pid: c.header.tgid,
+                    tid: c.header.tid,
+                    ret: c.ret,
+                    duration_ns: c.duration_ns,
                     epoch,
-                }
+                });
             }
-            kind::FORK_RET => {
-                // Only the libc `fork()` call is timed (uprobe/uretprobe): timing the
-                // clone syscall would need a syscall tracepoint, which puts every syscall
-                // of every process on the slow path (about 70 ns each, measured).
-                debug_assert!(ev.flags & fork_ret_flags::LIBC_CALL != 0);
-                let ret = ev.arg as i64;
-                self.epochs
-                    .on_fork_call_return(ev.tid, ev.ts_ns, ret, ev.duration_ns);
-                Record::ForkReturn {
-                    ts_ns: ev.ts_ns,
-                    pid: ev.tgid,
-                    tid: ev.tid,
-                    ret,
-                    duration_ns: ev.duration_ns,
-                }
+            KernelEvent::Exit(e) => out.push(self.exit(e)),
+            KernelEvent::SwapLevel(s) => out.push(self.swap_level(s)),
+            KernelEvent::SwapWrite(w) => {
+                self.summary.swap.writes_on_traced_threads += 1;
+                out.push(Record::SwapWrite {
+                    ts_ns: w.header.ts_ns,
+                    pid: w.header.tgid,
+                    tid: w.header.tid,
+                    pfn: w.pfn,
+                });
             }
-            kind::EXIT => {
-                let process_exit = ev.flags & exit_flags::GROUP_DEAD != 0;
-                if ev.tgid == self.target
+            KernelEvent::Context(c) => self.context(c, out),
+            KernelEvent::ClientGone(g) => {
+                if g.header.tgid == self.target
                     && let Some(a) = self.attribution.as_mut()
                 {
-                    a.attributor.on_thread_exit(ev.tid);
-                }
-                let epoch = if process_exit {
-                    if ev.tgid == self.target {
-                        self.target_exit_ns = Some(ev.ts_ns);
-                    }
-                    self.epochs.on_exit(ev.tgid, ev.ts_ns)
-                } else {
-                    None
-                };
-                Record::Exit {
-                    ts_ns: ev.ts_ns,
-                    pid: ev.tgid,
-                    tid: ev.tid,
-                    process_exit,
-                    epoch,
+                    let released = a.pending.client_gone(g.client);
+                    a.release(released, out);
                 }
             }
-            kind::SWAP_ENTS => self.swap_ents(ev),
-            kind::SWAP_WRITE => {
-                self.summary.swap.writes_on_traced_threads += 1;
-                Record::SwapWrite {
-                    ts_ns: ev.ts_ns,
-                    pid: ev.tgid,
-                    tid: ev.tid,
-                    pfn: ev.addr,
-                }
-            }
-            _ => {
-                self.summary.unknown_events += 1;
-                return None;
-            }
-        };
-        Some(record)
+            KernelEvent::Calibration(_) => {}
+            KernelEvent::Unknown(_) => self.summary.unknown_events += 1,
+        }
     }
 
-    fn fault(&mut self, ev: &Event) -> Option<Record> {
-        let kind = if self.evidence == Evidence::FULL {
-            classify(ev.flags, ev.arg)
-        } else {
-            let shares = self.epochs.shares_pages(ev.tgid, ev.ts_ns);
-            classify_with(ev.flags, ev.arg, self.evidence, shares)
+    fn context(&mut self, ev: &ContextEvent, out: &mut Vec<Record>) {
+        self.summary.context_events += 1;
+        if std::env::var_os("MEMTRACE_DEBUG_CONTEXTS").is_some() {
+            eprintln!(
+                "ctx tid={} phase={} range={} client={:#x} seq={} argc={} flags={:#x} name={:?} key={:?}",
+                ev.header.tid,
+                ev.phase,
+                ev.range,
+                ev.client,
+                ev.seq,
+                ev.argc,
+                ev.header.flags,
+                String::from_utf8_lossy(&ev.name[..(ev.name_len as usize).min(32)]),
+                String::from_utf8_lossy(&ev.key[..(ev.key_captured as usize).min(64)])
+            );
+        }
+        let Some(a) = self.attribution.as_mut() else {
+            return;
         };
-        let (role, epoch) = self.epochs.assign(ev.tgid, ev.ts_ns, kind);
+        if ev.header.tgid != self.target {
+            return;
+        }
+        let resolved = a.attributor.on_context(ev);
+        if let Some(ThreadContext::Awaiting(w)) = a.attributor.for_thread(ev.header.tid) {
+            let earlier = a.pending.restarted(w.client, w.argc);
+            a.release(earlier, out);
+        }
+        if let Some(r) = resolved {
+            let released = a.pending.resolve(&r);
+            a.release(released, out);
+        }
+    }
+
+    fn fork(&mut self, f: &ForkEvent) -> Record {
+        self.retire_epoch_tables(f.header.ts_ns);
+        let (parent, child) = (f.header.tgid, f.child_pid);
+        let epoch = self
+            .epochs
+            .on_fork(parent, f.header.tid, child, f.header.ts_ns);
+        if epoch.is_some() {
+            self.summary.forks += 1;
+        }
+        // The child starts with the parent's swap entries.
+        if let Some(&b) = self.swap_bytes.get(&parent) {
+            self.swap_bytes.insert(child, b);
+        }
+        Record::Fork {
+            ts_ns: f.header.ts_ns,
+            pid: parent,
+            tid: f.header.tid,
+            child_pid: child,
+            epoch,
+        }
+    }
+
+    fn exit(&mut self, e: &ExitEvent) -> Record {
+        let (pid, tid) = (e.header.tgid, e.header.tid);
+        let process_exit = e.header.flags & exit_flags::GROUP_DEAD != 0;
+        if pid == self.target
+            && let Some(a) = self.attribution.as_mut()
+        {
+            a.attributor.on_thread_exit(tid);
+        }
+        let epoch = if process_exit {
+            if pid == self.target {
+                self.target_exit_ns = Some(e.header.ts_ns);
+            }
+            self.epochs.on_exit(pid, e.header.ts_ns)
+        } else {
+            None
+        };
+        Record::Exit {
+            ts_ns: e.header.ts_ns,
+            pid,
+            tid,
+            process_exit,
+            epoch,
+        }
+    }
+
+    fn fault(&mut self, ev: &FaultEvent, out: &mut Vec<Record>) {
+        let (pid, tid, ts, flags) = (
+            ev.header.tgid,
+            ev.header.tid,
+            ev.header.ts_ns,
+            ev.header.flags,
+        );
+        let kind = if self.evidence == Evidence::FULL {
+            classify(flags, ev.error_code)
+        } else {
+            let shares = self.epochs.shares_pages(pid, ts);
+            classify_with(flags, ev.error_code, self.evidence, shares)
+        };
+        let (role, epoch) = self.epochs.assign(pid, ts, kind);
+        self.count(kind, role, flags);
+        let record = Record::Fault {
+            ts_ns: ts,
+            pid,
+            tid,
+            kind,
+            addr: ev.addr,
+            role,
+            epoch,
+            error_code: ev.error_code,
+            latency_ns: ev.latency_ns,
+            flags,
+            attribution: None,
+        };
+        let Some(a) = self.attribution.as_mut() else {
+            out.push(record);
+            return;
+        };
+        let context = match role {
+            Role::Child => Some(ThreadContext::Ready(Arc::clone(&a.fork_child))),
+            Role::Parent if pid == self.target => a.attributor.for_thread(tid).cloned(),
+            Role::Parent => None,
+        };
+        let at = match context {
+            Some(ThreadContext::Awaiting(w)) => {
+                let fallback = Arc::clone(&w.fallback);
+                match a.pending.push(
+                    &w,
+                    PendingFault {
+                        record,
+                        kind,
+                        epoch,
+                    },
+                ) {
+                    Ok(()) => return,
+                    // Bounded: past the cap a fault gets its client's fallback at once.
+                    Err(p) => {
+                        out.push(a.attribute(p.record, p.kind, p.epoch, Some(fallback)));
+                        return;
+                    }
+                }
+            }
+            Some(ThreadContext::Ready(at)) => Some(at),
+            None => None,
+        };
+        out.push(a.attribute(record, kind, epoch, at));
+    }
+
+    fn count(&mut self, kind: FaultKind, role: Role, flags: u32) {
         let s = &mut self.summary;
         s.faults.add(kind);
         match role {
             Role::Parent => s.by_role.parent.add(kind),
             Role::Child => s.by_role.child.add(kind),
         }
-        let count = |bit: u32| u64::from(ev.flags & bit != 0);
-        s.huge_faults += u64::from(is_huge(ev.flags));
+        let count = |bit: u32| u64::from(flags & bit != 0);
+        s.huge_faults += u64::from(is_huge(flags));
         s.major_faults += count(ff::MAJOR);
         s.kernel_mode_faults += count(ff::KERNEL_MODE);
         s.incomplete_faults += count(ff::INCOMPLETE);
         s.faults_with_reclaim += count(ff::RECLAIM);
-        let record = Record::Fault {
-            ts_ns: ev.ts_ns,
-            pid: ev.tgid,
-            tid: ev.tid,
-            kind,
-            addr: ev.addr,
-            role,
-            epoch,
-            error_code: ev.arg,
-            latency_ns: ev.duration_ns,
-            flags: ev.flags,
-            attribution: None,
-        };
-        let Some(a) = self.attribution.as_mut() else {
-            return Some(record);
-        };
-        let at = match role {
-            Role::Child => Some(Arc::clone(&a.fork_child)),
-            Role::Parent if ev.tgid == self.target => a.attributor.for_thread(ev.tid),
-            Role::Parent => None,
-        };
-        if let Some(parsing) = at.as_ref().filter(|at| at.is_parsing())
-            && ev.tid == self.target
-        {
-            let parsing = Arc::clone(parsing);
-            if a.pending.len() >= MAX_PENDING {
-                // Bounded: past the cap a parse-stage fault stays `networking-read`.
-                return Some(a.attribute(record, kind, epoch, Some(parsing)));
-            }
-            a.pending.push(PendingFault {
-                record,
-                kind,
-                epoch,
-                parsing,
-            });
-            return None;
-        }
-        Some(a.attribute(record, kind, epoch, at))
     }
 
-    fn swap_ents(&mut self, ev: &Event) -> Record {
-        let bytes = ev.arg;
-        let previous = self.swap_bytes.insert(ev.tgid, bytes);
+    fn swap_level(&mut self, ev: &SwapLevelEvent) -> Record {
+        let (pid, bytes) = (ev.header.tgid, ev.bytes);
+        let previous = self.swap_bytes.insert(pid, bytes);
         let delta_pages = previous.map(|p| (bytes as i64 - p as i64) / PAGE_SIZE as i64);
         if let Some(d) = delta_pages {
             let swap = &mut self.summary.swap;
             if d > 0 {
                 swap.pages_out += d as u64;
-            } else if ev.flags & swap_flags::IN_FAULT != 0 {
+            } else if ev.header.flags & swap_flags::IN_FAULT != 0 {
                 swap.pages_in += d.unsigned_abs();
             } else {
                 swap.pages_discarded += d.unsigned_abs();
             }
         }
         Record::SwapEnts {
-            ts_ns: ev.ts_ns,
-            pid: ev.tgid,
-            tid: ev.tid,
+            ts_ns: ev.header.ts_ns,
+            pid,
+            tid: ev.header.tid,
             bytes,
             delta_pages,
         }
@@ -562,7 +603,7 @@ impl Analyzer {
                     .get(id as usize)
                     .and_then(|e| e.end_ns)
                     .is_some_and(|end| end.saturating_add(RETIRE_AFTER_NS) <= now);
-                ended && !a.pending.iter().any(|p| p.epoch == Some(id))
+                ended && !a.pending.any(|p| p.epoch == Some(id))
             })
             .collect();
         for id in done {
@@ -625,78 +666,104 @@ impl AttributionState {
         record
     }
 
-    /// Releases the pending parse-stage faults, attributed to `command` (or left as
-    /// `networking-read`).
-    fn release(&mut self, command: Option<&Arc<Attribution>>) -> Vec<Record> {
-        let pending = std::mem::take(&mut self.pending);
-        pending
-            .into_iter()
-            .map(|p| {
-                let at = command.cloned().unwrap_or(p.parsing);
-                self.attribute(p.record, p.kind, p.epoch, Some(at))
-            })
-            .collect()
+    /// Writes out released waiting faults with the attribution each got.
+    fn release(&mut self, released: Vec<(PendingFault, Arc<Attribution>)>, out: &mut Vec<Record>) {
+        for (p, at) in released {
+            out.push(self.attribute(p.record, p.kind, p.epoch, Some(at)));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::{
+        ClientGoneEvent, ForkCallEvent, Header, SwapLevelEvent, context_flags, kind, phase,
+    };
+
     use super::*;
 
     const T: u32 = 4242;
     const C: u32 = 4243;
 
-    fn ev(kind: u32, ts: u64, tgid: u32, flags: u32, addr: u64, arg: u64) -> Event {
-        Event {
+    fn h(kind: u32, ts: u64, tgid: u32, flags: u32) -> Header {
+        Header {
             ts_ns: ts,
             kind,
             tgid,
             tid: tgid,
             flags,
-            addr,
-            arg,
-            duration_ns: 0,
         }
+    }
+
+    fn fault(ts: u64, tgid: u32, flags: u32, addr: u64, error_code: u64) -> KernelEvent {
+        KernelEvent::Fault(FaultEvent {
+            header: h(kind::FAULT, ts, tgid, flags),
+            addr,
+            error_code,
+            latency_ns: 0,
+        })
+    }
+
+    fn fork(ts: u64, child: u32) -> KernelEvent {
+        KernelEvent::Fork(ForkEvent {
+            header: h(kind::FORK, ts, T, 0),
+            child_pid: child,
+            _pad: 0,
+            clone_flags: 0x1200011,
+        })
+    }
+
+    fn exit(ts: u64, tgid: u32) -> KernelEvent {
+        KernelEvent::Exit(ExitEvent {
+            header: h(kind::EXIT, ts, tgid, exit_flags::GROUP_DEAD),
+        })
+    }
+
+    fn swap(ts: u64, flags: u32, bytes: u64) -> KernelEvent {
+        KernelEvent::SwapLevel(SwapLevelEvent {
+            header: h(kind::SWAP_LEVEL, ts, T, flags),
+            bytes,
+        })
+    }
+
+    fn run(an: &mut Analyzer, events: &[KernelEvent]) -> Vec<Record> {
+        let mut out = Vec::new();
+        for e in events {
+            an.process(e, &mut out);
+        }
+        out
     }
 
     /// The stream the kernel side emits for: touch 2 pages, fork, parent writes 1 page,
     /// child exits, parent writes the other page, one page swapped out and read back.
-    fn recorded_stream() -> Vec<Event> {
+    fn recorded_stream() -> Vec<KernelEvent> {
         let a = 0x7f00_0000_0000;
         let b = a + 4096;
         vec![
-            ev(kind::FAULT, 10, T, ff::ALLOC | ff::ANON_RSS, a, 0x6),
-            ev(kind::FAULT, 20, T, ff::ALLOC | ff::ANON_RSS, b, 0x6),
-            ev(kind::FORK, 30, T, 0, C as u64, 0x1200011),
-            Event {
+            fault(10, T, ff::ALLOC | ff::ANON_RSS, a, 0x6),
+            fault(20, T, ff::ALLOC | ff::ANON_RSS, b, 0x6),
+            fork(30, C),
+            KernelEvent::ForkCall(ForkCallEvent {
+                header: h(kind::FORK_CALL, 25, T, 0),
+                ret: C as i64,
                 duration_ns: 77,
-                ..ev(kind::FORK_RET, 25, T, 0, 0, C as u64)
-            },
-            ev(kind::FAULT, 40, T, ff::ALLOC, a, 0x7),
-            ev(kind::FAULT, 45, C, ff::ALLOC, 0x7ffd_0000_0000, 0x7),
-            ev(kind::EXIT, 50, C, exit_flags::GROUP_DEAD, 0, 0),
-            ev(kind::FAULT, 60, T, 0, b, 0x7),
-            ev(kind::SWAP_ENTS, 70, T, swap_flags::CURR, 0, 4096),
-            ev(
-                kind::SWAP_ENTS,
-                80,
-                T,
-                swap_flags::CURR | swap_flags::IN_FAULT,
-                0,
-                0,
-            ),
-            ev(kind::FAULT, 79, T, ff::SWAP_ENTS | ff::ANON_RSS, a, 0x4),
-            ev(kind::EXIT, 90, T, exit_flags::GROUP_DEAD, 0, 0),
+                ..ForkCallEvent::default()
+            }),
+            fault(40, T, ff::ALLOC, a, 0x7),
+            fault(45, C, ff::ALLOC, 0x7ffd_0000_0000, 0x7),
+            exit(50, C),
+            fault(60, T, 0, b, 0x7),
+            swap(70, swap_flags::CURR, 4096),
+            swap(80, swap_flags::CURR | swap_flags::IN_FAULT, 0),
+            fault(79, T, ff::SWAP_ENTS | ff::ANON_RSS, a, 0x4),
+            exit(90, T),
         ]
     }
 
     #[test]
     fn recorded_stream_yields_exact_counts_epochs_and_sides() {
         let mut an = Analyzer::new(T, Some(0));
-        let records: Vec<_> = recorded_stream()
-            .iter()
-            .filter_map(|e| an.process(e))
-            .collect();
+        let records = run(&mut an, &recorded_stream());
         assert_eq!(records.len(), 12);
         assert!(an.target_exited());
         let (epochs, s) = an.finish(100);
@@ -723,6 +790,11 @@ mod tests {
         assert_eq!(e.fork_call_ns, Some(77));
         assert_eq!(e.faults.parent.cow_copy, 1);
         assert_eq!(e.faults.child.cow_copy, 1);
+        assert!(
+            records
+                .iter()
+                .any(|r| matches!(r, Record::ForkReturn { epoch: Some(0), .. }))
+        );
         // the reuse after the child exited belongs to no epoch
         let reuse = records.iter().find(|r| {
             matches!(
@@ -746,24 +818,24 @@ mod tests {
     #[test]
     fn unknown_kinds_are_counted_not_fatal() {
         let mut an = Analyzer::new(T, None);
-        assert_eq!(an.process(&ev(99, 1, T, 0, 0, 0)), None);
+        assert!(run(&mut an, &[KernelEvent::Unknown(h(99, 1, T, 0))]).is_empty());
         assert_eq!(an.summary().unknown_events, 1);
     }
 
     #[test]
     fn swap_deltas_need_a_baseline() {
         let mut an = Analyzer::new(T, None);
-        let first = an.process(&ev(kind::SWAP_ENTS, 1, T, 0, 0, 8192)).unwrap();
+        let first = run(&mut an, &[swap(1, 0, 8192)]);
         assert!(matches!(
-            first,
+            first[0],
             Record::SwapEnts {
                 delta_pages: None,
                 ..
             }
         ));
-        let second = an.process(&ev(kind::SWAP_ENTS, 2, T, 0, 0, 0)).unwrap();
+        let second = run(&mut an, &[swap(2, 0, 0)]);
         assert!(matches!(
-            second,
+            second[0],
             Record::SwapEnts {
                 delta_pages: Some(-2),
                 ..
@@ -772,45 +844,136 @@ mod tests {
         assert_eq!(an.summary().swap.pages_discarded, 2);
     }
 
-    /// Two BGSAVE-like epochs with SET faults on key `k`; the second fork comes `gap`
-    /// after the first child's exit. Returns the finished epochs.
-    fn two_epochs_with_sets(gap: u64) -> Vec<Epoch> {
+    fn attributed() -> Analyzer {
         let mut an = Analyzer::new(T, None);
         an.enable_attribution(AttributionOptions {
-            phases: Vec::new(),
+            ranges: vec![PhaseRange {
+                label: "networking-read",
+                input: crate::attribution::context::Input::Parse,
+            }],
             key_max: 128,
             top_n: 5,
             key_capacity: 1000,
             keys: crate::attribution::key_privacy::KeyPolicy::Full,
         });
-        let mut set = ContextEvent::zeroed();
-        set.ts_ns = 1;
-        set.tgid = T;
-        set.tid = T;
-        set.phase = tracer_common::phase::COMMAND;
-        set.name[..3].copy_from_slice(b"set");
-        set.name_len = 3;
-        set.key[..1].copy_from_slice(b"k");
-        set.key_captured = 1;
-        set.key_len = 1;
-        set.argc = 3;
-        set.flags = tracer_common::context_flags::HAS_KEY;
-        assert!(an.process_context(&set).is_empty());
+        an
+    }
+
+    fn context(ts: u64, ph: u32, client: u64, name: &[u8], key: &[u8], argc: u32) -> KernelEvent {
+        let mut c = ContextEvent::zeroed();
+        c.header = h(
+            kind::CONTEXT,
+            ts,
+            T,
+            if key.is_empty() {
+                0
+            } else {
+                context_flags::HAS_KEY
+            },
+        );
+        c.phase = ph;
+        c.client = client;
+        c.argc = argc;
+        c.name[..name.len()].copy_from_slice(name);
+        c.name_len = name.len() as u32;
+        c.key[..key.len()].copy_from_slice(key);
+        c.key_captured = key.len() as u32;
+        c.key_len = key.len() as u64;
+        KernelEvent::Context(Box::new(c))
+    }
+
+    fn key_of(r: &Record) -> (String, Option<Vec<u8>>, Option<&'static str>) {
+        let Record::Fault {
+            attribution: Some(at),
+            ..
+        } = r
+        else {
+            panic!("unattributed {r:?}")
+        };
+        (
+            at.activity.clone(),
+            at.key.as_ref().map(|k| k.bytes.clone()),
+            at.stage,
+        )
+    }
+
+    /// Two clients interleaved: A's input is read before its key is parsed, then B runs a
+    /// command that faults, then A's command is revealed. A's early faults are A's.
+    #[test]
+    fn parse_faults_wait_for_their_own_client() {
+        let (a, b) = (0xa0, 0xb0);
+        let mut an = attributed();
+        let out = run(
+            &mut an,
+            &[
+                context(1, phase::RANGE, a, b"SET", b"", 1),
+                fault(2, T, ff::ALLOC, 0x1000, 0x7),
+                context(3, phase::COMMAND, b, b"SET", b"kb", 3),
+                fault(4, T, ff::ALLOC, 0x2000, 0x7),
+                context(5, phase::RANGE, a, b"SET", b"ka", 2),
+                fault(6, T, ff::ALLOC, 0x3000, 0x7),
+            ],
+        );
+        let got: Vec<_> = out.iter().map(key_of).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("SET".into(), Some(b"kb".to_vec()), None),
+                ("SET".into(), Some(b"ka".to_vec()), Some("parse")),
+                ("SET".into(), Some(b"ka".to_vec()), Some("parse")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_client_that_leaves_or_restarts_keeps_its_faults() {
+        let a = 0xa0;
+        let mut an = attributed();
+        let mut out = run(
+            &mut an,
+            &[
+                context(1, phase::RANGE, a, b"SET", b"", 1),
+                fault(2, T, ff::ALLOC, 0x1000, 0x7),
+                // Parsing again from nothing: the SET ran without a fault.
+                context(3, phase::RANGE, a, b"", b"", 0),
+                fault(4, T, ff::ALLOC, 0x2000, 0x7),
+                KernelEvent::ClientGone(ClientGoneEvent {
+                    header: h(kind::CLIENT_GONE, 5, T, 0),
+                    client: a,
+                }),
+            ],
+        );
+        an.flush_pending(&mut out);
+        let got: Vec<_> = out.iter().map(key_of).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("SET".into(), None, Some("parse")),
+                ("unknown-command".into(), None, Some("parse")),
+            ]
+        );
+    }
+
+    /// Two BGSAVE-like epochs with SET faults on key `k`; the second fork comes `gap`
+    /// after the first child's exit. Returns the finished epochs.
+    fn two_epochs_with_sets(gap: u64) -> Vec<Epoch> {
+        let mut an = attributed();
         let child2 = C + 1;
         let second = 50 + gap;
-        let stream = [
-            ev(kind::FORK, 10, T, 0, C as u64, 0),
-            ev(kind::FAULT, 20, T, ff::ALLOC, 0x1000, 0x7),
-            ev(kind::FAULT, 21, T, ff::ALLOC, 0x2000, 0x7),
-            ev(kind::EXIT, 50, C, exit_flags::GROUP_DEAD, 0, 0),
-            ev(kind::FORK, second, T, 0, child2 as u64, 0),
-            ev(kind::FAULT, second + 10, T, ff::ALLOC, 0x3000, 0x7),
-            // dated inside the first epoch, completed after the second fork
-            ev(kind::FAULT, 30, T, ff::ALLOC, 0x4000, 0x7),
-        ];
-        for e in &stream {
-            an.process(e);
-        }
+        run(
+            &mut an,
+            &[
+                context(1, phase::COMMAND, 0xc1, b"set", b"k", 3),
+                fork(10, C),
+                fault(20, T, ff::ALLOC, 0x1000, 0x7),
+                fault(21, T, ff::ALLOC, 0x2000, 0x7),
+                exit(50, C),
+                fork(second, child2),
+                fault(second + 10, T, ff::ALLOC, 0x3000, 0x7),
+                // dated inside the first epoch, completed after the second fork
+                fault(30, T, ff::ALLOC, 0x4000, 0x7),
+            ],
+        );
         an.finish(second + 100).0
     }
 
@@ -835,7 +998,7 @@ mod tests {
     #[test]
     fn open_epoch_is_closed_at_trace_end() {
         let mut an = Analyzer::new(T, None);
-        an.process(&ev(kind::FORK, 5, T, 0, C as u64, 0));
+        run(&mut an, &[fork(5, C)]);
         let (epochs, _) = an.finish(50);
         assert_eq!(epochs[0].end_ns, Some(50));
         assert_eq!(epochs[0].end_reason, Some("trace_end"));

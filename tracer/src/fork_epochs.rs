@@ -80,6 +80,18 @@ pub struct EpochRedisInfo {
     pub last_cow_size: Option<u64>,
 }
 
+impl EpochRedisInfo {
+    /// Takes every field `other` knows.
+    pub fn merge(&mut self, other: EpochRedisInfo) {
+        if !other.reason_source.is_empty() {
+            self.reason_source = other.reason_source;
+        }
+        self.latest_fork_usec = other.latest_fork_usec.or(self.latest_fork_usec);
+        self.fork_usec_difference = other.fork_usec_difference.or(self.fork_usec_difference);
+        self.last_cow_size = other.last_cow_size.or(self.last_cow_size);
+    }
+}
+
 impl Epoch {
     fn covers(&self, ts: u64) -> bool {
         ts >= self.start_ns && self.end_ns.is_none_or(|end| ts < end)
@@ -152,18 +164,25 @@ impl ForkEpochs {
     /// `duration_ns`. The call is matched to the fork made inside it by thread and time,
     /// not by `ret`: in a PID namespace (a container) `ret` is the child's pid there, not
     /// the one the kernel's fork event carries.
-    pub fn on_fork_call_return(&mut self, tid: u32, start_ns: u64, ret: i64, duration_ns: u64) {
+    /// Returns the epoch the call opened.
+    pub fn on_fork_call_return(
+        &mut self,
+        tid: u32,
+        start_ns: u64,
+        ret: i64,
+        duration_ns: u64,
+    ) -> Option<u32> {
         if ret <= 0 {
-            return;
+            return None;
         }
         let end_ns = start_ns.saturating_add(duration_ns);
-        if let Some(epoch) = self.epochs.iter_mut().rev().find(|e| {
+        let epoch = self.epochs.iter_mut().rev().find(|e| {
             e.parent_tid == tid
                 && !e.started_before_trace
                 && (start_ns..=end_ns).contains(&e.start_ns)
-        }) {
-            epoch.fork_call_ns.get_or_insert(duration_ns);
-        }
+        })?;
+        epoch.fork_call_ns.get_or_insert(duration_ns);
+        Some(epoch.id)
     }
 
     /// A process exited. Closes its epoch when it is an epoch's child.
@@ -262,12 +281,12 @@ mod tests {
         assert_eq!(ep.on_fork(T, 101, 200, 1_000), Some(0));
         // The child's return (0), another thread's call and a call that did not contain
         // the fork are not the parent's.
-        ep.on_fork_call_return(101, 900, 0, 1);
-        ep.on_fork_call_return(102, 900, 200, 2);
-        ep.on_fork_call_return(101, 1_001, 200, 3);
+        assert_eq!(ep.on_fork_call_return(101, 900, 0, 1), None);
+        assert_eq!(ep.on_fork_call_return(102, 900, 200, 2), None);
+        assert_eq!(ep.on_fork_call_return(101, 1_001, 200, 3), None);
         // The call that contains the fork, returning the child's pid in the parent's own
         // PID namespace (here 7, not 200): matched by thread and time.
-        ep.on_fork_call_return(101, 900, 7, 420);
+        assert_eq!(ep.on_fork_call_return(101, 900, 7, 420), Some(0));
         assert_eq!(
             ep.assign(T, 1_500, FaultKind::CowCopy),
             (Role::Parent, Some(0))
@@ -334,7 +353,7 @@ mod tests {
             None,
             "grandchild exit must not close"
         );
-        ep.on_fork_call_return(T, 999, -11, 5);
+        assert_eq!(ep.on_fork_call_return(T, 999, -11, 5), None);
         assert_eq!(ep.epochs()[0].fork_call_ns, None);
         assert_eq!(ep.epochs().len(), 1);
     }

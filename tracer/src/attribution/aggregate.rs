@@ -204,6 +204,7 @@ mod tests {
             key: Some(k),
             argc: 3,
             stage: None,
+            keys_in_command: None,
         }
     }
 

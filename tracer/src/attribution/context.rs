@@ -25,8 +25,11 @@ pub struct Attribution {
     /// Arguments of the command (`argc`), 0 for phases.
     pub argc: u32,
     /// `parse` when the fault happened while Redis read and parsed this command's
-    /// arguments (before it ran); `None` while it ran.
+    /// arguments (before it ran), `cleanup` while it freed them; `None` while it ran.
     pub stage: Option<&'static str>,
+    /// For a command that names several keys: how many. `key` is the first of them (the
+    /// kernel reads `argv[1]` only).
+    pub keys_in_command: Option<u32>,
 }
 
 impl Attribution {
@@ -39,13 +42,16 @@ impl Attribution {
             slot: None,
             argc: 0,
             stage: None,
+            keys_in_command: None,
         }
     }
 
-    /// True for the phase in which Redis reads and parses client input: its faults
-    /// belong to the command being parsed, which is only known once it runs.
-    pub fn is_parsing(&self) -> bool {
-        !self.is_command && self.activity == "networking-read"
+    /// The same attribution in another stage.
+    pub fn in_stage(&self, stage: &'static str) -> Attribution {
+        Attribution {
+            stage: Some(stage),
+            ..self.clone()
+        }
     }
 }
 
@@ -141,29 +147,103 @@ fn thread_activity(name: &str) -> &'static str {
     }
 }
 
+/// Commands that name several keys starting at `argv[1]`, with how many from `argc`.
+fn keys_in_command(command: &str, argc: u32) -> Option<u32> {
+    let n = match command {
+        "mset" | "msetnx" => argc.saturating_sub(1) / 2,
+        "del" | "unlink" | "exists" | "mget" | "touch" | "watch" | "sinter" | "sunion"
+        | "sdiff" | "sinterstore" | "sunionstore" | "sdiffstore" | "pfcount" | "pfmerge" => {
+            argc.saturating_sub(1)
+        }
+        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => argc.saturating_sub(2),
+        "rename" | "renamenx" | "smove" | "lmove" | "blmove" | "rpoplpush" | "brpoplpush"
+        | "copy" => 2,
+        _ => return None,
+    };
+    (n > 1).then_some(n)
+}
+
+/// What a range of the layout stands for.
+#[derive(Debug, Clone)]
+pub struct PhaseRange {
+    /// The phase label (`networking-read`, `cron`, ...).
+    pub label: &'static str,
+    /// What it does with client input (the kernel searches for the client unless
+    /// `None`).
+    pub input: Input,
+}
+
+/// What a function does with client input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing.
+    None,
+    /// Reads bytes into the client's query buffer, grows or trims it: memory of the
+    /// connection, shared by every command in the buffer, except while Redis reads one
+    /// big argument straight into the buffer that becomes that argument.
+    Read,
+    /// Turns buffered bytes into a command's arguments (allocates them).
+    Parse,
+}
+
+/// Redis reads an argument at least this long into a buffer of its own that becomes the
+/// argument (`PROTO_MBULK_BIG_ARG`, the same in Redis 6.2 to 8 and Valkey).
+pub const BIG_ARG: u32 = 32 * 1024;
+
+/// What the latest context of a thread says about its next faults.
+#[derive(Debug, Clone)]
+pub enum ThreadContext {
+    /// Faults are attributed right away.
+    Ready(Arc<Attribution>),
+    /// Client `client` is being read or parsed and its key is not parsed yet: faults wait
+    /// for that client's own command.
+    Awaiting(Awaiting),
+}
+
+/// A client whose command is not known yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Awaiting {
+    /// The `client *`.
+    pub client: u64,
+    /// Arguments parsed so far.
+    pub argc: u32,
+    /// What the faults get if the command never shows: the command name when parsed
+    /// (without key), else `unknown-command`; stage `parse`.
+    pub fallback: Arc<Attribution>,
+}
+
+/// A client's command became known: its waiting faults get `command`.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The `client *`.
+    pub client: u64,
+    /// Arguments parsed so far (faults that waited at more are of an earlier command).
+    pub argc: u32,
+    /// The command, in stage `parse`.
+    pub command: Arc<Attribution>,
+}
+
 /// Per-thread latest contexts of one Redis server.
 #[derive(Debug, Default)]
 pub struct Attributor {
-    phases: Vec<Option<&'static str>>,
+    ranges: Vec<PhaseRange>,
     key_max: usize,
     keys: KeyPolicy,
-    current: HashMap<u32, Arc<Attribution>>,
+    current: HashMap<u32, ThreadContext>,
     /// Per thread: the client and attribution of the last command that had a name.
     last_command: HashMap<u32, (u64, Arc<Attribution>)>,
     contexts_seen: u64,
 }
 
 impl Attributor {
-    /// `phases[i]` names the function range `i` the kernel reports; `key_max` bounds the
-    /// key bytes kept; `keys` says what of a key is kept at all.
-    pub fn new(phases: Vec<Option<&'static str>>, key_max: usize, keys: KeyPolicy) -> Attributor {
+    /// `ranges[i]` says what the kernel's range `i` is; `key_max` bounds the key bytes
+    /// kept; `keys` says what of a key is kept at all.
+    pub fn new(ranges: Vec<PhaseRange>, key_max: usize, keys: KeyPolicy) -> Attributor {
         Attributor {
-            phases,
+            ranges,
             key_max,
             keys,
-            current: HashMap::new(),
-            last_command: HashMap::new(),
-            contexts_seen: 0,
+            ..Attributor::default()
         }
     }
 
@@ -172,30 +252,88 @@ impl Attributor {
         self.contexts_seen
     }
 
-    /// Records the new context of a thread.
-    pub fn on_context(&mut self, ev: &ContextEvent) {
+    /// Records the new context of a thread. Returns the client whose command it reveals,
+    /// if any (its waiting faults belong to that command).
+    pub fn on_context(&mut self, ev: &ContextEvent) -> Option<Resolved> {
         self.contexts_seen += 1;
-        // After a command ran, Redis frees its arguments (`argc` 0, `cmd` NULL) while the
+        let tid = ev.header.tid;
+        let (context, resolved) = match ev.phase {
+            phase::COMMAND => self.command_context(ev),
+            phase::RANGE => self.range_context(ev),
+            _ => (ThreadContext::Ready(Arc::new(self.phase_of(ev))), None),
+        };
+        self.current.insert(tid, context);
+        resolved
+    }
+
+    fn command_context(&mut self, ev: &ContextEvent) -> (ThreadContext, Option<Resolved>) {
+        let tid = ev.header.tid;
+        // After a command ran, Redis frees its arguments (`argc` 0, no name) while the
         // client is still current: those faults finish the same command.
-        if ev.phase == phase::COMMAND
-            && ev.argc == 0
+        if ev.argc == 0
             && ev.name_len == 0
-            && let Some((client, last)) = self.last_command.get(&ev.tid)
+            && let Some((client, last)) = self.last_command.get(&tid)
             && *client == ev.client
         {
-            let cleanup = Arc::new(Attribution {
-                stage: Some("cleanup"),
-                ..(**last).clone()
-            });
-            self.current.insert(ev.tid, cleanup);
-            return;
+            let cleanup = Arc::new(last.in_stage("cleanup"));
+            return (ThreadContext::Ready(cleanup), None);
         }
-        let attribution = Arc::new(self.decode(ev));
-        if attribution.is_command && ev.name_len > 0 {
+        let command = Arc::new(self.decode_command(ev));
+        if ev.name_len > 0 {
             self.last_command
-                .insert(ev.tid, (ev.client, Arc::clone(&attribution)));
+                .insert(tid, (ev.client, Arc::clone(&command)));
         }
-        self.current.insert(ev.tid, attribution);
+        let resolved = Resolved {
+            client: ev.client,
+            argc: ev.argc,
+            command: Arc::new(command.in_stage("parse")),
+        };
+        (ThreadContext::Ready(command), Some(resolved))
+    }
+
+    fn range_context(&mut self, ev: &ContextEvent) -> (ThreadContext, Option<Resolved>) {
+        let range = self.ranges.get(ev.range as usize);
+        let label = range.map_or("unknown", |r| r.label);
+        let input = range.map_or(Input::None, |r| r.input);
+        let big_arg = ev.client != 0 && ev.bulk_len >= BIG_ARG;
+        if input == Input::None || (input == Input::Read && !big_arg) {
+            // Buffer work belongs to the connection, not to one of its commands.
+            return (
+                ThreadContext::Ready(Arc::new(Attribution::phase(label))),
+                None,
+            );
+        }
+        if ev.client == 0 {
+            // Parsing input of a client the kernel could not find: never guessed.
+            let unknown = Attribution::phase(label).in_stage("parse");
+            return (ThreadContext::Ready(Arc::new(unknown)), None);
+        }
+        let command = self.decode_command(ev);
+        if command.key.is_some() || ev.header.flags & context_flags::HAS_KEY != 0 {
+            let parse = Arc::new(command.in_stage("parse"));
+            let resolved = Resolved {
+                client: ev.client,
+                argc: ev.argc,
+                command: Arc::clone(&parse),
+            };
+            return (ThreadContext::Ready(parse), Some(resolved));
+        }
+        let fallback = if ev.name_len > 0 {
+            command.in_stage("parse")
+        } else {
+            Attribution {
+                activity: "unknown-command".into(),
+                is_command: true,
+                ..Attribution::phase("")
+            }
+            .in_stage("parse")
+        };
+        let awaiting = Awaiting {
+            client: ev.client,
+            argc: ev.argc,
+            fallback: Arc::new(fallback),
+        };
+        (ThreadContext::Awaiting(awaiting), None)
     }
 
     /// Forgets a thread that exited (bounds memory by live threads).
@@ -204,58 +342,57 @@ impl Attributor {
         self.last_command.remove(&tid);
     }
 
-    /// Attribution of a fault of the server's thread `tid` (`None` before any context).
-    pub fn for_thread(&self, tid: u32) -> Option<Arc<Attribution>> {
-        self.current.get(&tid).cloned()
+    /// The context of thread `tid` (`None` before any).
+    pub fn for_thread(&self, tid: u32) -> Option<&ThreadContext> {
+        self.current.get(&tid)
     }
 
-    fn decode(&self, ev: &ContextEvent) -> Attribution {
+    fn phase_of(&self, ev: &ContextEvent) -> Attribution {
         let name_len = (ev.name_len as usize).min(ev.name.len());
-        let name = String::from_utf8_lossy(&ev.name[..name_len]).into_owned();
         match ev.phase {
-            phase::COMMAND => {
-                let lower = name.to_ascii_lowercase();
-                let keyed = ev.flags & context_flags::HAS_KEY != 0
-                    && !lower.is_empty()
-                    && !KEYLESS_FIRST_ARG.contains(&lower.as_str());
-                let int_text;
-                let (captured, len): (&[u8], u64) = if ev.flags & context_flags::KEY_INT != 0 {
-                    int_text = (ev.key_len as i64).to_string().into_bytes();
-                    (&int_text, int_text.len() as u64)
-                } else {
-                    let n = (ev.key_captured as usize).min(ev.key.len());
-                    (&ev.key[..n], ev.key_len)
-                };
-                // The slot comes from the real key, before it is hidden or cut to
-                // --key-bytes; a slot of a key longer than the capture would be wrong.
-                let whole = captured.len() as u64 >= len;
-                let slot = (keyed && whole).then(|| key_hash_slot(captured));
-                let key = if keyed {
-                    self.keys.apply(captured, len, self.key_max)
-                } else {
-                    None
-                };
-                Attribution {
-                    activity: if lower.is_empty() {
-                        "unknown-command".into()
-                    } else {
-                        lower.to_ascii_uppercase()
-                    },
-                    is_command: true,
-                    slot,
-                    key,
-                    argc: ev.argc,
-                    stage: None,
-                }
-            }
-            phase::THREAD => Attribution::phase(thread_activity(&name)),
+            phase::THREAD => Attribution::phase(thread_activity(&String::from_utf8_lossy(
+                &ev.name[..name_len],
+            ))),
             phase::MAIN_OTHER => Attribution::phase("main-other"),
-            phase::UNREADABLE => Attribution::phase("unknown"),
-            p => {
-                let slot = p.wrapping_sub(phase::FIRST_RANGE) as usize;
-                let label = self.phases.get(slot).copied().flatten();
-                Attribution::phase(label.unwrap_or("unknown"))
-            }
+            _ => Attribution::phase("unknown"),
+        }
+    }
+
+    fn decode_command(&self, ev: &ContextEvent) -> Attribution {
+        let name_len = (ev.name_len as usize).min(ev.name.len());
+        let lower = String::from_utf8_lossy(&ev.name[..name_len]).to_ascii_lowercase();
+        let keyed = ev.header.flags & context_flags::HAS_KEY != 0
+            && !lower.is_empty()
+            && !KEYLESS_FIRST_ARG.contains(&lower.as_str());
+        let int_text;
+        let (captured, len): (&[u8], u64) = if ev.header.flags & context_flags::KEY_INT != 0 {
+            int_text = (ev.key_len as i64).to_string().into_bytes();
+            (&int_text, int_text.len() as u64)
+        } else {
+            let n = (ev.key_captured as usize).min(ev.key.len());
+            (&ev.key[..n], ev.key_len)
+        };
+        // The slot comes from the real key, before it is hidden or cut to --key-bytes; a
+        // slot of a key longer than the capture would be wrong.
+        let whole = captured.len() as u64 >= len;
+        let slot = (keyed && whole).then(|| key_hash_slot(captured));
+        let key = if keyed {
+            self.keys.apply(captured, len, self.key_max)
+        } else {
+            None
+        };
+        Attribution {
+            activity: if lower.is_empty() {
+                "unknown-command".into()
+            } else {
+                lower.to_ascii_uppercase()
+            },
+            is_command: true,
+            slot,
+            keys_in_command: keyed.then(|| keys_in_command(&lower, ev.argc)).flatten(),
+            key,
+            argc: ev.argc,
+            stage: None,
         }
     }
 }
@@ -264,28 +401,61 @@ impl Attributor {
 mod tests {
     use super::*;
 
-    fn ctx(tid: u32, ph: u32, name: &[u8], key: &[u8], key_len: u64, flags: u32) -> ContextEvent {
+    pub(crate) fn ctx(
+        tid: u32,
+        ph: u32,
+        name: &[u8],
+        key: &[u8],
+        key_len: u64,
+        flags: u32,
+    ) -> ContextEvent {
         let mut ev = ContextEvent::zeroed();
-        ev.tid = tid;
+        ev.header.tid = tid;
+        ev.header.tgid = tid;
+        ev.header.flags = flags;
         ev.phase = ph;
         ev.name[..name.len()].copy_from_slice(name);
         ev.name_len = name.len() as u32;
         ev.key[..key.len()].copy_from_slice(key);
         ev.key_captured = key.len() as u32;
         ev.key_len = key_len;
-        ev.flags = flags;
         ev.argc = 3;
+        ev.client = 0xc1;
         ev
+    }
+
+    fn ready(a: &Attributor, tid: u32) -> Arc<Attribution> {
+        match a.for_thread(tid) {
+            Some(ThreadContext::Ready(at)) => Arc::clone(at),
+            other => panic!("not ready: {other:?}"),
+        }
+    }
+
+    fn ranges() -> Vec<PhaseRange> {
+        vec![
+            PhaseRange {
+                label: "active-expire",
+                input: Input::None,
+            },
+            PhaseRange {
+                label: "networking-read",
+                input: Input::Parse,
+            },
+            PhaseRange {
+                label: "cron",
+                input: Input::None,
+            },
+            PhaseRange {
+                label: "networking-read",
+                input: Input::Read,
+            },
+        ]
     }
 
     #[test]
     fn commands_keys_slots_and_phases() {
-        let mut a = Attributor::new(
-            vec![Some("active-expire"), None, Some("cron")],
-            128,
-            KeyPolicy::Full,
-        );
-        a.on_context(&ctx(
+        let mut a = Attributor::new(ranges(), 128, KeyPolicy::Full);
+        let r = a.on_context(&ctx(
             1,
             phase::COMMAND,
             b"set",
@@ -293,11 +463,15 @@ mod tests {
             9,
             context_flags::HAS_KEY,
         ));
-        let at = a.for_thread(1).unwrap();
+        let at = ready(&a, 1);
         assert_eq!(at.activity, "SET");
         assert!(at.is_command);
         assert_eq!(at.key.as_ref().unwrap().bytes, b"{user1}:a");
         assert_eq!(at.slot, Some(key_hash_slot(b"user1")));
+        assert_eq!(at.keys_in_command, None);
+        // A command context reveals its client's command, in the parse stage.
+        let r = r.unwrap();
+        assert_eq!((r.client, r.command.stage), (0xc1, Some("parse")));
 
         // A keyless command keeps no key even though argv[1] was read.
         a.on_context(&ctx(
@@ -308,7 +482,7 @@ mod tests {
             3,
             context_flags::HAS_KEY,
         ));
-        assert_eq!(a.for_thread(1).unwrap().key, None);
+        assert_eq!(ready(&a, 1).key, None);
 
         // Integer-encoded key.
         a.on_context(&ctx(
@@ -319,10 +493,13 @@ mod tests {
             12345,
             context_flags::HAS_KEY | context_flags::KEY_INT,
         ));
-        assert_eq!(
-            a.for_thread(1).unwrap().key.as_ref().unwrap().bytes,
-            b"12345"
-        );
+        assert_eq!(ready(&a, 1).key.as_ref().unwrap().bytes, b"12345");
+
+        // A multi-key command names its first key and how many it has.
+        let mut del = ctx(1, phase::COMMAND, b"del", b"k1", 2, context_flags::HAS_KEY);
+        del.argc = 11;
+        a.on_context(&del);
+        assert_eq!(ready(&a, 1).keys_in_command, Some(10));
 
         // Truncated key: original length kept, no slot.
         let long = vec![b'k'; 200];
@@ -335,26 +512,118 @@ mod tests {
             1 << 20,
             context_flags::HAS_KEY,
         ));
-        let at = a2.for_thread(1).unwrap();
+        let at = ready(&a2, 1);
         let k = at.key.as_ref().unwrap();
-        assert_eq!(k.bytes.len(), 16);
-        assert_eq!(k.original_len, 1 << 20);
+        assert_eq!((k.bytes.len(), k.original_len), (16, 1 << 20));
         assert!(k.truncated());
         assert_eq!(at.slot, None);
 
-        a.on_context(&ctx(1, phase::FIRST_RANGE + 2, b"", b"", 0, 0));
-        assert_eq!(a.for_thread(1).unwrap().activity, "cron");
-        a.on_context(&ctx(1, phase::FIRST_RANGE + 1, b"", b"", 0, 0));
-        assert_eq!(a.for_thread(1).unwrap().activity, "unknown");
+        let mut cron = ctx(1, phase::RANGE, b"", b"", 0, 0);
+        cron.range = 2;
+        a.on_context(&cron);
+        assert_eq!(ready(&a, 1).activity, "cron");
+        cron.range = 9;
+        a.on_context(&cron);
+        assert_eq!(ready(&a, 1).activity, "unknown");
         a.on_context(&ctx(2, phase::THREAD, b"bio_lazy_free", b"", 0, 0));
-        assert_eq!(a.for_thread(2).unwrap().activity, "lazyfree");
+        assert_eq!(ready(&a, 2).activity, "lazyfree");
         a.on_thread_exit(2);
-        assert_eq!(a.for_thread(2), None);
+        assert!(a.for_thread(2).is_none());
         // Garbage lengths from a corrupt record never panic.
         let mut bad = ctx(3, phase::COMMAND, b"set", b"x", 1, context_flags::HAS_KEY);
         bad.name_len = 9999;
         bad.key_captured = 9999;
         a.on_context(&bad);
         assert!(a.for_thread(3).is_some());
+    }
+
+    #[test]
+    fn parsing_a_client_with_its_key_is_attributed_at_once() {
+        let mut a = Attributor::new(ranges(), 128, KeyPolicy::Full);
+        let mut parse = ctx(1, phase::RANGE, b"SET", b"k7", 2, context_flags::HAS_KEY);
+        parse.range = 1;
+        parse.argc = 2;
+        let r = a.on_context(&parse).unwrap();
+        let at = ready(&a, 1);
+        assert_eq!((at.activity.as_str(), at.stage), ("SET", Some("parse")));
+        assert_eq!(at.key.as_ref().unwrap().bytes, b"k7");
+        assert_eq!((r.client, r.argc), (0xc1, 2));
+    }
+
+    #[test]
+    fn reading_into_the_query_buffer_is_the_connection_unless_a_big_argument() {
+        let mut a = Attributor::new(ranges(), 128, KeyPolicy::Full);
+        let mut read = ctx(1, phase::RANGE, b"SET", b"k7", 2, context_flags::HAS_KEY);
+        read.range = 3;
+        read.argc = 2;
+        read.bulk_len = 1024;
+        assert!(a.on_context(&read).is_none());
+        let at = ready(&a, 1);
+        assert_eq!(
+            (at.activity.as_str(), at.stage, at.key.is_none()),
+            ("networking-read", None, true)
+        );
+        // A value of 32 KiB or more is read straight into the buffer that becomes it.
+        read.bulk_len = BIG_ARG;
+        let r = a.on_context(&read).unwrap();
+        let at = ready(&a, 1);
+        assert_eq!((at.activity.as_str(), at.stage), ("SET", Some("parse")));
+        assert_eq!(at.key.as_ref().unwrap().bytes, b"k7");
+        assert_eq!(r.client, 0xc1);
+    }
+
+    #[test]
+    fn parsing_before_the_key_waits_for_the_client() {
+        let mut a = Attributor::new(ranges(), 128, KeyPolicy::Full);
+        let mut parse = ctx(1, phase::RANGE, b"SET", b"", 0, 0);
+        parse.range = 1;
+        parse.argc = 1;
+        assert!(a.on_context(&parse).is_none());
+        match a.for_thread(1) {
+            Some(ThreadContext::Awaiting(w)) => {
+                assert_eq!((w.client, w.argc), (0xc1, 1));
+                assert_eq!(w.fallback.activity, "SET");
+                assert_eq!(w.fallback.key, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing parsed yet: the fallback is an unknown command.
+        parse.argc = 0;
+        parse.name_len = 0;
+        a.on_context(&parse);
+        match a.for_thread(1) {
+            Some(ThreadContext::Awaiting(w)) => assert_eq!(w.fallback.activity, "unknown-command"),
+            other => panic!("{other:?}"),
+        }
+        // A client the kernel could not find is never guessed.
+        parse.client = 0;
+        a.on_context(&parse);
+        let at = ready(&a, 1);
+        assert_eq!(
+            (at.activity.as_str(), at.stage, at.is_command),
+            ("networking-read", Some("parse"), false)
+        );
+    }
+
+    #[test]
+    fn cleanup_after_a_command_is_that_command() {
+        let mut a = Attributor::new(ranges(), 128, KeyPolicy::Full);
+        a.on_context(&ctx(
+            1,
+            phase::COMMAND,
+            b"set",
+            b"k",
+            1,
+            context_flags::HAS_KEY,
+        ));
+        let mut cleanup = ctx(1, phase::COMMAND, b"", b"", 0, 0);
+        cleanup.argc = 0;
+        assert!(a.on_context(&cleanup).is_none());
+        let at = ready(&a, 1);
+        assert_eq!((at.activity.as_str(), at.stage), ("SET", Some("cleanup")));
+        // Another client's freed arguments are not this command's.
+        cleanup.client = 0xc2;
+        a.on_context(&cleanup);
+        assert_eq!(ready(&a, 1).activity, "unknown-command");
     }
 }

@@ -5,4 +5,5 @@ pub mod context;
 pub mod key_privacy;
 pub mod keys;
 pub mod keyslot;
+pub mod pending;
 pub mod top_n;

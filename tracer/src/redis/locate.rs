@@ -23,12 +23,20 @@ use procfs::{
 use super::info::{ConnSpec, InfoError, RedisConn, parse_target};
 
 /// Process titles Redis gives its fork children (`redisSetProcTitle`).
-const FORK_CHILD_TITLES: [&str; 4] = [
+const FORK_CHILD_TITLES: [&str; 9] = [
     "redis-rdb-bgsave",
     "redis-aof-rewrite",
     "redis-rdb-to-slaves",
     "redis-rdb-to-replicas",
+    "redis-module-fork",
+    "valkey-rdb-bgsave",
+    "valkey-aof-rewrite",
+    "valkey-rdb-to-replicas",
+    "valkey-module-fork",
 ];
+
+/// Names (comm or executable) of the servers looked for.
+pub const SERVER_NAMES: [&str; 2] = ["redis-server", "valkey-server"];
 
 /// Errors locating the Redis process.
 #[derive(Debug, thiserror::Error)]
@@ -146,9 +154,11 @@ impl ProcFacts {
         self.exe.file_name().is_some_and(|n| n == name)
     }
 
-    /// Looks like a Redis server, by comm or executable name.
+    /// Looks like a Redis or Valkey server, by comm or executable name.
     fn is_redis_server(&self) -> bool {
-        self.comm == "redis-server" || self.exe_name_is("redis-server")
+        SERVER_NAMES
+            .iter()
+            .any(|n| self.comm == *n || self.exe_name_is(n))
     }
 }
 
@@ -206,6 +216,34 @@ pub fn pid_listening_on(port: u16) -> Result<Option<u32>, LocateError> {
         return Err(proc_error(*name, e));
     }
     holder_of(&inodes, &format!("TCP port {port}"))
+}
+
+/// The TCP ports process `pid` listens on (in its own network namespace), lowest first.
+pub fn tcp_ports_of(pid: u32) -> Vec<u16> {
+    let Ok(proc) = Process::new(pid as i32) else {
+        return Vec::new();
+    };
+    let owned: HashSet<u64> = proc
+        .fd()
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| match fd.target {
+                    FDTarget::Socket(inode) => Some(inode),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports: Vec<u16> = [proc.tcp(), proc.tcp6()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|r| r.state == TcpState::Listen && owned.contains(&r.inode))
+        .map(|r| r.local_address.port())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// The PID of the process listening on the unix socket at `path`, `None` when no socket

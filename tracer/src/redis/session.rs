@@ -1,48 +1,91 @@
-//! The edge between a recording and a live Redis server: turning attribution on, and
-//! labelling forks with Redis's own numbers. Everything here is I/O; the pure parts
-//! live in `attribution` and `analysis`.
+//! The edge between a recording and a live Redis server: turning attribution on
+//! (discovering the layout, feeding the kernel), and labelling forks with Redis's own
+//! numbers. Everything here is I/O; the pure parts live in `attribution`, `analysis` and
+//! `redis::discover`.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
+use tracer_common::{ForkCallEvent, KEY_CAP, PHASE_RANGES, ServerLayout, features};
 
 use super::{
+    discover::{Calibration, Discovered, DiscoveryError, walk_list},
     info::{ConnSpec, RedisConn},
-    layout::{RDB_CHILD_TYPE_SOCKET, child_type},
-    remote::RemoteMemory,
-    verify::{self, Prepared},
+    phases::{self, Range},
+    remote::{Memory, RemoteMemory},
+    symbols::{ServerSymbols, SymbolError},
 };
-use crate::{analysis::AttributionOptions, fork_epochs::EpochRedisInfo};
+use crate::{
+    analysis::AttributionOptions,
+    fork_epochs::EpochRedisInfo,
+    kernel::{events::KernelEvent, loader::Probes},
+};
 
 /// Timeout for every INFO round trip: a slow server must never stall tracing for long.
 const INFO_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Why attribution cannot be turned on for a server (the server is still traced).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No usable symbols.
+    #[error("{0}")]
+    Symbols(#[from] SymbolError),
+    /// The binary does not export `server`.
+    #[error(
+        "the binary exports no `server` symbol (not redis-server/valkey-server, or built without -rdynamic)"
+    )]
+    NoServerSymbol,
+    /// No connection to calibrate with.
+    #[error("the layout was not discovered: {0}")]
+    NoConnection(String),
+    /// Discovery failed.
+    #[error("the layout was not discovered: {0}")]
+    Discovery(#[from] DiscoveryError),
+    /// The server's memory could not be opened.
+    #[error("cannot read the server's memory: {0}")]
+    Memory(#[from] std::io::Error),
+    /// The kernel refused the layout.
+    #[error("{0}")]
+    Probe(#[from] crate::kernel::loader::LoadError),
+}
+
 /// What the timeline records about the Redis side of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisRunInfo {
-    /// `redis_version` from INFO, or the layout's family when INFO was unreachable.
+    /// `redis` or `valkey` (from INFO).
+    pub product: String,
+    /// The server's version (`valkey_version` for Valkey, else `redis_version`).
     pub version: String,
-    /// Layout used for attribution (`7.0`, `6.2`), absent when attribution is off.
-    pub layout: Option<&'static str>,
+    /// The offsets attribution reads, as discovered and proved on this process.
+    pub layout: Discovered,
+    /// INFO `mem_allocator`.
+    pub allocator: Option<String>,
     /// INFO `role` at start.
     pub role: Option<String>,
-    /// TCP port the server listens on (from its memory).
+    /// TCP port INFO was read on.
     pub port: Option<u16>,
-    /// Checks that proved the layout.
+    /// Observations that proved the layout.
     pub checks: Vec<String>,
-    /// True when a live client was read back at the layout's offsets.
-    pub client_verified: bool,
     /// True when INFO was reachable.
     pub info_reachable: bool,
+    /// Phases the build's symbols allow (labels of the stack ranges).
+    pub phases: Vec<&'static str>,
+    /// Whether parse-stage faults look for their client (`linkClient`/`unlinkClient`
+    /// probed and the client table seeded).
+    pub client_search: bool,
 }
 
 /// A Redis server being traced with attribution on.
 pub struct RedisSession {
     pid: u32,
-    prepared: Prepared,
-    mem: RemoteMemory,
+    symbols: ServerSymbols,
     spec: Option<ConnSpec>,
     conn: Option<RedisConn>,
+    kernel: ServerLayout,
+    ranges: Vec<Range>,
     /// Children whose exit we saw, waiting for Redis to publish the fork's CoW size.
     pending_cow: Vec<(u32, String, Instant)>,
     /// Run facts for the timeline.
@@ -53,84 +96,141 @@ impl std::fmt::Debug for RedisSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSession")
             .field("pid", &self.pid)
-            .field("layout", &self.prepared.layout.version)
+            .field("version", &self.info.version)
             .finish()
     }
 }
 
+/// What the session needs from the recording to calibrate.
+pub struct Kernel<'a> {
+    /// The loaded programs.
+    pub probes: &'a mut Probes,
+    /// Decoded ring-buffer records.
+    pub events: &'a Receiver<Vec<KernelEvent>>,
+    /// Records that arrived meanwhile and are not the session's: the caller processes them.
+    pub stash: &'a mut Vec<KernelEvent>,
+}
+
 impl RedisSession {
-    /// Proves a layout for `pid` and opens what labelling needs. `spec` is the user's
-    /// `--redis` target; without it, `127.0.0.1:<server.port>` is tried. Returns the
-    /// warnings to print once.
+    /// Discovers `pid`'s layout and hands it to the kernel under index `server`. `spec` is
+    /// the user's `--redis` target; without it, `127.0.0.1:<listening port>` is tried.
+    /// Returns the warnings to print once.
     pub fn start(
         pid: u32,
         spec: Option<ConnSpec>,
         key_max: usize,
-    ) -> Result<(RedisSession, Vec<String>), verify::VerifyError> {
-        let mut warnings = Vec::new();
-        // The port comes from the server's memory once the layout is known, so the first
-        // attempt may need it: find it from the symbols first.
-        let spec = match spec {
-            Some(s) => Some(s),
-            None => port_from_memory(pid)
-                .and_then(|port| super::info::parse_target(&format!("127.0.0.1:{port}")).ok()),
-        };
-        let mut factory = {
+        server: u32,
+        kernel: Kernel<'_>,
+    ) -> Result<(RedisSession, Vec<String>), SessionError> {
+        let symbols = ServerSymbols::read(pid)?;
+        let server_sym = symbols.get("server").ok_or(SessionError::NoServerSymbol)?;
+        let spec = spec.or_else(|| {
+            let port = super::locate::tcp_ports_of(pid).into_iter().next()?;
+            super::info::parse_target(&format!("127.0.0.1:{port}")).ok()
+        });
+        let mut open = {
             let spec = spec.clone();
             move || -> Option<RedisConn> {
                 spec.as_ref()
                     .and_then(|s| RedisConn::open(s, INFO_TIMEOUT).ok())
             }
         };
-        let conn = factory();
-        if conn.is_none() {
-            warnings.push(match &spec {
+        let mut conn = open().ok_or_else(|| {
+            SessionError::NoConnection(match &spec {
                 Some(s) => format!(
-                    "Redis INFO at {s} is unreachable: tracing goes on from the pid, without \
-                     INFO samples or Redis's own fork numbers (pass --redis redis://user:pass@host:port)"
+                    "Redis at {s} is unreachable (calibration needs a connection; pass --redis redis://user:pass@host:port)"
                 ),
-                None => "Redis INFO unavailable (no TCP port): tracing goes on from the pid"
-                    .to_string(),
-            });
-        }
-        let probe: Option<&mut dyn FnMut() -> Option<RedisConn>> = if conn.is_some() {
-            Some(&mut factory)
-        } else {
-            None
-        };
-        let (prepared, notes) = verify::prepare(pid, key_max, probe)?;
-        warnings.extend(notes);
+                None => "the server listens on no TCP port (pass --redis)".into(),
+            })
+        })?;
         let mem = RemoteMemory::open(pid)?;
-        let port = mem
-            .i32(prepared.server_addr + prepared.layout.server_port as u64)
-            .ok()
-            .and_then(|p| u16::try_from(p).ok());
-        let mut conn = conn;
-        let (version, role) = match conn.as_mut().and_then(|c| c.info("server").ok()) {
-            Some(i) => (
-                i.get("redis_version").unwrap_or("").to_string(),
-                conn.as_mut()
-                    .and_then(|c| c.info("replication").ok())
-                    .and_then(|r| r.get("role").map(str::to_string)),
-            ),
-            None => (prepared.layout.version.to_string(), None),
+        let (discovered, _) = Calibration {
+            pid,
+            exe: symbols.exe.clone(),
+            server: server_sym,
+            mem: &mem,
+            probes: &mut *kernel.probes,
+            events: kernel.events,
+            stash: &mut *kernel.stash,
+        }
+        .run(&mut open)?;
+        let mut warnings = Vec::new();
+        let client_search = match kernel.probes.attach_client_probes(&symbols.exe, pid) {
+            Ok(()) => {
+                // Walked now that the probes are on: a client freed before (the
+                // calibration's own connections) must not stay in the table, where its
+                // reused memory would pass for a client.
+                let list = mem.u64(server_sym.addr + u64::from(discovered.clients))?;
+                let live = walk_list(&mem, list).unwrap_or_default();
+                kernel.probes.seed_clients(pid, &live)?;
+                true
+            }
+            Err(e) => {
+                warnings.push(format!(
+                    "cannot probe linkClient/unlinkClient ({e}): faults while Redis reads a command have no client, key or command"
+                ));
+                false
+            }
         };
+        let ranges = phases::ranges(&symbols);
+        let spans: Vec<(u64, u64)> = ranges.iter().map(|r| (r.lo, r.hi)).collect();
+        let phase_base =
+            kernel
+                .probes
+                .load_phase_table(symbols.identity()?, symbols.text, &spans)?;
+        let mut layout = kernel_layout(
+            pid,
+            server_sym.addr,
+            &symbols,
+            &discovered,
+            &ranges,
+            key_max,
+            client_search,
+        );
+        layout.phase_base = phase_base;
+        kernel.probes.set_server(server, layout)?;
+        let server_info = conn.info("server").ok();
+        let version = server_info
+            .as_ref()
+            .and_then(|i| i.get("valkey_version").or_else(|| i.get("redis_version")))
+            .unwrap_or("")
+            .to_string();
+        let product = if server_info
+            .as_ref()
+            .is_some_and(|i| i.get("valkey_version").is_some())
+        {
+            "valkey"
+        } else {
+            "redis"
+        };
+        let allocator = conn
+            .info("memory")
+            .ok()
+            .and_then(|i| i.get("mem_allocator").map(str::to_string));
+        let role = conn
+            .info("replication")
+            .ok()
+            .and_then(|r| r.get("role").map(str::to_string));
         let info = RedisRunInfo {
+            product: product.into(),
             version,
-            layout: Some(prepared.layout.version),
+            allocator,
             role,
-            port,
-            checks: prepared.checks.clone(),
-            client_verified: prepared.client_verified,
-            info_reachable: conn.is_some(),
+            port: spec.as_ref().and_then(|s| s.tcp()).map(|(_, p)| p),
+            checks: discovered.checks.clone(),
+            layout: discovered,
+            info_reachable: true,
+            phases: distinct_labels(&ranges),
+            client_search,
         };
         Ok((
             RedisSession {
                 pid,
-                prepared,
-                mem,
+                symbols,
                 spec,
-                conn,
+                conn: Some(conn),
+                kernel: layout,
+                ranges,
                 pending_cow: Vec::new(),
                 info,
             },
@@ -138,9 +238,9 @@ impl RedisSession {
         ))
     }
 
-    /// What the kernel needs.
-    pub fn kernel_layout(&self) -> tracer_common::RedisLayout {
-        self.prepared.kernel
+    /// What the kernel got.
+    pub fn kernel_layout(&self) -> ServerLayout {
+        self.kernel
     }
 
     /// What the analyzer needs.
@@ -151,8 +251,8 @@ impl RedisSession {
     ) -> AttributionOptions {
         AttributionOptions {
             keys,
-            phases: self.prepared.phases.clone(),
-            key_max: self.prepared.kernel.key_max as usize,
+            ranges: self.ranges.iter().map(|r| r.phase.clone()).collect(),
+            key_max: self.kernel.key_max as usize,
             top_n,
             key_capacity: (top_n * 50).clamp(1000, 20_000),
         }
@@ -163,53 +263,49 @@ impl RedisSession {
         self.spec.as_ref()
     }
 
-    /// Labels a fork of the server: why it forked and what Redis says it cost.
+    /// Why Redis forked, from the return addresses of its `fork()` call: the reason and
+    /// how it was found.
+    pub fn fork_reason(&mut self, call: &ForkCallEvent) -> Option<(String, &'static str)> {
+        let n = (call.frame_count as usize).min(call.frames.len());
+        let functions = call.frames[..n]
+            .iter()
+            .filter_map(|&a| self.symbols.function_at(a));
+        let reason = phases::fork_reason(functions)?;
+        // A full sync started by a replica while a BGSAVE already runs shares that save:
+        // replicas waiting for it tell.
+        if reason == "bgsave"
+            && let Some(conn) = self.conn.as_mut()
+            && let Ok(repl) = conn.info("replication")
+            && repl.replicas().iter().any(|r| r.state == "wait_bgsave")
+        {
+            return Some(("replication".into(), "fork() caller + INFO replication"));
+        }
+        Some((reason.to_string(), "fork() caller"))
+    }
+
+    /// Redis's own numbers for a fork just made, and its reason when the stack did not
+    /// name it (the title the child gives itself).
     pub fn on_fork(&mut self, child: u32) -> (Option<String>, EpochRedisInfo) {
         let mut info = EpochRedisInfo::default();
-        let child_ns = verify::namespace_pid(child);
-        let job = verify::read_child_job(
-            &self.mem,
-            self.prepared.server_addr,
-            self.prepared.layout,
-            child_ns,
-            Duration::from_millis(50),
-        );
-        let mut reason = match job {
-            Some((child_type::RDB, RDB_CHILD_TYPE_SOCKET)) => Some("replication"),
-            Some((child_type::RDB, _)) => Some("bgsave"),
-            Some((child_type::AOF, _)) => Some("aof-rewrite"),
-            Some((child_type::MODULE, _)) => Some("module"),
-            Some(_) => Some("other"),
-            None => None,
-        };
-        if job.is_some() {
-            info.reason_source = "server.child_type".into();
+        if let Some(conn) = self.conn.as_mut()
+            && let Ok(stats) = conn.info("stats")
+        {
+            info.latest_fork_usec = stats.get_u64("latest_fork_usec");
         }
-        if let Some(conn) = self.conn.as_mut() {
-            if let Ok(stats) = conn.info("stats") {
-                info.latest_fork_usec = stats.get_u64("latest_fork_usec");
-            }
-            // A disk-based full sync is an RDB save too: replicas waiting for it tell.
-            if reason == Some("bgsave")
-                && let Ok(repl) = conn.info("replication")
-                && repl.replicas().iter().any(|r| r.state == "wait_bgsave")
-            {
-                reason = Some("replication");
-                info.reason_source = "server.child_type + INFO replication".into();
-            }
-        }
-        if reason.is_none() {
-            // Fall back on the title the child gives itself.
-            reason = child_title_reason(child);
-            if reason.is_some() {
-                info.reason_source = "child process title".into();
-            }
-        }
-        if let Some(r) = reason {
-            self.pending_cow
-                .push((child, r.to_string(), Instant::now()));
+        let reason = child_title_reason(child);
+        if reason.is_some() {
+            info.reason_source = "child process title".into();
         }
         (reason.map(str::to_string), info)
+    }
+
+    /// Starts waiting for the CoW size Redis reports for the fork of `child` (`reason`
+    /// says which INFO field).
+    pub fn expect_cow_size(&mut self, child: u32, reason: &str) {
+        if !self.pending_cow.iter().any(|(c, _, _)| *c == child) {
+            self.pending_cow
+                .push((child, reason.to_string(), Instant::now()));
+        }
     }
 
     /// True while some exited child's CoW size is still awaited.
@@ -259,26 +355,72 @@ impl RedisSession {
     }
 }
 
+/// The kernel's view of a server.
+fn kernel_layout(
+    pid: u32,
+    server_addr: u64,
+    symbols: &ServerSymbols,
+    d: &Discovered,
+    ranges: &[Range],
+    key_max: usize,
+    client_search: bool,
+) -> ServerLayout {
+    let mut features = 0;
+    if d.values == "inline" {
+        features |= features::INLINE_VALUES;
+    }
+    if client_search {
+        features |= features::CLIENT_SEARCH;
+    }
+    let mut layout = ServerLayout {
+        server_addr,
+        text_lo: symbols.text.0,
+        text_hi: symbols.text.1,
+        tgid: pid,
+        features,
+        off_current_client: d.current_client,
+        off_seq: d.stat_numcommands,
+        off_argc: d.client_argc,
+        off_argv: d.client_argv,
+        off_bulklen: d.client_bulklen,
+        key_max: key_max.min(KEY_CAP) as u32,
+        range_count: ranges.len().min(PHASE_RANGES) as u32,
+        ..ServerLayout::default()
+    };
+    for (i, r) in ranges.iter().take(PHASE_RANGES).enumerate() {
+        if r.phase.input != crate::attribution::context::Input::None {
+            layout.range_client_mask |= 1 << i;
+        }
+    }
+    layout
+}
+
+/// The phase labels of `ranges`, each once, in order (several functions share a label).
+fn distinct_labels(ranges: &[Range]) -> Vec<&'static str> {
+    let mut labels: Vec<&'static str> = Vec::new();
+    for r in ranges {
+        if !labels.contains(&r.phase.label) {
+            labels.push(r.phase.label);
+        }
+    }
+    labels
+}
+
 fn child_title_reason(child: u32) -> Option<&'static str> {
     let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
     let title = String::from_utf8_lossy(&cmdline);
-    if title.starts_with("redis-rdb-to-slaves") {
+    let title = title
+        .strip_prefix("redis-")
+        .or_else(|| title.strip_prefix("valkey-"))?;
+    if title.starts_with("rdb-to-slaves") || title.starts_with("rdb-to-replicas") {
         Some("replication")
-    } else if title.starts_with("redis-rdb-bgsave") {
+    } else if title.starts_with("rdb-bgsave") {
         Some("bgsave")
-    } else if title.starts_with("redis-aof-rewrite") {
+    } else if title.starts_with("aof-rewrite") {
         Some("aof-rewrite")
+    } else if title.starts_with("module-fork") {
+        Some("module")
     } else {
         None
     }
-}
-
-/// `server.port` read through the `server` symbol and the matching layout.
-fn port_from_memory(pid: u32) -> Option<u16> {
-    let symbols = super::symbols::ServerSymbols::read(pid).ok()?;
-    let server = symbols.get("server")?;
-    let layout = super::layout::by_server_size(server.size)?;
-    let mem = RemoteMemory::open(pid).ok()?;
-    let port = mem.i32(server.addr + layout.server_port as u64).ok()?;
-    u16::try_from(port).ok().filter(|p| *p != 0)
 }

@@ -47,7 +47,11 @@ pub struct ServerSymbols {
     pub exe: PathBuf,
     /// Added to a symbol's link-time address to get its run-time one.
     pub bias: u64,
+    /// The executable's code as mapped (run-time addresses, end exclusive).
+    pub text: (u64, u64),
     symbols: HashMap<String, Symbol>,
+    /// Function symbols by run-time address, for naming return addresses.
+    by_addr: Vec<(u64, u64, String)>,
 }
 
 impl ServerSymbols {
@@ -81,18 +85,55 @@ impl ServerSymbols {
             .min()
             .ok_or(SymbolError::NotMapped(pid))?;
         let bias = base.wrapping_sub(first_vaddr);
+        let text = maps
+            .iter()
+            .filter(|m| {
+                m.inode == inode && m.perms.contains(procfs::process::MMPermissions::EXECUTE)
+            })
+            .fold((u64::MAX, 0), |(lo, hi), m| {
+                (lo.min(m.address.0), hi.max(m.address.1))
+            });
         let mut symbols = HashMap::new();
+        let mut by_addr = Vec::new();
         for sym in file.dynamic_symbols().chain(file.symbols()) {
             let Ok(name) = sym.name() else { continue };
             if name.is_empty() || !sym.is_definition() || sym.address() == 0 {
                 continue;
             }
-            symbols.entry(name.to_string()).or_insert(Symbol {
+            let at = Symbol {
                 addr: sym.address().wrapping_add(bias),
                 size: sym.size(),
-            });
+            };
+            if sym.kind() == object::SymbolKind::Text && at.size > 0 {
+                by_addr.push((at.addr, at.size, name.to_string()));
+            }
+            symbols.entry(name.to_string()).or_insert(at);
         }
-        Ok(ServerSymbols { exe, bias, symbols })
+        by_addr.sort();
+        by_addr.dedup_by_key(|s| s.0);
+        Ok(ServerSymbols {
+            exe,
+            bias,
+            text: if text.0 < text.1 { text } else { (0, 0) },
+            symbols,
+            by_addr,
+        })
+    }
+
+    /// (device, inode) of the executable: the same build in two processes is one binary.
+    pub fn identity(&self) -> std::io::Result<(u64, u64)> {
+        let m = std::fs::metadata(&self.exe)?;
+        Ok((m.dev(), m.ino()))
+    }
+
+    /// The function containing run-time address `addr`.
+    pub fn function_at(&self, addr: u64) -> Option<&str> {
+        let i = self
+            .by_addr
+            .partition_point(|s| s.0 <= addr)
+            .checked_sub(1)?;
+        let (start, size, name) = &self.by_addr[i];
+        (addr < start + size).then_some(name.as_str())
     }
 
     /// A symbol by name.

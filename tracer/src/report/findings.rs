@@ -324,7 +324,7 @@ fn lost_events(m: &Model) -> Option<Finding> {
     let nonzero = |v: Option<u64>| v.filter(|&n| n > 0);
     // A completion without its start (a fault in flight at attach) is not counted here:
     // it happens in healthy runs and loses nothing that was asked for.
-    let (lost, untracked) = (nonzero(h.lost_events), nonzero(h.inflight_map_full));
+    let (lost, untracked) = (nonzero(h.lost_events), nonzero(h.threads_full));
     let mut causes = Vec::new();
     if let Some(n) = lost {
         causes.push(format!(
@@ -333,12 +333,12 @@ fn lost_events(m: &Model) -> Option<Finding> {
     }
     if let Some(n) = untracked {
         causes.push(format!(
-            "{n} faults were not tracked because too many threads faulted at once"
+            "{n} threads of the traced processes were not traced because the thread table was full"
         ));
     }
     let title = match (lost, untracked) {
         (Some(n), _) => format!("{n} events were lost"),
-        (None, Some(n)) => format!("{n} faults were not tracked"),
+        (None, Some(n)) => format!("{n} threads were not traced"),
         (None, None) => return None,
     };
     Some(Finding {
@@ -599,9 +599,9 @@ mod tests {
         assert!(f[0].fix.contains("--ring-buffer-mb"));
         // Untracked faults are not in lost_events but are a loss too.
         let mut v = base();
-        v["kernel"]["inflight_map_full"] = json!(3);
+        v["kernel"]["threads_full"] = json!(3);
         let f = findings(&model(v));
-        assert_eq!(f[0].title, "3 faults were not tracked");
+        assert_eq!(f[0].title, "3 threads were not traced");
         // A fault in flight at attach is normal.
         let mut v = base();
         v["kernel"]["unmatched_completions"] = json!(1);

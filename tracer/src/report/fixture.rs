@@ -40,9 +40,9 @@ pub fn base() -> Value {
             "faults": {"parent": {"cow_copy": 2, "wp_reuse": 0, "swap_in": 0, "first_touch": 0, "other": 0},
                        "child": {"cow_copy": 0, "wp_reuse": 0, "swap_in": 0, "first_touch": 0, "other": 0}}
         }],
-        "kernel": {"ring_buffer_full": 0, "inflight_map_full": 0, "system_swap_writes": 0},
+        "kernel": {"ring_buffer_full": 0, "threads_full": 0, "clients_full": 0, "system_swap_writes": 0},
         "lost_events": 0,
-        "redis": {"version": "7.0.15", "role": "master", "port": 6379, "layout": "7.0"},
+        "redis": {"product": "redis", "version": "7.0.15", "role": "master", "port": 6379},
         "samples": [
             {"ts_ns": 1_000_000_000u64, "server": {"rss_bytes": 1u64 << 30, "swap_bytes": 0, "anon_huge_bytes": 0, "private_dirty_bytes": 0},
              "child": null, "info": {"used_memory": 1_000_000_000u64, "used_memory_rss": 1_050_000_000u64, "mem_fragmentation_ratio": 1.05, "maxmemory": 0},

@@ -58,8 +58,8 @@ pub struct RedisInfo {
     pub role: Option<String>,
     /// TCP port.
     pub port: Option<u64>,
-    /// Struct layout used for attribution (`7.0`, `6.2`).
-    pub layout: Option<String>,
+    /// `redis` or `valkey` (absent in earlier files).
+    pub product: Option<String>,
 }
 
 /// Who, what and when: the report's header.
@@ -87,9 +87,9 @@ pub struct Header {
     pub lost_events: Option<u64>,
     /// Events dropped because the ring buffer was full.
     pub ring_buffer_full: Option<u64>,
-    /// Faults not tracked at all because too many threads were faulting at once (not
-    /// part of `lost_events`).
-    pub inflight_map_full: Option<u64>,
+    /// Traced threads that got no slot, whose faults are not recorded at all (not part
+    /// of `lost_events`; `inflight_map_full` in files from before 0.2).
+    pub threads_full: Option<u64>,
     /// Events in the file.
     pub event_count: usize,
     /// Whether command/key attribution was on.
@@ -395,7 +395,7 @@ impl Model {
                 version: text(r, "version"),
                 role: text(r, "role"),
                 port: num(r, "port"),
-                layout: text(r, "layout"),
+                product: text(r, "product"),
             }),
             kernel_release: text(run, "kernel_release"),
             tracer_version: text(run, "tracer_version"),
@@ -409,7 +409,8 @@ impl Model {
             end_reason: text(&v["end"], "reason"),
             lost_events: num(v, "lost_events"),
             ring_buffer_full: num(&v["kernel"], "ring_buffer_full"),
-            inflight_map_full: num(&v["kernel"], "inflight_map_full"),
+            threads_full: num(&v["kernel"], "threads_full")
+                .or_else(|| num(&v["kernel"], "inflight_map_full")),
             event_count: t.events().len(),
             attribution: run["options"].get("attribution").and_then(Value::as_bool),
             approximate_kinds: strings(&run["options"]["approximate_kinds"]),

@@ -63,18 +63,16 @@ pub fn header(m: &Model, source: &str) -> Pairs {
         "redis",
         match &h.redis {
             Some(r) => {
-                let mut s = r
-                    .version
-                    .clone()
-                    .unwrap_or_else(|| "version unknown".into());
+                let product = r.product.as_deref().unwrap_or("redis");
+                let mut s = match &r.version {
+                    Some(v) => format!("{product} {v}"),
+                    None => format!("{product}, version unknown"),
+                };
                 if let Some(role) = &r.role {
                     s.push_str(&format!(", {role}"));
                 }
                 if let Some(p) = r.port {
                     s.push_str(&format!(", port {p}"));
-                }
-                if let Some(l) = &r.layout {
-                    s.push_str(&format!(" ({l} layout)"));
                 }
                 s
             }
@@ -104,7 +102,7 @@ pub fn header(m: &Model, source: &str) -> Pairs {
             "{} recorded, {} lost{}{attribution}",
             h.event_count,
             opt(h.lost_events, |n| n.to_string()),
-            h.inflight_map_full
+            h.threads_full
                 .filter(|&n| n > 0)
                 .map(|n| format!(", {n} faults untracked"))
                 .unwrap_or_default()
@@ -558,7 +556,7 @@ mod tests {
             "2026-11-25T09:57:32.154Z, 3.00 s (ended: duration)"
         );
         assert_eq!(get("events"), "4 recorded, 0 lost, attribution on");
-        assert_eq!(get("redis"), "7.0.15, master, port 6379 (7.0 layout)");
+        assert_eq!(get("redis"), "redis 7.0.15, master, port 6379");
         assert!(get("host").contains("RAM 8.0 GiB (6.0 GiB available at start)"));
         assert!(get("host").contains("vm.overcommit_memory 1"));
         let s = swap(&m);

@@ -150,6 +150,9 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
                 if let Some(stage) = at.stage {
                     write!(w, ",\"stage\":\"{stage}\"")?;
                 }
+                if let Some(n) = at.keys_in_command {
+                    write!(w, ",\"keys_in_command\":{n}")?;
+                }
             }
             w.write_all(b"}")
         }
@@ -170,9 +173,11 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             tid,
             ret,
             duration_ns,
+            epoch,
         } => write!(
             w,
-            "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"fork_return\",\"ret\":{ret},\"duration_ns\":{duration_ns}}}"
+            "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"fork_return\",\"ret\":{ret},\"duration_ns\":{duration_ns},\"epoch\":{}}}",
+            opt(*epoch)
         ),
         Record::Exit {
             ts_ns,
@@ -271,6 +276,7 @@ mod tests {
                 tid: 7,
                 ret: -11,
                 duration_ns: 4,
+                epoch: None,
             },
             Record::Exit {
                 ts_ns: 1,

@@ -110,8 +110,11 @@ pub struct RunInfo {
 pub struct KernelCounters {
     /// Events dropped because the ring buffer was full.
     pub ring_buffer_full: u64,
-    /// Faults not tracked because too many threads were faulting at once.
-    pub inflight_map_full: u64,
+    /// Traced threads that got no slot (the thread table and its spill map were full):
+    /// their faults are not recorded.
+    pub threads_full: u64,
+    /// Clients the client table had no room for: their parse-stage faults have no client.
+    pub clients_full: u64,
     /// Fault completions with no recorded entry.
     pub unmatched_completions: u64,
     /// Anonymous pages written to swap by the whole machine during the run.

@@ -15,26 +15,8 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tracer_common::{ContextEvent, Event, kind};
 
-/// One decoded ring-buffer record.
-#[derive(Debug, Clone)]
-pub enum Raw {
-    /// A fixed-size event.
-    Event(Event),
-    /// What a Redis thread was doing (boxed: it is seven times larger).
-    Context(Box<ContextEvent>),
-}
-
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Option<Raw> {
-    let ev = Event::from_bytes(bytes)?;
-    if ev.kind == kind::CONTEXT {
-        ContextEvent::from_bytes(bytes).map(|c| Raw::Context(Box::new(c)))
-    } else {
-        Some(Raw::Event(ev))
-    }
-}
+use super::events::{KernelEvent, decode};
 
 /// Events per batch handed to the analysis thread.
 const BATCH: usize = 8192;
@@ -68,7 +50,7 @@ pub struct ReaderStats {
 /// what is left once more and returns.
 pub fn spawn(
     mut ring: RingBuf<MapData>,
-    tx: SyncSender<Vec<Raw>>,
+    tx: SyncSender<Vec<KernelEvent>>,
     stop: Arc<AtomicBool>,
     interval: Duration,
 ) -> std::io::Result<JoinHandle<ReaderStats>> {

@@ -1,0 +1,128 @@
+//! A fault is seen three times on the faulting thread: at entry (`page_fault_user` /
+//! `page_fault_kernel`), while the kernel resolves it (page allocations and RSS counter
+//! changes: [`crate::evidence`]), and at completion (the minor/major page-fault software
+//! perf events, which fire after `handle_mm_fault` returns). Entry opens the thread's
+//! slot, the middle adds evidence bits, completion emits one [`FaultEvent`].
+
+use aya_ebpf::{
+    macros::{perf_event, raw_tracepoint},
+    programs::{PerfEventContext, RawTracePointContext},
+};
+use tracer_common::{FaultEvent, ThreadSlot, counter, fault_flags as ff, kind};
+
+use crate::{
+    emit::{Wake, header, now_ns, output, pid_tgid},
+    maps::bump,
+    threads::current_slot,
+};
+
+/// First address above user space on x86-64 (4- and 5-level paging both stay below).
+const USER_TOP: u64 = 0x0100_0000_0000_0000;
+
+// The hottest hooks (every fault on the machine) are raw tracepoints: no trace record is
+// built and the arguments are read straight from the prototype
+// `(unsigned long address, struct pt_regs *regs, unsigned long error_code)`, stable since
+// the tracepoints were added (3.13).
+
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
+    // For a user-mode fault `regs` are the user registers: Redis attribution reads them.
+    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), 0, ctx.arg::<u64>(1));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
+    // `regs` are kernel registers here; the user ones are looked up only if needed.
+    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), ff::KERNEL_MODE, 0);
+    0
+}
+
+#[inline(always)]
+fn fault_entry(addr: u64, error_code: u64, mode: u32, user_regs: u64) {
+    let id = pid_tgid();
+    let Some(slot) = current_slot(id) else {
+        return;
+    };
+    if addr >= USER_TOP {
+        return; // a kernel address: not this process's memory
+    }
+    let ts_ns = now_ns();
+    // SAFETY: the slot belongs to the current thread; no other thread writes it.
+    unsafe {
+        if (*slot).flags & ff::ACTIVE != 0 {
+            // The previous fault never completed (error, or a retry that went back to
+            // user space): report it rather than merge two faults.
+            output(&fault_event(&*slot, id, ff::INCOMPLETE, 0), Wake::No);
+        }
+        (*slot).ts_ns = ts_ns;
+        (*slot).addr = addr;
+        (*slot).error_code = error_code as u16;
+        (*slot).flags = mode | ff::ACTIVE;
+        if (*slot).server != 0 {
+            crate::redis::on_fault(slot, id, ts_ns, user_regs);
+        }
+    }
+}
+
+#[inline(always)]
+fn fault_event(slot: &ThreadSlot, id: u64, extra: u32, latency_ns: u64) -> FaultEvent {
+    FaultEvent {
+        header: header(
+            kind::FAULT,
+            id,
+            slot.ts_ns,
+            (slot.flags & !ff::INTERNAL) | extra,
+        ),
+        addr: slot.addr,
+        error_code: slot.error_code as u64,
+        latency_ns,
+    }
+}
+
+#[perf_event]
+pub fn fault_done_minor(_ctx: PerfEventContext) -> u32 {
+    fault_done(0);
+    0
+}
+
+#[perf_event]
+pub fn fault_done_major(_ctx: PerfEventContext) -> u32 {
+    fault_done(ff::MAJOR);
+    0
+}
+
+#[inline(always)]
+fn fault_done(extra: u32) {
+    let id = pid_tgid();
+    let Some(slot) = current_slot(id) else {
+        return;
+    };
+    // SAFETY: the slot belongs to the current thread.
+    unsafe {
+        if (*slot).flags & ff::ACTIVE == 0 {
+            bump(counter::UNMATCHED);
+            return;
+        }
+        let event = fault_event(&*slot, id, extra, now_ns().saturating_sub((*slot).ts_ns));
+        (*slot).flags = 0;
+        output(&event, Wake::No);
+    }
+}
+
+/// Adds evidence bits to the fault running on the current thread, if any; returns
+/// whether one was running.
+#[inline(always)]
+pub fn mark(id: u64, bits: u32) -> bool {
+    let Some(slot) = current_slot(id) else {
+        return false;
+    };
+    // SAFETY: the slot belongs to the current thread.
+    unsafe {
+        if (*slot).flags & ff::ACTIVE == 0 {
+            return false;
+        }
+        (*slot).flags |= bits;
+    }
+    true
+}

@@ -1,0 +1,173 @@
+//! A client's command name and first key, read from its `argv` as parsed so far.
+//!
+//! A Redis string object is `{type:4 encoding:4 lru:24; refcount or flags; ptr}` (16
+//! bytes); short strings (`EMBSTR`) keep their sds right behind the header, so one read of
+//! [`HEAD_READ`] bytes at the object usually yields the header, the length and where the
+//! bytes are. Valkey 9 keeps values of up to 116 bytes inline at +8 instead of a pointer
+//! (`features::INLINE_VALUES`).
+
+use aya_ebpf::helpers::generated;
+use tracer_common::{ContextEvent, KEY_CAP, NAME_CAP, ServerLayout, context_flags, features};
+
+use super::read_user;
+
+/// Bytes read at an object: header, pointer, optional expire, sds header and the start
+/// of inline bytes.
+const HEAD_READ: usize = 64;
+
+const OBJ_STRING: u32 = 0;
+const OBJ_ENCODING_RAW: u32 = 0;
+const OBJ_ENCODING_INT: u32 = 1;
+const OBJ_ENCODING_EMBSTR: u32 = 8;
+
+/// Fills `argc`, `name` and `key` from the client's arguments.
+#[inline(always)]
+pub fn fill(ev: &mut ContextEvent, client: u64, layout: &ServerLayout) {
+    let Some(argc) = read_user::<i32>(client + layout.off_argc as u64) else {
+        return;
+    };
+    ev.argc = argc.max(0) as u32;
+    if argc < 1 {
+        return;
+    }
+    let Some(argv) = read_user::<u64>(client + layout.off_argv as u64) else {
+        return;
+    };
+    if argv == 0 {
+        return;
+    }
+    let (arg0, arg1) = if argc >= 2 {
+        match read_user::<[u64; 2]>(argv) {
+            Some(a) => (a[0], a[1]),
+            None => return,
+        }
+    } else {
+        (read_user::<u64>(argv).unwrap_or(0), 0)
+    };
+    if let Some(s) = string(arg0, layout, ev.name.as_mut_ptr(), NAME_CAP as u32) {
+        if !s.int {
+            ev.name_len = s.captured;
+        }
+    }
+    if argc < 2 {
+        return;
+    }
+    let cap = if layout.key_max < KEY_CAP as u32 {
+        layout.key_max
+    } else {
+        KEY_CAP as u32
+    };
+    // argv[1] is the first key of nearly every keyed command (userspace knows which
+    // commands have none).
+    if let Some(s) = string(arg1, layout, ev.key.as_mut_ptr(), cap) {
+        ev.key_len = s.len;
+        ev.key_captured = s.captured;
+        ev.header.flags |= context_flags::HAS_KEY;
+        if s.int {
+            ev.header.flags |= context_flags::KEY_INT;
+        }
+    }
+}
+
+/// What [`string`] found.
+struct Str {
+    /// Length in bytes, or the value of an integer-encoded object.
+    len: u64,
+    /// Bytes copied.
+    captured: u32,
+    /// Integer-encoded: nothing copied, `len` is the value.
+    int: bool,
+}
+
+/// Copies up to `cap` bytes of string object `obj` to `dst`.
+#[inline(always)]
+fn string(obj: u64, layout: &ServerLayout, dst: *mut u8, cap: u32) -> Option<Str> {
+    if obj == 0 {
+        return None;
+    }
+    let mut buf = [0u8; HEAD_READ];
+    let full = read_into(buf.as_mut_ptr(), HEAD_READ as u32, obj);
+    if !full && !read_into(buf.as_mut_ptr(), 16, obj) {
+        return None;
+    }
+    let head = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let flags4 = buf[4];
+    let word = u64::from_le_bytes([
+        buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
+    ]);
+    if head & 0xf != OBJ_STRING {
+        return None;
+    }
+    if layout.features & features::INLINE_VALUES != 0 && flags4 & 4 != 0 {
+        // Valkey 9 `hasembval`: [expire if hasexpire] sdshdr8 chars, from +8. Argument
+        // objects never embed a key (`hasembkey`).
+        if flags4 & 2 != 0 || !full {
+            return None;
+        }
+        let at: u64 = if flags4 & 1 != 0 { 16 } else { 8 };
+        let len = buf[at as usize & 31] as u64;
+        return Some(copy(obj + at + 3, len, dst, cap));
+    }
+    match (head >> 4) & 0xf {
+        OBJ_ENCODING_INT => Some(Str {
+            len: word,
+            captured: 0,
+            int: true,
+        }),
+        OBJ_ENCODING_EMBSTR => {
+            // The sds follows the header (after an 8-byte expire in Valkey 8.1): an sdshdr8,
+            // whose length byte is 3 bytes before the string.
+            let rel = word.wrapping_sub(obj);
+            if full && (16..=40).contains(&rel) {
+                let len = buf[(rel - 3) as usize & 63] as u64;
+                Some(copy(word, len, dst, cap))
+            } else {
+                sds(word, dst, cap)
+            }
+        }
+        OBJ_ENCODING_RAW => sds(word, dst, cap),
+        _ => None,
+    }
+}
+
+/// Copies `min(len, cap)` bytes at user address `src` to `dst`.
+#[inline(always)]
+fn copy(src: u64, len: u64, dst: *mut u8, cap: u32) -> Str {
+    let mut n = if len < cap as u64 { len as u32 } else { cap };
+    if n > KEY_CAP as u32 {
+        n = KEY_CAP as u32;
+    }
+    let captured = if n > 0 && read_into(dst, n, src) {
+        n
+    } else {
+        0
+    };
+    Str {
+        len,
+        captured,
+        int: false,
+    }
+}
+
+/// A separately allocated sds: its header type is the byte before the string.
+#[inline(always)]
+fn sds(s: u64, dst: *mut u8, cap: u32) -> Option<Str> {
+    let flags = read_user::<u8>(s.wrapping_sub(1))?;
+    let len = match flags & 7 {
+        0 => (flags >> 3) as u64,
+        1 => read_user::<u8>(s - 3)? as u64,
+        2 => read_user::<u16>(s - 5)? as u64,
+        3 => read_user::<u32>(s - 9)? as u64,
+        4 => read_user::<u64>(s - 17)?,
+        _ => return None,
+    };
+    Some(copy(s, len, dst, cap))
+}
+
+/// `bpf_probe_read_user` of `n` bytes at `src` into `dst`; true on success.
+#[inline(always)]
+fn read_into(dst: *mut u8, n: u32, src: u64) -> bool {
+    // SAFETY: callers pass a destination of at least `n` bytes (a stack buffer, or an
+    // event field with `n` bounded by its size); the helper never faults on `src`.
+    unsafe { generated::bpf_probe_read_user(dst.cast(), n, src as *const core::ffi::c_void) == 0 }
+}

@@ -1,0 +1,130 @@
+//! Redis attribution: nothing runs per command. When a fault of a Redis server begins,
+//! the faulting thread is the one doing the work, in Redis's own address space, so what it
+//! is executing is read from the global `server` right then; a context event goes out only
+//! when it differs from the thread's previous one.
+//!
+//! - [`args`]: a client's command name and first key, read from its `argv`.
+//! - [`phase`]: outside a command, which Redis function the main thread is in (stack scan)
+//!   and, while it reads client input, which client (registers and stack, checked against
+//!   [`clients`]).
+//! - [`clients`]: the live client table, kept by probes on `linkClient`/`unlinkClient`.
+//! - [`calibrate`]: the one-off probe on `call()` the loader learns field offsets from.
+
+pub mod args;
+pub mod calibrate;
+pub mod clients;
+pub mod phase;
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_get_current_comm, bpf_probe_read_user},
+};
+use tracer_common::{ContextEvent, NAME_CAP, ServerLayout, ThreadSlot, counter, kind, phase as ph};
+
+use crate::{
+    emit::header,
+    maps::{EVENTS, SERVERS, bump},
+};
+
+/// Reads a `T` at `addr` of the current process. Never faults: a bad or non-resident
+/// address is `None`.
+#[inline(always)]
+pub fn read_user<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user copies with page faults disabled and reports failure.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// The context a fault of a Redis thread starts in. Called at every fault entry of a
+/// thread whose slot names a server.
+///
+/// # Safety
+/// `slot` is the current thread's own slot.
+#[inline(always)]
+pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64, user_regs: u64) {
+    // SAFETY: the caller's slot, read only here.
+    let Some(layout) = SERVERS.get(u32::from(unsafe { (*slot).server })) else {
+        return;
+    };
+    let tgid = (id >> 32) as u32;
+    if layout.tgid != tgid {
+        return; // attribution not (or no longer) on for this process
+    }
+    // SAFETY: as above.
+    let slot = unsafe { &mut *slot };
+    if id as u32 != tgid {
+        // Not the main thread (bio, I/O threads, allocator): its name says what it is.
+        if slot.ctx_phase != ph::THREAD + 1 {
+            slot.ctx_phase = ph::THREAD + 1;
+            emit(id, ts_ns, ph::THREAD, 0, 0, 0, 0, layout);
+        }
+        return;
+    }
+    let server = layout.server_addr;
+    let client = read_user::<u64>(server + layout.off_current_client as u64);
+    let seq = read_user::<u64>(server + layout.off_seq as u64);
+    match (client, seq) {
+        (Some(c), Some(s)) if c != 0 => {
+            if slot.ctx_phase == ph::COMMAND + 1 && slot.ctx_client == c && slot.ctx_seq == s {
+                return;
+            }
+            slot.ctx_phase = ph::COMMAND + 1;
+            slot.ctx_client = c;
+            slot.ctx_seq = s;
+            emit(id, ts_ns, ph::COMMAND, 0, c, s, 0, layout);
+        }
+        (Some(_), Some(s)) => phase::outside_command(slot, layout, id, ts_ns, s, user_regs),
+        _ => {
+            if slot.ctx_phase != ph::UNREADABLE + 1 {
+                slot.ctx_phase = ph::UNREADABLE + 1;
+                emit(id, ts_ns, ph::UNREADABLE, 0, 0, 0, 0, layout);
+            }
+        }
+    }
+}
+
+/// Writes a context event straight into the ring buffer (it is too large for the stack),
+/// reading the client's arguments when there is a client.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn emit(
+    id: u64,
+    ts_ns: u64,
+    phase: u32,
+    range: u32,
+    client: u64,
+    seq: u64,
+    flags: u32,
+    layout: &ServerLayout,
+) {
+    let Some(mut entry) = EVENTS.reserve::<ContextEvent>(0) else {
+        bump(counter::LOST);
+        return;
+    };
+    // SAFETY: reserved ring-buffer memory of the right size; initialised completely here
+    // before any field is read or the event is submitted.
+    let ev = unsafe {
+        let raw = entry.as_mut_ptr();
+        core::ptr::write_bytes(raw, 0, 1);
+        &mut *raw
+    };
+    ev.header = header(kind::CONTEXT, id, ts_ns, flags);
+    ev.phase = phase;
+    ev.range = range;
+    ev.client = client;
+    ev.seq = seq;
+    if phase == ph::THREAD {
+        if let Ok(comm) = bpf_get_current_comm() {
+            let n = comm.len().min(NAME_CAP);
+            ev.name[..n].copy_from_slice(&comm[..n]);
+            ev.name_len = n as u32;
+        }
+    } else if client != 0 {
+        args::fill(ev, client, layout);
+        if phase == ph::RANGE && layout.off_bulklen != 0 {
+            // -1 between arguments; a big argument is read straight into its own buffer.
+            let bulk = read_user::<i64>(client + layout.off_bulklen as u64).unwrap_or(0);
+            ev.bulk_len = bulk.clamp(0, u32::MAX as i64) as u32;
+        }
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+}

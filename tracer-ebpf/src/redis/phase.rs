@@ -1,0 +1,241 @@
+//! Outside a command: which Redis function the main thread is in, and, while it reads or
+//! parses client input, which client.
+//!
+//! The binaries have no frame pointers, so the user stack is scanned word by word for
+//! return addresses; a word outside the executable's code is rejected with two
+//! comparisons, so only real candidates are compared with the layout's ranges. The client
+//! being read is in a callee-saved register of the parsing functions (measured on Redis
+//! 7.0: `rbx` at every `createStringObject` call from `processMultibulkBuffer`) or, once
+//! a callee has saved it, in a stack word below that function's return address.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs, generated,
+};
+use tracer_common::{
+    PHASE_CELL_BYTES, PHASE_CELLS_PER_WORD, STACK_WORDS, ServerLayout, ThreadSlot,
+    context_flags as cf, fault_flags as ff, features, phase as ph,
+};
+
+use super::{clients, emit, read_user};
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+
+use crate::{
+    maps::{PHASE_TABLE, STACK},
+    verifier::{self, within},
+};
+
+/// Offset of `sp` in x86-64 `struct pt_regs` (bytes).
+const PT_REGS_SP: u64 = 19 * 8;
+/// `r15, r14, r13, r12, rbp, rbx`: the first six words of x86-64 `struct pt_regs`.
+const CALLEE_SAVED: usize = 6;
+/// No range found.
+const NONE: u32 = u32::MAX;
+
+/// Context of a main-thread fault while no command runs.
+#[inline(always)]
+pub fn outside_command(
+    slot: &mut ThreadSlot,
+    layout: &ServerLayout,
+    id: u64,
+    ts_ns: u64,
+    seq: u64,
+    user_regs: u64,
+) {
+    let mut flags = if slot.flags & ff::KERNEL_MODE != 0 {
+        cf::KERNEL_MODE
+    } else {
+        0
+    };
+    let regs = if user_regs != 0 {
+        user_regs
+    } else {
+        // SAFETY: helpers without preconditions; the result is only read through
+        // bpf_probe_read_kernel.
+        unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
+    };
+    let tgid = (id >> 32) as u32;
+    let (range, below) = match scan_stack(regs, layout) {
+        Some(found) => found,
+        None => {
+            flags |= cf::NO_STACK;
+            (NONE, 0)
+        }
+    };
+    let mut client = 0u64;
+    if range != NONE
+        && layout.features & features::CLIENT_SEARCH != 0
+        && (layout.range_client_mask >> (range & 31)) & 1 != 0
+    {
+        flags |= cf::CLIENT_SEARCHED;
+        // Read back from map memory: every way out of the search continues in one
+        // verifier state (the `where` constants would multiply what follows).
+        let found_at;
+        (client, found_at) = match find_client(regs, below, tgid) {
+            Some(()) => CLIENT_FOUND.get(0).map_or((0, 0), |f| (f[0], f[1] as u32)),
+            None => (0, 0),
+        };
+        flags |= match found_at {
+            0 => 0,
+            1..=15 => cf::CLIENT_IN_REGS,
+            _ => cf::CLIENT_ON_STACK,
+        };
+    }
+    let phase = if range == NONE {
+        ph::MAIN_OTHER
+    } else {
+        ph::RANGE
+    };
+    // The key of this context: phase and range, client, seq, and how far the client's
+    // command is parsed (a new argument can bring the key).
+    let mut argc = 0;
+    if client != 0 {
+        match read_user::<i32>(client + layout.off_argc as u64) {
+            // A command has at most a few million arguments: anything else is not a
+            // client any more (freed, its memory reused), whatever the table said.
+            Some(n) if (0..1 << 22).contains(&n) => argc = n as u32,
+            _ => {
+                client = 0;
+                flags &= !(cf::CLIENT_IN_REGS | cf::CLIENT_ON_STACK);
+            }
+        }
+    }
+    let code = (phase << 8 | (range & 0xff)) + 1;
+    let same = slot.ctx_phase == code
+        && slot.ctx_client == client
+        && slot.ctx_seq == seq
+        && slot.ctx_argc & 0xff_ffff == argc;
+    slot.ctx_argc = argc;
+    if same {
+        return;
+    }
+    slot.ctx_phase = code;
+    slot.ctx_client = client;
+    slot.ctx_seq = seq;
+    emit(id, ts_ns, phase, range, client, seq, flags, layout);
+}
+
+/// The client being read: `(client, where)`, `where` as reported in the context flags
+/// (register `i` as `i + 1`, stack word `w` as `w + 16`, 0 not found).
+///
+/// The parsing function keeps its client in a callee-saved register; the function it
+/// called saves that register right below the return address into the parser, so the
+/// words just below that return address are searched first. Only then the registers at
+/// the fault (which may still hold a client handled earlier in the same event-loop turn)
+/// and the deeper words.
+#[inline(always)]
+fn find_client(regs: u64, below: usize, tgid: u32) -> Option<()> {
+    let words = STACK.get_ptr(0)?;
+    let out = CLIENT_FOUND.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch filled by scan_stack in this program run.
+    let words = unsafe { &*words };
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let out = unsafe { &mut *out };
+    *out = [0, 0];
+    let mut k = 1;
+    while k <= SAVE_AREA {
+        // `k <= below` through a temporary (see `verifier`).
+        if verifier::below(k as u64 - 1, below as u64) {
+            let at = below.wrapping_sub(k) % STACK_WORDS;
+            if clients::is_live(words[at], tgid) {
+                *out = [words[at], at as u64 + 16];
+                return Some(());
+            }
+        }
+        k += 1;
+    }
+    // SAFETY: probe read of a kernel pointer; failure is handled below.
+    let saved = unsafe { bpf_probe_read_kernel(regs as *const [u64; CALLEE_SAVED]) }
+        .unwrap_or([0; CALLEE_SAVED]);
+    let mut i = 0;
+    while i < CALLEE_SAVED {
+        if clients::is_live(saved[i], tgid) {
+            *out = [saved[i], i as u64 + 1];
+            return Some(());
+        }
+        i += 1;
+    }
+    let deeper = if verifier::below(SAVE_AREA as u64, below as u64) {
+        below - SAVE_AREA
+    } else {
+        0
+    };
+    on_stack(deeper, tgid, words, out);
+    Some(())
+}
+
+/// Words a function's prologue pushes at most (the six callee-saved registers).
+const SAVE_AREA: usize = 6;
+
+/// The innermost stack word inside one of the layout's ranges: `(range, word index)`.
+/// `None` when the stack could not be read.
+///
+/// Comparisons go through [`verifier::within`], so all iterations reach the loop head in
+/// equivalent states.
+#[inline(always)]
+fn scan_stack(regs: u64, layout: &ServerLayout) -> Option<(u32, usize)> {
+    // SAFETY: probe read of a kernel pointer; failure is handled.
+    let sp = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64) }.ok()?;
+    let words = STACK.get_ptr_mut(0)?;
+    // SAFETY: bounded copy into our per-CPU scratch; a short stack fails cleanly.
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            (*words).as_mut_ptr().cast(),
+            (STACK_WORDS * 8) as u32,
+            sp as *const core::ffi::c_void,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let words = unsafe { &*words };
+    let found = FOUND.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    unsafe { *found = [NONE, STACK_WORDS as u32] };
+    let mut i = 0;
+    while i < STACK_WORDS {
+        let w = words[i];
+        if within(w, layout.text_lo, layout.text_hi) {
+            // One table load per code address instead of a comparison per range.
+            let cell = (w - layout.text_lo) / PHASE_CELL_BYTES;
+            let word = u64::from(layout.phase_base) + cell / PHASE_CELLS_PER_WORD;
+            let bits = PHASE_TABLE.get(word as u32).copied().unwrap_or(0);
+            let nibble = (bits >> ((cell % PHASE_CELLS_PER_WORD) * 4)) & 0xf;
+            if nibble != 0 {
+                // SAFETY: as above.
+                unsafe { *found = [nibble as u32 - 1, i as u32] };
+                break;
+            }
+        }
+        i += 1;
+    }
+    // Read back from map memory, whose contents the verifier does not track: every
+    // path of the scan continues in one state (with `(r, i)` as exact constants, the
+    // code after it would be verified once per stack word and range).
+    // SAFETY: as above.
+    let [range, at] = unsafe { *found };
+    Some((range, at as usize))
+}
+
+/// Per-CPU scratch: what [`scan_stack`] found, `[range, word index]`.
+#[map]
+static FOUND: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A live client of `tgid` among the stack words below index `below` (the frames the
+/// parsing function called, where they saved its registers), reported in
+/// [`CLIENT_FOUND`] with its word index.
+#[inline(always)]
+fn on_stack(below: usize, tgid: u32, words: &[u64; STACK_WORDS], out: &mut [u64; 2]) {
+    let mut i = 0;
+    while i < STACK_WORDS {
+        if verifier::below(i as u64, below as u64) && clients::is_live(words[i], tgid) {
+            *out = [words[i], i as u64 + 16];
+            return;
+        }
+        i += 1;
+    }
+}
+
+/// Per-CPU scratch: the client found, and where (as in [`find_client`]).
+#[map]
+static CLIENT_FOUND: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,9 @@
+//! The kernel edge: loading and attaching the eBPF programs, the tracefs formats they
+//! need, draining the ring buffer and decoding its records. It moves bytes; meaning is
+//! given in `analysis` and `attribution`.
+
+pub mod events;
+pub mod libc_fork;
+pub mod loader;
+pub mod reader;
+pub mod tracefs;

@@ -1,0 +1,171 @@
+//! Ending a recording: drain what is left, wait briefly for Redis's own numbers, write
+//! the trailer and the outputs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::{RecordOutcome, decide::EndReason, setup::Recorder};
+use crate::{
+    clock,
+    timeline::{EndInfo, Trailer},
+};
+
+/// Redis publishes a fork's CoW size shortly after reaping the child.
+const COW_SIZE_WAIT: Duration = Duration::from_secs(1);
+
+impl Recorder<'_> {
+    /// Finishes the run stopped for `reason` (the programs are detached).
+    pub fn finish(mut self, reason: EndReason) -> Result<RecordOutcome> {
+        self.detach();
+        // Whatever the reader drained after the stop.
+        while let Ok(batch) = self.events.recv_timeout(Duration::from_millis(100)) {
+            for ev in batch {
+                self.handle(ev)?;
+            }
+        }
+        let stats = self.join_reader();
+        for ev in std::mem::take(&mut self.stash) {
+            self.handle(ev)?;
+        }
+        self.status.clear();
+        let end_mono = clock::monotonic_ns();
+        if let Some(l) = self.launched.as_ref()
+            && self.exit_status.is_none()
+        {
+            self.exit_status = if reason == EndReason::TargetExit {
+                l.wait()
+            } else {
+                l.try_status()
+            };
+        }
+        self.await_cow_sizes();
+        let mut released = Vec::new();
+        self.analyzer.flush_pending(&mut released);
+        for r in &released {
+            self.write(r)?;
+        }
+        let trailer = self.trailer(reason, end_mono);
+        let timeline = self.timeline.take().context("timeline closed")?;
+        let output = timeline
+            .finish(&trailer)
+            .with_context(|| format!("finishing the timeline at {}", self.opts.output.display()))?;
+        if let Some(file) = self.perfetto.take() {
+            write_perfetto(&output, file)?;
+        }
+        if !self.opts.quiet {
+            print_summary(
+                &trailer,
+                stats.delivered,
+                end_mono.saturating_sub(self.start_mono),
+                &output,
+            );
+        }
+        Ok(RecordOutcome {
+            output,
+            summary: trailer.summary,
+            epochs: trailer.epochs,
+            lost_events: trailer.lost_events,
+            target_exit_status: self.exit_status,
+        })
+    }
+
+    fn await_cow_sizes(&mut self) {
+        let until = Instant::now() + COW_SIZE_WAIT;
+        loop {
+            self.poll_cow_sizes();
+            let exited = &self.exited;
+            let waiting = self
+                .target
+                .session
+                .as_ref()
+                .is_some_and(|s| s.has_pending(&|c| exited.contains(&c)));
+            if !waiting || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn trailer(&mut self, reason: EndReason, end_mono: u64) -> Trailer {
+        let sample_warnings = self.target.stop_sampler();
+        if !self.opts.quiet {
+            for w in &sample_warnings {
+                eprintln!("redis-memtrace: warning: {w}");
+            }
+        }
+        self.warnings.extend(sample_warnings);
+        self.target.end_segment(end_mono, reason.as_str());
+        let kernel = self.counters.read();
+        let analyzer =
+            std::mem::replace(&mut self.analyzer, crate::analysis::Analyzer::new(0, None));
+        let (mut epochs, summary) = analyzer.finish(end_mono);
+        for e in &mut epochs {
+            if let (Some(r), Some(ours)) = (e.redis.as_mut(), e.fork_call_ns)
+                && let Some(theirs) = r.latest_fork_usec
+            {
+                r.fork_usec_difference = Some((ours / 1000) as i64 - theirs as i64);
+            }
+        }
+        Trailer {
+            epochs,
+            lost_events: kernel.ring_buffer_full,
+            kernel,
+            summary,
+            redis: self.target.session.as_ref().map(|s| s.info.clone()),
+            samples: std::mem::take(&mut self.target.earlier_samples),
+            warnings: std::mem::take(&mut self.warnings),
+            event_cap: self.cap.report(),
+            segments: std::mem::take(&mut self.target.segments),
+            end: EndInfo {
+                reason: reason.as_str().to_string(),
+                monotonic_end_ns: end_mono,
+                target_exit_status: self.exit_status,
+            },
+        }
+    }
+}
+
+/// Converts the finished timeline at `timeline` into the Perfetto file opened at start.
+fn write_perfetto(
+    timeline: &std::path::Path,
+    mut file: crate::output_file::AtomicFile,
+) -> Result<()> {
+    use std::io::Write;
+    let t = crate::timeline::read::load(timeline)?;
+    let trace = crate::export::perfetto::to_chrome_trace(&t);
+    let bytes = crate::export::perfetto::encode(&trace).context("encoding the Perfetto trace")?;
+    file.writer()
+        .write_all(&bytes)
+        .context("writing the Perfetto trace")?;
+    file.commit().context("writing the Perfetto trace")?;
+    Ok(())
+}
+
+fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::path::Path) {
+    let f = &t.summary.faults;
+    eprintln!(
+        "redis-memtrace: stopped ({}) after {:.2} s: {} events, {} lost",
+        t.end.reason,
+        elapsed_ns as f64 / 1e9,
+        delivered,
+        t.lost_events
+    );
+    eprintln!(
+        "  faults: cow_copy={} wp_reuse={} swap_in={} first_touch={} other={}",
+        f.cow_copy, f.wp_reuse, f.swap_in, f.first_touch, f.other
+    );
+    for e in &t.epochs {
+        eprintln!(
+            "  epoch {}: child {} lived {:.3} s, fork {} us, parent cow_copy={} child cow_copy={}",
+            e.id,
+            e.child_pid,
+            e.end_ns.unwrap_or(e.start_ns).saturating_sub(e.start_ns) as f64 / 1e9,
+            e.fork_call_ns
+                .map_or("?".into(), |d| (d / 1000).to_string()),
+            e.faults.parent.cow_copy,
+            e.faults.child.cow_copy,
+        );
+    }
+    eprintln!("  timeline: {}", output.display());
+}
