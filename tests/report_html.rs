@@ -235,8 +235,10 @@ fn report_of_a_real_bgsave_matches_the_timeline_and_renders_in_chromium() {
         server.pid
     )));
     assert!(report.contains(&format!(
-        "  redis     {}, master, port {}",
-        server.build.version, server.port
+        "  redis     {} {}, master, port {}",
+        server.build.product.name(),
+        server.build.version,
+        server.port
     )));
     let events = t["events"].as_array().unwrap().len();
     let lost = t["lost_events"].as_u64().unwrap();

@@ -5,6 +5,7 @@
 //! - [`server`]: one of them running on a free loopback port, cleaned up on drop;
 //! - [`recording`]: `redis-memtrace record` in the background, stopped by SIGINT;
 //! - [`swap`], [`pageout`]: swap for the test, and a process's memory pushed into it;
+//! - [`dwarf`]: struct layouts from a server binary's own debug information (an oracle);
 //! - [`fork_child`], [`commands`], [`timeline`], [`programs`], [`tracefs`], [`clock`],
 //!   [`wait`], [`process`]: the smaller pieces the tests share.
 //!
@@ -15,6 +16,7 @@
 pub mod builds;
 pub mod clock;
 pub mod commands;
+pub mod dwarf;
 pub mod error;
 pub mod fork_child;
 pub mod pageout;

@@ -187,6 +187,9 @@ impl Recording {
             if line.contains(needle) {
                 return Ok(read);
             }
+            if needle == ATTRIBUTION_ON && line.contains("attribution off") {
+                return Err(self.failed("the tracer turned attribution off"));
+            }
         }
     }
 

@@ -37,7 +37,9 @@ pub mod phase {
     /// is the client found in the thread's registers or stack (0: not found), and `argc`,
     /// `name`, `key` are its arguments as parsed so far.
     pub const RANGE: u32 = 1;
-    /// The main thread outside a command, in nothing recognised.
+    /// The main thread outside a command, in nothing recognised. For a fault the kernel
+    /// takes inside a system call, [`super::ContextEvent::range`] is the call's number
+    /// plus one (0: none known).
     pub const MAIN_OTHER: u32 = 100;
     /// A thread other than the main one; `name` holds its name (`comm`).
     pub const THREAD: u32 = 101;
@@ -108,10 +110,17 @@ pub struct ServerLayout {
     pub phase_base: u32,
     /// `client.bulklen` (0: unknown).
     pub off_bulklen: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Valkey 9's queue of parsed commands: offset in the client of the queue's
+    /// `{u16 len; u16 off}` (its array pointer is the word before); 0: no queue.
+    pub off_queue: u32,
+    /// Bytes per queued command (`sizeof(parsedCommand)`).
+    pub queue_stride: u32,
+    /// `argc` within a queued command.
+    pub queue_argc: u16,
+    /// `argv` within a queued command.
+    pub queue_argv: u16,
 }
-const _: () = assert!(core::mem::size_of::<ServerLayout>() == 72);
+const _: () = assert!(core::mem::size_of::<ServerLayout>() == 80);
 
 /// One entry of the client table: a live client of a traced server.
 #[repr(C)]
@@ -171,13 +180,18 @@ pub struct ContextEvent {
     /// With a client outside a command: the length of the argument Redis is reading
     /// (`client.bulklen`, at most `u32::MAX`); 0 between arguments.
     pub bulk_len: u32,
+    /// With a client, on builds that queue parsed commands (Valkey 9): the queue's
+    /// length (low 16 bits) and next index to run (high 16); 0 otherwise.
+    pub queue: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// Command name (`argv[0]` as sent) or thread name.
     pub name: [u8; NAME_CAP],
     /// First key argument, truncated to `key_captured` bytes.
     pub key: [u8; KEY_CAP],
 }
 /// Size of [`ContextEvent`] on the wire.
-pub const CONTEXT_SIZE: usize = 360;
+pub const CONTEXT_SIZE: usize = 368;
 
 impl ContextEvent {
     /// An all-zero context (for tests and builders).
@@ -199,6 +213,8 @@ impl ContextEvent {
             name_len: 0,
             range: 0,
             bulk_len: 0,
+            queue: 0,
+            _pad: 0,
             name: [0; NAME_CAP],
             key: [0; KEY_CAP],
         }

@@ -402,20 +402,6 @@ impl Analyzer {
 
     fn context(&mut self, ev: &ContextEvent, out: &mut Vec<Record>) {
         self.summary.context_events += 1;
-        if std::env::var_os("MEMTRACE_DEBUG_CONTEXTS").is_some() {
-            eprintln!(
-                "ctx tid={} phase={} range={} client={:#x} seq={} argc={} flags={:#x} name={:?} key={:?}",
-                ev.header.tid,
-                ev.phase,
-                ev.range,
-                ev.client,
-                ev.seq,
-                ev.argc,
-                ev.header.flags,
-                String::from_utf8_lossy(&ev.name[..(ev.name_len as usize).min(32)]),
-                String::from_utf8_lossy(&ev.key[..(ev.key_captured as usize).min(64)])
-            );
-        }
         let Some(a) = self.attribution.as_mut() else {
             return;
         };
@@ -424,7 +410,7 @@ impl Analyzer {
         }
         let resolved = a.attributor.on_context(ev);
         if let Some(ThreadContext::Awaiting(w)) = a.attributor.for_thread(ev.header.tid) {
-            let earlier = a.pending.restarted(w.client, w.argc);
+            let earlier = a.pending.restarted(w);
             a.release(earlier, out);
         }
         if let Some(r) = resolved {

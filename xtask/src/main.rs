@@ -7,11 +7,17 @@
 //! - `test`: formatting, clippy, unit tests and the root integration tests, serially.
 //! - `bench`: events/s delivered and lost, and fault-rate overhead, in one run.
 //! - `bench-overhead`: requests/s a Redis server loses while `record --pid` traces it.
+//! - `bench-fork`: BPF and tracer CPU per fault and throughput cost on a million-key Redis
+//!   while a fork child is alive (copy-on-write at full speed), next to a no-fork baseline.
 //! - `demo`: the main job: trace a workload with forks, copy-on-write and swap, and show it.
 
 mod bench;
+mod bench_common;
+mod bench_fork;
 mod bench_overhead;
 mod demo;
+mod interrupt;
+mod redis_benchmark;
 mod servers;
 mod setup;
 
@@ -61,6 +67,16 @@ enum Cmd {
         /// redis-benchmark clients.
         #[arg(long, default_value_t = 50)]
         clients: u32,
+    },
+    /// Measure BPF, tracer and throughput cost on 1M keys with a fork child alive and without
+    /// (run under `flock /tmp/memtrace-bpf.lock`).
+    BenchFork {
+        /// ABBA rounds (a traced, an untraced and two control windows per kind each).
+        #[arg(long, default_value_t = bench_fork::DEFAULT_ROUNDS)]
+        rounds: usize,
+        /// Seconds per window (sets each kind's request count from a warm-up run).
+        #[arg(long, default_value_t = bench_fork::DEFAULT_SECONDS)]
+        seconds: f64,
     },
     /// The soak test for longer: redis-benchmark and a BGSAVE every 5 s under the tracer
     /// (the test suite runs it for 60 s).
@@ -204,6 +220,10 @@ fn main() -> Result<()> {
         } => {
             build()?;
             bench_overhead::bench_overhead(requests, rounds, clients)
+        }
+        Cmd::BenchFork { rounds, seconds } => {
+            build()?;
+            bench_fork::bench_fork(rounds, seconds)
         }
         Cmd::Soak { minutes } => {
             build()?;

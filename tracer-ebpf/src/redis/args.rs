@@ -20,17 +20,59 @@ const OBJ_ENCODING_RAW: u32 = 0;
 const OBJ_ENCODING_INT: u32 = 1;
 const OBJ_ENCODING_EMBSTR: u32 = 8;
 
-/// Fills `argc`, `name` and `key` from the client's arguments.
+/// Where a command's `argc` and `argv` are.
+#[derive(Clone, Copy)]
+pub struct ArgsAt {
+    pub argc: u64,
+    pub argv: u64,
+}
+
+/// The client's own `argc`/`argv`: the command running, or the one parsed first.
 #[inline(always)]
-pub fn fill(ev: &mut ContextEvent, client: u64, layout: &ServerLayout) {
-    let Some(argc) = read_user::<i32>(client + layout.off_argc as u64) else {
+pub fn current(client: u64, layout: &ServerLayout) -> ArgsAt {
+    ArgsAt {
+        argc: client + layout.off_argc as u64,
+        argv: client + layout.off_argv as u64,
+    }
+}
+
+/// The client's queue of parsed commands, `len | off << 16` (0 on builds without one).
+#[inline(always)]
+pub fn queue(client: u64, layout: &ServerLayout) -> u32 {
+    if layout.off_queue == 0 {
+        return 0;
+    }
+    read_user::<u32>(client + layout.off_queue as u64).unwrap_or(0)
+}
+
+/// The command being parsed: while Valkey 9 parses a pipelined batch, the queue's last
+/// entry (the first command of the batch is parsed into the client itself).
+#[inline(always)]
+pub fn parsing(client: u64, layout: &ServerLayout, queue: u32) -> ArgsAt {
+    let len = u64::from(queue & 0xffff);
+    if len == 0 {
+        return current(client, layout);
+    }
+    // The queue's array pointer is the word before its length.
+    let cmds = read_user::<u64>(client + layout.off_queue as u64 - 8).unwrap_or(0);
+    let entry = cmds + (len - 1) * u64::from(layout.queue_stride);
+    ArgsAt {
+        argc: entry + u64::from(layout.queue_argc),
+        argv: entry + u64::from(layout.queue_argv),
+    }
+}
+
+/// Fills `argc`, `name` and `key` from the arguments at `at`.
+#[inline(always)]
+pub fn fill(ev: &mut ContextEvent, at: ArgsAt, layout: &ServerLayout) {
+    let Some(argc) = read_user::<i32>(at.argc) else {
         return;
     };
     ev.argc = argc.max(0) as u32;
     if argc < 1 {
         return;
     }
-    let Some(argv) = read_user::<u64>(client + layout.off_argv as u64) else {
+    let Some(argv) = read_user::<u64>(at.argv) else {
         return;
     };
     if argv == 0 {

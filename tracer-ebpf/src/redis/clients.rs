@@ -3,8 +3,13 @@
 //! `server.clients`, kept current by probes on `linkClient` (a new connection joins
 //! `server.clients`) and `unlinkClient` (it leaves): once per connection, not per command.
 //! `unlinkClient`, not `freeClient`, because Valkey 8 calls a private copy of `freeClient`.
+//! The return of `createClient` too: builds that inline `linkClient` into it (the Redis
+//! 7.4 and Valkey 8.1 builds here) never call the probed copy.
 
-use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
 use tracer_common::{
     CLIENT_PROBES, CLIENT_SLOTS, ClientGoneEvent, ClientSlot, client_home, client_slot_state as st,
     counter, kind,
@@ -59,6 +64,21 @@ pub fn client_linked(ctx: ProbeContext) -> u32 {
         return 0;
     }
     if let Some(c) = ctx.arg::<u64>(0) {
+        insert(c, (id >> 32) as u32);
+    }
+    0
+}
+
+/// `createClient()` returned `c` (a connection's client, linked inside when `linkClient`
+/// is inlined; or a fake client, never searched for, removed by `unlinkClient` as well).
+#[uretprobe]
+pub fn client_created(ctx: RetProbeContext) -> u32 {
+    let id = pid_tgid();
+    if current_slot(id).is_none() {
+        return 0;
+    }
+    let c = ctx.ret::<u64>();
+    if c != 0 {
         insert(c, (id >> 32) as u32);
     }
     0

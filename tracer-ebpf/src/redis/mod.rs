@@ -119,7 +119,13 @@ pub fn emit(
             ev.name_len = n as u32;
         }
     } else if client != 0 {
-        args::fill(ev, client, layout);
+        ev.queue = args::queue(client, layout);
+        let at = if phase == ph::RANGE {
+            args::parsing(client, layout, ev.queue)
+        } else {
+            args::current(client, layout)
+        };
+        args::fill(ev, at, layout);
         if phase == ph::RANGE && layout.off_bulklen != 0 {
             // -1 between arguments; a big argument is read straight into its own buffer.
             let bulk = read_user::<i64>(client + layout.off_bulklen as u64).unwrap_or(0);

@@ -16,7 +16,7 @@ use tracer_common::{
     context_flags as cf, fault_flags as ff, features, phase as ph,
 };
 
-use super::{clients, emit, read_user};
+use super::{args, clients, emit, read_user};
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
 use crate::{
@@ -80,16 +80,25 @@ pub fn outside_command(
             _ => cf::CLIENT_ON_STACK,
         };
     }
-    let phase = if range == NONE {
-        ph::MAIN_OTHER
+    let (phase, range) = if range != NONE {
+        (ph::RANGE, range)
+    } else if flags & cf::KERNEL_MODE != 0 {
+        // The kernel touching user memory for a system call whose caller is deeper than
+        // the stack window (Valkey 9 writes big replies with writev from a frame holding
+        // a 16 KiB iovec array): the call says what it is.
+        (ph::MAIN_OTHER, syscall_of(regs))
     } else {
-        ph::RANGE
+        (ph::MAIN_OTHER, 0)
     };
     // The key of this context: phase and range, client, seq, and how far the client's
-    // command is parsed (a new argument can bring the key).
+    // command is parsed (a new argument can bring the key; in Valkey 9, a new queued
+    // command is a new one).
     let mut argc = 0;
+    let mut queued = 0;
     if client != 0 {
-        match read_user::<i32>(client + layout.off_argc as u64) {
+        let queue = args::queue(client, layout);
+        queued = queue & 0xff;
+        match read_user::<i32>(args::parsing(client, layout, queue).argc) {
             // A command has at most a few million arguments: anything else is not a
             // client any more (freed, its memory reused), whatever the table said.
             Some(n) if (0..1 << 22).contains(&n) => argc = n as u32,
@@ -103,8 +112,8 @@ pub fn outside_command(
     let same = slot.ctx_phase == code
         && slot.ctx_client == client
         && slot.ctx_seq == seq
-        && slot.ctx_argc & 0xff_ffff == argc;
-    slot.ctx_argc = argc;
+        && slot.ctx_argc == argc | queued << 24;
+    slot.ctx_argc = argc | queued << 24;
     if same {
         return;
     }
@@ -112,6 +121,18 @@ pub fn outside_command(
     slot.ctx_client = client;
     slot.ctx_seq = seq;
     emit(id, ts_ns, phase, range, client, seq, flags, layout);
+}
+
+/// Offset of `orig_ax` (the system call number) in x86-64 `struct pt_regs`.
+const PT_REGS_ORIG_AX: u64 = 15 * 8;
+
+/// The system call the thread is in, plus one (0: none, or not below 255).
+#[inline(always)]
+fn syscall_of(regs: u64) -> u32 {
+    // SAFETY: probe read of a kernel pointer; failure is handled.
+    let nr = unsafe { bpf_probe_read_kernel((regs + PT_REGS_ORIG_AX) as *const u64) }
+        .unwrap_or(u64::MAX);
+    if nr < 255 { nr as u32 + 1 } else { 0 }
 }
 
 /// The client being read: `(client, where)`, `where` as reported in the context flags

@@ -190,6 +190,30 @@ pub enum Input {
 /// argument (`PROTO_MBULK_BIG_ARG`, the same in Redis 6.2 to 8 and Valkey).
 pub const BIG_ARG: u32 = 32 * 1024;
 
+/// The batch index of the command being parsed, from its client's queue: the first
+/// command is parsed into the client itself (queue empty), the next ones into queue
+/// entries (the queue's length is then the index).
+fn parsing_batch(queue: u32) -> u16 {
+    (queue & 0xffff) as u16
+}
+
+/// The activity of a main-thread fault taken in a system call (`range`: its x86-64
+/// number plus one) whose caller the stack window did not reach: the calls that only
+/// move socket data name the direction; anything else stays `main-other`.
+fn syscall_activity(range: u32) -> &'static str {
+    const READV: u32 = 19;
+    const WRITEV: u32 = 20;
+    const SENDTO: u32 = 44;
+    const RECVFROM: u32 = 45;
+    const SENDMSG: u32 = 46;
+    const RECVMSG: u32 = 47;
+    match range.checked_sub(1) {
+        Some(WRITEV | SENDTO | SENDMSG) => "networking-write",
+        Some(READV | RECVFROM | RECVMSG) => "networking-read",
+        _ => "main-other",
+    }
+}
+
 /// What the latest context of a thread says about its next faults.
 #[derive(Debug, Clone)]
 pub enum ThreadContext {
@@ -207,9 +231,26 @@ pub struct Awaiting {
     pub client: u64,
     /// Arguments parsed so far.
     pub argc: u32,
+    /// `stat_numcommands` while it is parsed: no command runs between a client's parse
+    /// and its own commands, so the command will run with `seq + batch`.
+    pub seq: u64,
+    /// Which command of a batch parsed ahead is being parsed (Valkey 9 queues a
+    /// pipeline's commands before running the first): 0 is the first; always 0 on
+    /// builds that parse one command at a time.
+    pub batch: u16,
     /// What the faults get if the command never shows: the command name when parsed
     /// (without key), else `unknown-command`; stage `parse`.
     pub fallback: Arc<Attribution>,
+}
+
+/// What a context reveals about a client's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reveal {
+    /// The client's command with this `stat_numcommands` runs (commands with a lower
+    /// one have run).
+    Running { seq: u64 },
+    /// The command at `batch` of the batch parsed at `seq` has its key parsed.
+    Parsed { seq: u64, batch: u16 },
 }
 
 /// A client's command became known: its waiting faults get `command`.
@@ -219,6 +260,8 @@ pub struct Resolved {
     pub client: u64,
     /// Arguments parsed so far (faults that waited at more are of an earlier command).
     pub argc: u32,
+    /// Which of the client's commands it is.
+    pub reveal: Reveal,
     /// The command, in stage `parse`.
     pub command: Arc<Attribution>,
 }
@@ -286,6 +329,7 @@ impl Attributor {
         let resolved = Resolved {
             client: ev.client,
             argc: ev.argc,
+            reveal: Reveal::Running { seq: ev.seq },
             command: Arc::new(command.in_stage("parse")),
         };
         (ThreadContext::Ready(command), Some(resolved))
@@ -314,6 +358,10 @@ impl Attributor {
             let resolved = Resolved {
                 client: ev.client,
                 argc: ev.argc,
+                reveal: Reveal::Parsed {
+                    seq: ev.seq,
+                    batch: parsing_batch(ev.queue),
+                },
                 command: Arc::clone(&parse),
             };
             return (ThreadContext::Ready(parse), Some(resolved));
@@ -331,6 +379,8 @@ impl Attributor {
         let awaiting = Awaiting {
             client: ev.client,
             argc: ev.argc,
+            seq: ev.seq,
+            batch: parsing_batch(ev.queue),
             fallback: Arc::new(fallback),
         };
         (ThreadContext::Awaiting(awaiting), None)
@@ -353,7 +403,7 @@ impl Attributor {
             phase::THREAD => Attribution::phase(thread_activity(&String::from_utf8_lossy(
                 &ev.name[..name_len],
             ))),
-            phase::MAIN_OTHER => Attribution::phase("main-other"),
+            phase::MAIN_OTHER => Attribution::phase(syscall_activity(ev.range)),
             _ => Attribution::phase("unknown"),
         }
     }
@@ -450,6 +500,16 @@ mod tests {
                 input: Input::Read,
             },
         ]
+    }
+
+    #[test]
+    fn kernel_work_in_a_socket_call_names_its_direction() {
+        assert_eq!(syscall_activity(0), "main-other");
+        assert_eq!(syscall_activity(20 + 1), "networking-write"); // writev
+        assert_eq!(syscall_activity(46 + 1), "networking-write"); // sendmsg
+        assert_eq!(syscall_activity(45 + 1), "networking-read"); // recvfrom
+        // write(2) also writes files (AOF): not told apart, so not named.
+        assert_eq!(syscall_activity(1 + 1), "main-other");
     }
 
     #[test]

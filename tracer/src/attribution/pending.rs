@@ -1,15 +1,18 @@
 //! Faults taken while Redis read a client's command before its key was parsed wait here,
 //! per client, for that client's own command; they are never given to another client.
-//! Pure: no I/O.
+//! A build that parses a pipeline ahead (Valkey 9) tags each with its command's index in
+//! the batch, so it waits for that command, not the batch's first. Pure: no I/O.
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::context::{Attribution, Awaiting, Resolved};
+use super::context::{Attribution, Awaiting, Resolved, Reveal};
 
 /// One waiting item.
 #[derive(Debug)]
 struct Waiting<T> {
     argc: u32,
+    /// `stat_numcommands` the waited-for command runs with.
+    runs_at: u64,
     fallback: Arc<Attribution>,
     item: T,
 }
@@ -58,35 +61,47 @@ impl<T> PendingFaults<T> {
             .or_default()
             .push(Waiting {
                 argc: awaiting.argc,
+                runs_at: awaiting.seq + u64::from(awaiting.batch),
                 fallback: Arc::clone(&awaiting.fallback),
                 item,
             });
         Ok(())
     }
 
-    /// The client's command is known: its items get it.
+    /// One of the client's commands is known. `stat_numcommands` says which command
+    /// each item waits for: a running command takes its own items and settles the ones
+    /// of commands that ran before it without a fault (their fallback); a command parsed
+    /// ahead takes only its own.
     pub fn resolve(&mut self, resolved: &Resolved) -> Vec<(T, Arc<Attribution>)> {
-        self.take(resolved.client, |w| {
-            if w.argc <= resolved.argc {
-                Arc::clone(&resolved.command)
-            } else {
-                // Waited at more arguments than this command has parsed: an earlier
-                // command that ran without a fault.
-                Arc::clone(&w.fallback)
-            }
-        })
+        let now = match resolved.reveal {
+            Reveal::Running { seq } => seq,
+            Reveal::Parsed { seq, batch } => seq + u64::from(batch),
+        };
+        let running = matches!(resolved.reveal, Reveal::Running { .. });
+        self.take_if(
+            resolved.client,
+            |w| w.runs_at == now || (running && w.runs_at < now),
+            |w| {
+                if w.runs_at == now && w.argc <= resolved.argc {
+                    Arc::clone(&resolved.command)
+                } else {
+                    // Waited at more arguments than this command has parsed, or for a
+                    // command that ran without a fault, unseen.
+                    Arc::clone(&w.fallback)
+                }
+            },
+        )
     }
 
-    /// The client is parsing again from `argc` arguments: items that waited at more
-    /// arguments belong to its previous command, which ran unseen.
-    pub fn restarted(&mut self, client: u64, argc: u32) -> Vec<(T, Arc<Attribution>)> {
-        let Some(list) = self.by_client.get_mut(&client) else {
-            return Vec::new();
-        };
-        let (earlier, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(|w| w.argc > argc);
-        *list = kept;
-        self.total -= earlier.len();
-        earlier.into_iter().map(|w| (w.item, w.fallback)).collect()
+    /// The client parses its command `awaiting` from fewer arguments than some items
+    /// waited at: those belong to a command that ran unseen.
+    pub fn restarted(&mut self, awaiting: &Awaiting) -> Vec<(T, Arc<Attribution>)> {
+        let runs_at = awaiting.seq + u64::from(awaiting.batch);
+        self.take_if(
+            awaiting.client,
+            |w| w.runs_at < runs_at || (w.runs_at == runs_at && w.argc > awaiting.argc),
+            |w| Arc::clone(&w.fallback),
+        )
     }
 
     /// The client left: its items get their fallback.
@@ -106,13 +121,29 @@ impl<T> PendingFaults<T> {
     fn take(
         &mut self,
         client: u64,
+        give: impl FnMut(&Waiting<T>) -> Arc<Attribution>,
+    ) -> Vec<(T, Arc<Attribution>)> {
+        self.take_if(client, |_| true, give)
+    }
+
+    /// Removes the client's items that `due` selects, each with what `give` says.
+    fn take_if(
+        &mut self,
+        client: u64,
+        mut due: impl FnMut(&Waiting<T>) -> bool,
         mut give: impl FnMut(&Waiting<T>) -> Arc<Attribution>,
     ) -> Vec<(T, Arc<Attribution>)> {
-        let Some(list) = self.by_client.remove(&client) else {
+        let Some(list) = self.by_client.get_mut(&client) else {
             return Vec::new();
         };
-        self.total -= list.len();
-        list.into_iter()
+        let (done, kept): (Vec<_>, Vec<_>) = list.drain(..).partition(|w| due(w));
+        if kept.is_empty() {
+            self.by_client.remove(&client);
+        } else {
+            *list = kept;
+        }
+        self.total -= done.len();
+        done.into_iter()
             .map(|w| {
                 let at = give(&w);
                 (w.item, at)
@@ -129,6 +160,8 @@ mod tests {
         Awaiting {
             client,
             argc,
+            seq: 100,
+            batch: 0,
             fallback: Arc::new(Attribution {
                 activity: name.into(),
                 is_command: true,
@@ -141,6 +174,7 @@ mod tests {
         Resolved {
             client,
             argc,
+            reveal: Reveal::Running { seq: 100 },
             command: Arc::new(Attribution {
                 activity: name.into(),
                 is_command: true,
@@ -175,7 +209,7 @@ mod tests {
         p.push(&awaiting(1, 0, "unknown-command"), 2).unwrap();
         assert_eq!(p.push(&awaiting(1, 0, "x"), 3), Err(3));
         // Parsing restarted at 0 arguments: the item at 1 was an earlier command's.
-        let earlier = p.restarted(1, 0);
+        let earlier = p.restarted(&awaiting(1, 0, "GET"));
         assert_eq!(earlier.len(), 1);
         assert_eq!((earlier[0].0, earlier[0].1.activity.as_str()), (1, "SET"));
         let gone = p.client_gone(1);
@@ -186,5 +220,48 @@ mod tests {
         assert!(p.client_gone(1).is_empty());
         p.push(&awaiting(5, 1, "DEL"), 9).unwrap();
         assert_eq!(p.drain_all().len(), 1);
+    }
+
+    #[test]
+    fn items_of_a_batch_parsed_ahead_wait_for_their_own_command() {
+        let mut p = PendingFaults::new(10);
+        // A batch of four parsed at seq 100: they will run as 100..=103.
+        for (batch, item) in [(0, "first"), (1, "second"), (2, "third"), (3, "fourth")] {
+            let w = Awaiting {
+                batch,
+                ..awaiting(7, 1, &format!("unseen-{item}"))
+            };
+            p.push(&w, item).unwrap();
+        }
+        // The third's key gets parsed: only its own item.
+        let parsed = Resolved {
+            reveal: Reveal::Parsed { seq: 100, batch: 2 },
+            ..resolved(7, 3, "SET c")
+        };
+        let got = p.resolve(&parsed);
+        assert_eq!((got[0].0, got[0].1.activity.as_str()), ("third", "SET c"));
+        assert_eq!(got.len(), 1);
+        // The first runs: its own item only.
+        let got = p.resolve(&resolved(7, 3, "SET a"));
+        assert_eq!((got[0].0, got[0].1.activity.as_str()), ("first", "SET a"));
+        assert_eq!(got.len(), 1);
+        // The fourth runs (103): the second (101) ran without a fault, unseen.
+        let fourth = Resolved {
+            reveal: Reveal::Running { seq: 103 },
+            ..resolved(7, 3, "SET d")
+        };
+        let got: Vec<_> = p
+            .resolve(&fourth)
+            .into_iter()
+            .map(|(i, a)| (i, a.activity.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("second", "unseen-second".into()),
+                ("fourth", "SET d".into())
+            ]
+        );
+        assert!(p.is_empty());
     }
 }

@@ -178,6 +178,8 @@ mod tests {
         b.extend_from_slice(&5u32.to_le_bytes()); // key_captured
         b.extend_from_slice(&3u32.to_le_bytes()); // name_len
         b.extend_from_slice(&0u32.to_le_bytes()); // range
+        b.extend_from_slice(&0u32.to_le_bytes()); // bulk_len
+        b.extend_from_slice(&(2u32 | 1 << 16).to_le_bytes()); // queue: 2 queued, 1 ran
         b.extend_from_slice(&0u32.to_le_bytes()); // pad
         let mut name = [0u8; tracer_common::NAME_CAP];
         name[..3].copy_from_slice(b"set");
@@ -189,6 +191,7 @@ mod tests {
             panic!("not a context")
         };
         assert_eq!((c.client, c.seq, c.argc), (0xc11e47, 77, 3));
+        assert_eq!(c.queue, 2 | 1 << 16);
         assert_eq!(&c.name[..c.name_len as usize], b"set");
         assert_eq!(&c.key[..c.key_captured as usize], b"hot:1");
     }

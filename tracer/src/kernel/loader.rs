@@ -435,11 +435,13 @@ impl Probes {
         Ok(added)
     }
 
-    /// Keeps the client table current for process `pid`: probes on `linkClient` and
-    /// `unlinkClient` of its executable (`binary`, reached through `/proc/PID/exe`).
+    /// Keeps the client table current for process `pid`: probes on `linkClient`, the
+    /// return of `createClient` (which may have `linkClient` inlined) and `unlinkClient`
+    /// of its executable (`binary`, reached through `/proc/PID/exe`).
     pub fn attach_client_probes(&mut self, binary: &Path, pid: u32) -> Result<(), LoadError> {
         for (program, symbol) in [
             ("client_linked", "linkClient"),
+            ("client_created", "createClient"),
             ("client_unlinked", "unlinkClient"),
         ] {
             self.attach_uprobe(program, symbol, binary, Some(pid))?;

@@ -14,7 +14,11 @@
 //!   that reads 3 and 5, and the pointer whose array decodes to exactly the arguments
 //!   sent, are `argc` and `argv`. Both are released with `CLIENT UNBLOCK` at once.
 //! - **`server.stat_numcommands`**: the counter that lies between two readings of INFO's
-//!   `total_commands_processed`, in three separate windows.
+//!   `total_commands_processed` (`before < v <= after`), in four windows: nothing, 10
+//!   pipelined PINGs, 3 PINGs inside MULTI/EXEC, 10 PINGs again.
+//! - **`client.bulklen`**: a third connection sends a `BLPOP` whose second argument is
+//!   announced as 34,567 bytes and never completed; the field of its client that holds
+//!   34,567 is `bulklen`. The connection is then closed.
 //! - **`server.clients`**: the list whose nodes hold both blocked connections.
 //!
 //! Every offset is accepted only when its observations agree and no other offset fits
@@ -72,6 +76,9 @@ pub struct Discovered {
     pub client_bulklen: u32,
     /// `pointer` or `inline` (Valkey 9 values).
     pub values: &'static str,
+    /// Valkey 9's queue of parsed commands, when the build has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_queue: Option<QueueLayout>,
     /// The observations that proved each, in words.
     #[serde(skip)]
     pub checks: Vec<String>,
@@ -183,6 +190,10 @@ pub struct CounterWindow {
 }
 
 /// The field of `server` that lies inside every window and grows from window to window.
+///
+/// INFO reports the counter before counting itself, so the field is above `before`: a
+/// copy of the counter taken when the event loop woke up (`el_cmd_cnt_start` since Redis
+/// 7.2) equals `before` and is ruled out.
 pub fn stat_numcommands_offset(windows: &[CounterWindow]) -> Result<u32, DiscoveryError> {
     if windows.len() < 2 {
         return Err(DiscoveryError::NotFound {
@@ -198,7 +209,7 @@ pub fn stat_numcommands_offset(windows: &[CounterWindow]) -> Result<u32, Discove
             windows
                 .iter()
                 .zip(&values)
-                .all(|(w, v)| v.is_some_and(|v| (w.before..=w.after).contains(&v)))
+                .all(|(w, v)| v.is_some_and(|v| w.before < v && v <= w.after))
                 && values.windows(2).all(|p| p[0] < p[1])
         })
         .map(|off| off as u32)
@@ -310,10 +321,15 @@ pub fn argv_offset(
 }
 
 fn argv_matches(mem: &dyn Memory, c: &BlockedClient, off: usize, layout: ValueLayout) -> bool {
-    let Some(argv) = word(&c.bytes, off).filter(|&p| p > 0x10000 && p & 7 == 0) else {
+    word(&c.bytes, off).is_some_and(|argv| argv_decodes(mem, argv, &c.args, layout))
+}
+
+/// Whether the `argv` array at `argv` holds exactly `args`.
+fn argv_decodes(mem: &dyn Memory, argv: u64, args: &[Vec<u8>], layout: ValueLayout) -> bool {
+    if argv <= 0x10000 || argv & 7 != 0 {
         return false;
-    };
-    c.args.iter().enumerate().all(|(i, want)| {
+    }
+    args.iter().enumerate().all(|(i, want)| {
         mem.u64(argv + 8 * i as u64)
             .and_then(|obj| string_object(mem, obj, layout, want.len() + 1))
             .is_ok_and(|got| got.eq_ignore_ascii_case(want))
@@ -394,6 +410,126 @@ pub struct Calibration<'a> {
     pub stash: &'a mut Vec<KernelEvent>,
 }
 
+/// Where a build that parses pipelined commands ahead (Valkey 9) queues them: in the
+/// client, an array pointer followed by `u16 len, u16 off`; in each array entry, `argc`
+/// and `argv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueLayout {
+    /// Offset in the client of the queue's `len` (the array pointer is 8 bytes before).
+    pub len: u32,
+    /// Bytes per entry.
+    pub stride: u32,
+    /// `argc` in an entry.
+    pub argc: u32,
+    /// `argv` in an entry.
+    pub argv: u32,
+}
+
+/// What each blocked client sends right behind its `BLPOP`, in the same packet, and the
+/// arguments a build that parses ahead (Valkey 9) then holds in its queue while the
+/// `BLPOP` blocks: complete `PING`s and a last one cut after its first argument, whose
+/// `argc` (parsed) differs from its announced length. Other builds leave the bytes unread
+/// until the client is released; nothing is written either way.
+pub fn queued_behind(client: usize) -> (Vec<u8>, Vec<Vec<Vec<u8>>>) {
+    let ping = || vec![b"PING".to_vec()];
+    let hello = || vec![b"PING".to_vec(), b"hello".to_vec()];
+    let (wire, queued) = match client {
+        0 => (
+            "*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nPING\r\n$5\r\nhello\r\n*2\r\n$4\r\nPING\r\n",
+            vec![ping(), hello(), ping()],
+        ),
+        _ => (
+            "*2\r\n$4\r\nPING\r\n$5\r\nhello\r\n*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n*3\r\n$4\r\nPING\r\n$5\r\nhello\r\n",
+            vec![hello(), ping(), ping(), hello()],
+        ),
+    };
+    (wire.as_bytes().to_vec(), queued)
+}
+
+/// The client's command queue, if every blocked client shows the commands it queued (and
+/// the partial client an empty queue) at exactly one offset with one entry layout.
+/// `Ok(None)`: the build does not queue (nothing fits anywhere).
+pub fn queue_layout(
+    mem: &dyn Memory,
+    blocked: &[BlockedClient],
+    queued: &[Vec<Vec<Vec<u8>>>],
+    partial: &BlockedClient,
+) -> Result<Option<QueueLayout>, DiscoveryError> {
+    let len = blocked
+        .iter()
+        .map(|c| c.bytes.len())
+        .fold(partial.bytes.len(), usize::min);
+    let mut fits = Vec::new();
+    for off in (8..len.saturating_sub(4)).step_by(8) {
+        let shows = |c: &BlockedClient, want: &[Vec<Vec<u8>>]| {
+            // `len` is the command count and `off` (the next 16 bits) 0: none ran yet.
+            if int(&c.bytes, off) != Some(want.len() as i32) {
+                return None;
+            }
+            word(&c.bytes, off - 8)
+                .filter(|&p| p > 0x10000)
+                .and_then(|p| entry_layout(mem, p, want))
+        };
+        let found: Vec<_> = blocked
+            .iter()
+            .zip(queued)
+            .map(|(c, q)| shows(c, q))
+            .collect();
+        if int(&partial.bytes, off) == Some(0)
+            && let Some(Some(first)) = found.first()
+            && found.iter().all(|f| f.as_ref() == Some(first))
+        {
+            fits.push(QueueLayout {
+                len: off as u32,
+                ..*first
+            });
+        }
+    }
+    match fits.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(DiscoveryError::Ambiguous {
+            field: "client.cmd_queue",
+            offsets: fits.iter().map(|f| f.len).collect(),
+        }),
+    }
+}
+
+/// The one entry layout `(stride, argc, argv)` under which the array at `array` holds
+/// exactly the commands `want`.
+fn entry_layout(mem: &dyn Memory, array: u64, want: &[Vec<Vec<u8>>]) -> Option<QueueLayout> {
+    let mut fits = Vec::new();
+    for stride in (16..=128u32).step_by(8) {
+        let Ok(bytes) = mem.bytes(array, (stride as usize) * want.len()) else {
+            continue;
+        };
+        for argv in (0..stride).step_by(8) {
+            for argc in (0..stride).step_by(4) {
+                let all = want.iter().enumerate().all(|(i, args)| {
+                    let at = i * stride as usize;
+                    int(&bytes, at + argc as usize) == Some(args.len() as i32)
+                        && word(&bytes, at + argv as usize).is_some_and(|p| {
+                            argv_decodes(mem, p, args, ValueLayout::Pointer)
+                                || argv_decodes(mem, p, args, ValueLayout::Inline)
+                        })
+                });
+                if all {
+                    fits.push(QueueLayout {
+                        len: 0,
+                        stride,
+                        argc,
+                        argv,
+                    });
+                }
+            }
+        }
+    }
+    match fits.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
 /// Two connections blocked in `BLPOP` with chosen arguments, released on drop.
 struct Blockers {
     admin: RedisConn,
@@ -442,10 +578,13 @@ impl Calibration<'_> {
         };
         let mut calls = Vec::new();
         let mut clients = Vec::new();
-        for args in plans {
+        let mut queued = Vec::new();
+        for (i, args) in plans.into_iter().enumerate() {
             let mut conn = open().ok_or(DiscoveryError::NoConnection)?;
             let id = conn.client_id()?;
-            let call = self.observe_call(&mut conn, id, &args)?;
+            let (behind, queue) = queued_behind(i);
+            queued.push(queue);
+            let call = self.observe_call(&mut conn, id, &args, &behind)?;
             blockers.blocked.push((conn, id));
             clients.push(BlockedClient {
                 client: call.client,
@@ -469,14 +608,15 @@ impl Calibration<'_> {
         clients.push(half);
         let argc = argc_offset(&clients)?;
         let (argv, values) = argv_offset(self.mem, &clients)?;
+        let client_queue = queue_layout(self.mem, &clients[..2], &queued, &clients[2])?;
         drop(partial);
         drop(blockers);
-        let checks = vec![
+        let mut checks = vec![
             format!(
                 "server.current_client at {current_client}: held each of 2 calling clients in call()"
             ),
             format!(
-                "server.stat_numcommands at {seq}: inside INFO's total_commands_processed in {} windows",
+                "server.stat_numcommands at {seq}: inside INFO's total_commands_processed in {} windows (around 10 pipelined PINGs, 3 PINGs in MULTI/EXEC)",
                 windows.len()
             ),
             format!(
@@ -494,6 +634,13 @@ impl Calibration<'_> {
                 "client.bulklen at {bulklen}: {PARTIAL_BULK} for the client that announced a {PARTIAL_BULK}-byte argument, -1 for the two blocked ones"
             ),
         ];
+        checks.push(match client_queue {
+            Some(q) => format!(
+                "client.cmd_queue at {}: held the 3 and 4 commands pipelined behind the two BLPOPs (entries of {} bytes, argc at {}, argv at {}), empty for the partial client",
+                q.len, q.stride, q.argc, q.argv
+            ),
+            None => "client.cmd_queue: none (commands pipelined behind a blocked BLPOP were not parsed ahead)".into(),
+        });
         Ok((
             Discovered {
                 server_size: self.server.size,
@@ -504,6 +651,7 @@ impl Calibration<'_> {
                 client_argv: argv,
                 client_bulklen: bulklen,
                 values: values_name(values),
+                client_queue,
                 checks,
             },
             members,
@@ -512,16 +660,30 @@ impl Calibration<'_> {
 
     fn counter_windows(&self, admin: &mut RedisConn) -> Result<Vec<CounterWindow>, DiscoveryError> {
         let mut windows = Vec::new();
-        for n in 0..3 {
-            if n > 0 {
-                // Ten commands in one round trip: the command counter moves ten times as
-                // far as the per-read and per-write counters, which otherwise keep pace
-                // with it on a connection sending one command at a time.
-                let mut pipe = redis::pipe();
-                for _ in 0..10 {
-                    pipe.cmd("PING");
+        for n in 0..4 {
+            // Ten commands in one round trip: the command counter moves ten times as far
+            // as the per-read and per-write counters, which otherwise keep pace with it
+            // on a connection sending one command at a time. Three commands inside
+            // MULTI/EXEC: it counts them, a counter of top-level calls does not (Redis
+            // 7.2's duration statistics); attribution needs every command counted.
+            let mut pipe = redis::pipe();
+            match n {
+                1 | 3 => {
+                    for _ in 0..10 {
+                        pipe.cmd("PING");
+                    }
                 }
-                let _: Vec<String> = pipe
+                2 => {
+                    pipe.cmd("MULTI").ignore();
+                    for _ in 0..3 {
+                        pipe.cmd("PING").ignore();
+                    }
+                    pipe.cmd("EXEC");
+                }
+                _ => {}
+            }
+            if n > 0 {
+                let _: redis::Value = pipe
                     .query(admin.raw())
                     .map_err(|e| admin.error("PING", &e))?;
             }
@@ -552,6 +714,7 @@ impl Calibration<'_> {
         conn: &mut RedisConn,
         id: u64,
         args: &[Vec<u8>],
+        behind: &[u8],
     ) -> Result<CallObservation, DiscoveryError> {
         let target = CalibrationTarget {
             server_addr: self.server.addr,
@@ -568,7 +731,9 @@ impl Calibration<'_> {
         for a in &args[1..] {
             cmd.arg(a.as_slice());
         }
-        let sent = conn.raw().send_packed_command(&cmd.get_packed_command());
+        let mut packet = cmd.get_packed_command();
+        packet.extend_from_slice(behind);
+        let sent = conn.raw().send_packed_command(&packet);
         let seen = sent
             .map_err(|e| conn.error("BLPOP", &e).into())
             .and_then(|()| self.wait_call());
@@ -748,10 +913,11 @@ mod tests {
 
     #[test]
     fn the_command_counter_lies_in_every_window_and_grows() {
-        let window = |v_seq: u64, v_other: u64, before, after| {
+        let window = |v_seq: u64, v_other: u64, before: u64, after| {
             let mut s = vec![0u8; 64];
             put_word(&mut s, 16, v_seq);
             put_word(&mut s, 40, v_other); // constant: in the first window only
+            put_word(&mut s, 48, before); // a copy taken before INFO counted itself
             CounterWindow {
                 before,
                 server: s,
@@ -759,7 +925,7 @@ mod tests {
             }
         };
         let w = [
-            window(100, 101, 100, 102),
+            window(101, 101, 100, 102),
             window(205, 101, 200, 206),
             window(310, 101, 300, 320),
         ];
@@ -840,6 +1006,74 @@ mod tests {
         // A blocked client that still reads an argument is no proof.
         put_word(&mut blocked[1].bytes, 96, 7);
         assert!(bulklen_offset(&partial, &blocked).is_err());
+    }
+
+    /// Puts an embstr string object holding `bytes` at `at`.
+    fn put_string(img: &mut Image, at: u64, bytes: &[u8]) {
+        let mut o = vec![0u8; 64];
+        o[0] = 8 << 4; // OBJ_STRING, EMBSTR
+        put_word(&mut o, 8, at + 19);
+        o[16] = bytes.len() as u8; // sdshdr8 len
+        o[18] = 1; // sds type 8
+        o[19..19 + bytes.len()].copy_from_slice(bytes);
+        img.put(at, o);
+    }
+
+    /// Queues (Valkey 9's `parsedCommand`: 48 bytes, `argc` at 4, `argv` at 8, and
+    /// `argv_len`, the announced count, at 16) for `clients`, the queue's `len` at 264.
+    fn queue_image(img: &mut Image, clients: &mut [BlockedClient], with_queue: bool) {
+        for (n, c) in clients.iter_mut().enumerate() {
+            let (_, queued) = queued_behind(n);
+            let base = 0x50_0000 * (n as u64 + 1);
+            let mut array = vec![0u8; 48 * queued.len()];
+            for (i, args) in queued.iter().enumerate() {
+                let argv = base + 0x1000 * (i as u64 + 1);
+                let mut words = Vec::new();
+                for (j, a) in args.iter().enumerate() {
+                    let obj = argv + 0x100 * (j as u64 + 1);
+                    put_string(img, obj, a);
+                    words.extend_from_slice(&obj.to_le_bytes());
+                }
+                img.put(argv, words);
+                let e = &mut array[48 * i..48 * (i + 1)];
+                e[4..8].copy_from_slice(&(args.len() as i32).to_le_bytes());
+                put_word(e, 8, argv);
+                // The last one was cut short: more announced than parsed.
+                let announced = args.len() + usize::from(i + 1 == queued.len());
+                e[16..20].copy_from_slice(&(announced as i32).to_le_bytes());
+            }
+            img.put(base, array);
+            if with_queue {
+                put_word(&mut c.bytes, 256, base);
+                c.bytes[264..268].copy_from_slice(&(queued.len() as i32).to_le_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn the_command_queue_is_found_with_its_entry_layout_or_is_absent() {
+        let (mut img, mut blocked) = blocked_image(false);
+        let partial = blocked[0].clone();
+        queue_image(&mut img, &mut blocked, true);
+        let q = queued_behind(0).1.len();
+        assert_eq!(q, 3);
+        let queued: Vec<_> = (0..2).map(|n| queued_behind(n).1).collect();
+        assert_eq!(
+            queue_layout(&img, &blocked, &queued, &partial).unwrap(),
+            Some(QueueLayout {
+                len: 264,
+                stride: 48,
+                argc: 4,
+                argv: 8
+            })
+        );
+        // A build that leaves pipelined commands unparsed has no queue.
+        let (mut img, mut blocked) = blocked_image(false);
+        queue_image(&mut img, &mut blocked, false);
+        assert_eq!(
+            queue_layout(&img, &blocked, &queued, &partial).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ const PHASE_FUNCTIONS: &[(&[&str], &str, Input)] = &[
         Input::None,
     ),
     (&["activeExpireCycle"], "active-expire", Input::None),
+    // Valkey 9 scans in helpers too deep below `activeExpireCycle` for the stack window;
+    // the scan's per-key callback is right above the deletions.
+    (&["expireScanCallback"], "active-expire", Input::None),
     (&["performEvictions"], "eviction", Input::None),
     (&["activeDefragCycle"], "active-defrag", Input::None),
     (&["readSyncBulkPayload"], "replica-load", Input::None),

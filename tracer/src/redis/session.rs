@@ -167,7 +167,7 @@ impl RedisSession {
             }
             Err(e) => {
                 warnings.push(format!(
-                    "cannot probe linkClient/unlinkClient ({e}): faults while Redis reads a command have no client, key or command"
+                    "cannot probe createClient/linkClient/unlinkClient ({e}): faults while Redis reads a command have no client, key or command"
                 ));
                 false
             }
@@ -383,6 +383,10 @@ fn kernel_layout(
         off_argc: d.client_argc,
         off_argv: d.client_argv,
         off_bulklen: d.client_bulklen,
+        off_queue: d.client_queue.map_or(0, |q| q.len),
+        queue_stride: d.client_queue.map_or(0, |q| q.stride),
+        queue_argc: d.client_queue.map_or(0, |q| q.argc as u16),
+        queue_argv: d.client_queue.map_or(0, |q| q.argv as u16),
         key_max: key_max.min(KEY_CAP) as u32,
         range_count: ranges.len().min(PHASE_RANGES) as u32,
         ..ServerLayout::default()
