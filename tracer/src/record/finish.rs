@@ -17,6 +17,11 @@ const COW_SIZE_WAIT: Duration = Duration::from_secs(1);
 impl Recorder<'_> {
     /// Finishes the run stopped for `reason` (the programs are detached).
     pub fn finish(mut self, reason: EndReason) -> Result<RecordOutcome> {
+        // Read before detaching: programs go in no set order, and a fault of the target
+        // whose entry hook is already gone when its completion runs would count as
+        // unmatched. The other counters are read at the end (events lost up to the
+        // detach count).
+        let unmatched = self.counters.read().unmatched_completions;
         self.detach();
         // Whatever the reader drained after the stop.
         while let Ok(batch) = self.events.recv_timeout(Duration::from_millis(100)) {
@@ -45,7 +50,7 @@ impl Recorder<'_> {
         for r in &released {
             self.write(r)?;
         }
-        let trailer = self.trailer(reason, end_mono);
+        let trailer = self.trailer(reason, end_mono, unmatched);
         let timeline = self.timeline.take().context("timeline closed")?;
         let output = timeline
             .finish(&trailer)
@@ -87,7 +92,7 @@ impl Recorder<'_> {
         }
     }
 
-    fn trailer(&mut self, reason: EndReason, end_mono: u64) -> Trailer {
+    fn trailer(&mut self, reason: EndReason, end_mono: u64, unmatched: u64) -> Trailer {
         let sample_warnings = self.target.stop_sampler();
         if !self.opts.quiet {
             for w in &sample_warnings {
@@ -96,7 +101,10 @@ impl Recorder<'_> {
         }
         self.warnings.extend(sample_warnings);
         self.target.end_segment(end_mono, reason.as_str());
-        let kernel = self.counters.read();
+        let kernel = crate::timeline::KernelCounters {
+            unmatched_completions: unmatched,
+            ..self.counters.read()
+        };
         let analyzer =
             std::mem::replace(&mut self.analyzer, crate::analysis::Analyzer::new(0, None));
         let (mut epochs, summary) = analyzer.finish(end_mono);

@@ -611,51 +611,20 @@ impl Calibration<'_> {
         let client_queue = queue_layout(self.mem, &clients[..2], &queued, &clients[2])?;
         drop(partial);
         drop(blockers);
-        let mut checks = vec![
-            format!(
-                "server.current_client at {current_client}: held each of 2 calling clients in call()"
-            ),
-            format!(
-                "server.stat_numcommands at {seq}: inside INFO's total_commands_processed in {} windows (around 10 pipelined PINGs, 3 PINGs in MULTI/EXEC)",
-                windows.len()
-            ),
-            format!(
-                "client.argc at {argc}: read 3, 5 and 1 for clients blocked with 3 and 5 arguments and one that sent 1 of 3"
-            ),
-            format!(
-                "client.argv at {argv}: decoded to exactly the arguments of those three clients ({} values)",
-                values_name(values)
-            ),
-            format!(
-                "server.clients at {list}: a well-formed list of {} clients holding both",
-                members.len()
-            ),
-            format!(
-                "client.bulklen at {bulklen}: {PARTIAL_BULK} for the client that announced a {PARTIAL_BULK}-byte argument, -1 for the two blocked ones"
-            ),
-        ];
-        checks.push(match client_queue {
-            Some(q) => format!(
-                "client.cmd_queue at {}: held the 3 and 4 commands pipelined behind the two BLPOPs (entries of {} bytes, argc at {}, argv at {}), empty for the partial client",
-                q.len, q.stride, q.argc, q.argv
-            ),
-            None => "client.cmd_queue: none (commands pipelined behind a blocked BLPOP were not parsed ahead)".into(),
-        });
-        Ok((
-            Discovered {
-                server_size: self.server.size,
-                current_client,
-                stat_numcommands: seq,
-                clients: list,
-                client_argc: argc,
-                client_argv: argv,
-                client_bulklen: bulklen,
-                values: values_name(values),
-                client_queue,
-                checks,
-            },
-            members,
-        ))
+        let found = Discovered {
+            server_size: self.server.size,
+            current_client,
+            stat_numcommands: seq,
+            clients: list,
+            client_argc: argc,
+            client_argv: argv,
+            client_bulklen: bulklen,
+            values: values_name(values),
+            client_queue,
+            checks: Vec::new(),
+        };
+        let checks = proofs(&found, windows.len(), members.len());
+        Ok((Discovered { checks, ..found }, members))
     }
 
     fn counter_windows(&self, admin: &mut RedisConn) -> Result<Vec<CounterWindow>, DiscoveryError> {
@@ -817,6 +786,45 @@ impl Calibration<'_> {
         std::thread::sleep(Duration::from_millis(20));
         Ok(self.mem.bytes(client, CLIENT_BYTES)?)
     }
+}
+
+/// One line per offset: the observations that proved it.
+fn proofs(d: &Discovered, windows: usize, members: usize) -> Vec<String> {
+    let bulk = PARTIAL_BULK;
+    let mut checks = vec![
+        format!(
+            "server.current_client at {}: held each of 2 calling clients in call()",
+            d.current_client
+        ),
+        format!(
+            "server.stat_numcommands at {}: inside INFO's total_commands_processed in {windows} windows (around 10 pipelined PINGs, 3 PINGs in MULTI/EXEC)",
+            d.stat_numcommands
+        ),
+        format!(
+            "client.argc at {}: read 3, 5 and 1 for clients blocked with 3 and 5 arguments and one that sent 1 of 3",
+            d.client_argc
+        ),
+        format!(
+            "client.argv at {}: decoded to exactly the arguments of those three clients ({} values)",
+            d.client_argv, d.values
+        ),
+        format!(
+            "server.clients at {}: a well-formed list of {members} clients holding both",
+            d.clients
+        ),
+        format!(
+            "client.bulklen at {}: {bulk} for the client that announced a {bulk}-byte argument, -1 for the two blocked ones",
+            d.client_bulklen
+        ),
+    ];
+    checks.push(match d.client_queue {
+        Some(q) => format!(
+            "client.cmd_queue at {}: held the 3 and 4 commands pipelined behind the two BLPOPs (entries of {} bytes, argc at {}, argv at {}), empty for the partial client",
+            q.len, q.stride, q.argc, q.argv
+        ),
+        None => "client.cmd_queue: none (commands pipelined behind a blocked BLPOP were not parsed ahead)".into(),
+    });
+    checks
 }
 
 fn values_name(v: ValueLayout) -> &'static str {

@@ -155,14 +155,10 @@ impl RedisSession {
         }
         .run(&mut open)?;
         let mut warnings = Vec::new();
+        let list = server_sym.addr + u64::from(discovered.clients);
         let client_search = match kernel.probes.attach_client_probes(&symbols.exe, pid) {
             Ok(()) => {
-                // Walked now that the probes are on: a client freed before (the
-                // calibration's own connections) must not stay in the table, where its
-                // reused memory would pass for a client.
-                let list = mem.u64(server_sym.addr + u64::from(discovered.clients))?;
-                let live = walk_list(&mem, list).unwrap_or_default();
-                kernel.probes.seed_clients(pid, &live)?;
+                seed_live_clients(&mut *kernel.probes, &mem, pid, list)?;
                 true
             }
             Err(e) => {
@@ -189,28 +185,7 @@ impl RedisSession {
         );
         layout.phase_base = phase_base;
         kernel.probes.set_server(server, layout)?;
-        let server_info = conn.info("server").ok();
-        let version = server_info
-            .as_ref()
-            .and_then(|i| i.get("valkey_version").or_else(|| i.get("redis_version")))
-            .unwrap_or("")
-            .to_string();
-        let product = if server_info
-            .as_ref()
-            .is_some_and(|i| i.get("valkey_version").is_some())
-        {
-            "valkey"
-        } else {
-            "redis"
-        };
-        let allocator = conn
-            .info("memory")
-            .ok()
-            .and_then(|i| i.get("mem_allocator").map(str::to_string));
-        let role = conn
-            .info("replication")
-            .ok()
-            .and_then(|r| r.get("role").map(str::to_string));
+        let (product, version, allocator, role) = describe(&mut conn);
         let info = RedisRunInfo {
             product: product.into(),
             version,
@@ -400,6 +375,41 @@ fn kernel_layout(
 }
 
 /// The phase labels of `ranges`, each once, in order (several functions share a label).
+/// Puts the server's live clients in the kernel's table. Walked once the probes are on:
+/// a client freed before (the calibration's own connections) must not stay in the
+/// table, where its reused memory would pass for a client.
+fn seed_live_clients(
+    probes: &mut Probes,
+    mem: &RemoteMemory,
+    pid: u32,
+    list_field: u64,
+) -> Result<(), SessionError> {
+    let list = mem.u64(list_field)?;
+    let live = walk_list(mem, list).unwrap_or_default();
+    probes.seed_clients(pid, &live)?;
+    Ok(())
+}
+
+/// Product, version, allocator and role, from INFO (empty or `None` where it fails).
+fn describe(conn: &mut RedisConn) -> (&'static str, String, Option<String>, Option<String>) {
+    let server_info = conn.info("server").ok();
+    let valkey = server_info.as_ref().and_then(|i| i.get("valkey_version"));
+    let version = valkey
+        .or_else(|| server_info.as_ref().and_then(|i| i.get("redis_version")))
+        .unwrap_or("")
+        .to_string();
+    let product = if valkey.is_some() { "valkey" } else { "redis" };
+    let allocator = conn
+        .info("memory")
+        .ok()
+        .and_then(|i| i.get("mem_allocator").map(str::to_string));
+    let role = conn
+        .info("replication")
+        .ok()
+        .and_then(|r| r.get("role").map(str::to_string));
+    (product, version, allocator, role)
+}
+
 fn distinct_labels(ranges: &[Range]) -> Vec<&'static str> {
     let mut labels: Vec<&'static str> = Vec::new();
     for r in ranges {
