@@ -44,8 +44,11 @@ pub enum AfterExec {
 pub fn locate_after_exec(pid: u32) -> Result<AfterExec, LocateError> {
     match locate(pid) {
         Ok(path) => Ok(AfterExec::Found(path)),
+        // Mid-exec the new executable is named before it is mapped, and `/proc/PID/exe`
+        // can refuse to open until the exec is done: only a readable executable without
+        // an interpreter is a static one.
         Err(LocateError::NotFound(_))
-            if has_interpreter(&PathBuf::from(format!("/proc/{pid}/exe"))) =>
+            if has_interpreter(&PathBuf::from(format!("/proc/{pid}/exe"))) != Some(false) =>
         {
             Ok(AfterExec::NotYetMapped)
         }
@@ -53,19 +56,18 @@ pub fn locate_after_exec(pid: u32) -> Result<AfterExec, LocateError> {
     }
 }
 
-/// Whether the ELF file at `path` names a program interpreter (is dynamically linked).
-pub fn has_interpreter(path: &std::path::Path) -> bool {
+/// Whether the ELF file at `path` names a program interpreter (is dynamically linked);
+/// `None` when it cannot be read as ELF.
+pub fn has_interpreter(path: &std::path::Path) -> Option<bool> {
     use object::read::elf::{ElfFile64, ProgramHeader};
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    let Ok(elf) = ElfFile64::<object::Endianness>::parse(&*data) else {
-        return false;
-    };
+    let data = std::fs::read(path).ok()?;
+    let elf = ElfFile64::<object::Endianness>::parse(&*data).ok()?;
     let endian = elf.endian();
-    elf.elf_program_headers()
-        .iter()
-        .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
+    Some(
+        elf.elf_program_headers()
+            .iter()
+            .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP),
+    )
 }
 
 /// The file (as seen from this namespace) that defines `fork` for `pid`.
@@ -137,8 +139,12 @@ mod tests {
     #[test]
     fn dynamic_and_static_executables_are_told_apart() {
         // This test binary is dynamically linked; a static one has no PT_INTERP.
-        assert!(has_interpreter(std::path::Path::new("/proc/self/exe")));
-        assert!(!has_interpreter(std::path::Path::new("/nonexistent")));
+        assert_eq!(
+            has_interpreter(std::path::Path::new("/proc/self/exe")),
+            Some(true)
+        );
+        // Unreadable is not "static": the caller asks again.
+        assert_eq!(has_interpreter(std::path::Path::new("/nonexistent")), None);
         assert_eq!(
             locate_after_exec(std::process::id()).unwrap(),
             AfterExec::Found(locate(std::process::id()).unwrap())
