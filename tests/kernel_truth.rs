@@ -435,12 +435,13 @@ fn bgsave_cow_copies_equal_the_kernels_wpcopy_count() {
     let stderr = rec.stop();
 
     let t = read_timeline(&out);
-    // Nothing was dropped on the way, nor left untraced, and every completion found its
-    // fault's entry (the counter is read before the programs are detached, in no set
-    // order, at the end).
+    // Nothing was dropped on the way, nor left untraced. `kernel.unmatched_completions`
+    // is not asserted: faults in flight while the programs are being attached (in no set
+    // order) can complete without their entry having been seen; a fault inside the
+    // window whose entry was missed would show up below as a shortfall against the
+    // kernel's count anyway.
     assert_eq!(t["lost_events"], 0, "{stderr}");
     assert_eq!(t["kernel"]["threads_full"], 0, "{stderr}");
-    assert_eq!(t["kernel"]["unmatched_completions"], 0, "{stderr}");
     // cow_copy is exact only when the page-allocation hook is there.
     assert_eq!(
         t["run"]["options"]["approximate_kinds"],
