@@ -166,11 +166,9 @@ pub fn current_client_offset(obs: &[CallObservation]) -> Result<u32, DiscoveryEr
         });
     }
     let len = obs.iter().map(|o| o.server.len()).min().unwrap_or(0);
-    let fits = (0..len)
-        .step_by(8)
-        .filter(|&off| obs.iter().all(|o| word(&o.server, off) == Some(o.client)))
-        .map(|off| off as u32)
-        .collect();
+    let fits = offsets_where(len, 8, |off| {
+        obs.iter().all(|o| word(&o.server, off) == Some(o.client))
+    });
     unique(
         "server.current_client",
         fits,
@@ -202,18 +200,14 @@ pub fn stat_numcommands_offset(windows: &[CounterWindow]) -> Result<u32, Discove
         });
     }
     let len = windows.iter().map(|w| w.server.len()).min().unwrap_or(0);
-    let fits = (0..len)
-        .step_by(8)
-        .filter(|&off| {
-            let values: Vec<Option<u64>> = windows.iter().map(|w| word(&w.server, off)).collect();
-            windows
-                .iter()
-                .zip(&values)
-                .all(|(w, v)| v.is_some_and(|v| w.before < v && v <= w.after))
-                && values.windows(2).all(|p| p[0] < p[1])
-        })
-        .map(|off| off as u32)
-        .collect();
+    let fits = offsets_where(len, 8, |off| {
+        let values: Vec<Option<u64>> = windows.iter().map(|w| word(&w.server, off)).collect();
+        windows
+            .iter()
+            .zip(&values)
+            .all(|(w, v)| v.is_some_and(|v| w.before < v && v <= w.after))
+            && values.windows(2).all(|p| p[0] < p[1])
+    });
     unique(
         "server.stat_numcommands",
         fits,
@@ -242,15 +236,11 @@ pub fn argc_offset(clients: &[BlockedClient]) -> Result<u32, DiscoveryError> {
         });
     }
     let len = clients.iter().map(|c| c.bytes.len()).min().unwrap_or(0);
-    let fits = (0..len)
-        .step_by(4)
-        .filter(|&off| {
-            clients
-                .iter()
-                .all(|c| int(&c.bytes, off) == Some(c.args.len() as i32))
-        })
-        .map(|off| off as u32)
-        .collect();
+    let fits = offsets_where(len, 4, |off| {
+        clients
+            .iter()
+            .all(|c| int(&c.bytes, off) == Some(c.args.len() as i32))
+    });
     unique("client.argc", fits, "no int held every argument count")
 }
 
@@ -270,19 +260,24 @@ pub fn bulklen_offset(
         .iter()
         .map(|c| c.bytes.len())
         .fold(partial.bytes.len(), usize::min);
-    let fits = (0..len)
-        .step_by(8)
-        .filter(|&off| {
-            long(&partial.bytes, off) == Some(PARTIAL_BULK)
-                && blocked.iter().all(|c| long(&c.bytes, off) == Some(-1))
-        })
-        .map(|off| off as u32)
-        .collect();
+    let fits = offsets_where(len, 8, |off| {
+        long(&partial.bytes, off) == Some(PARTIAL_BULK)
+            && blocked.iter().all(|c| long(&c.bytes, off) == Some(-1))
+    });
     unique(
         "client.bulklen",
         fits,
         "no field held the announced argument length",
     )
+}
+
+/// The offsets below `len`, every `step` bytes, where `fits` holds.
+fn offsets_where(len: usize, step: usize, fits: impl Fn(usize) -> bool) -> Vec<u32> {
+    (0..len)
+        .step_by(step)
+        .filter(|&off| fits(off))
+        .map(|off| off as u32)
+        .collect()
 }
 
 fn long(bytes: &[u8], off: usize) -> Option<i64> {
