@@ -160,3 +160,57 @@ fn nothing_to_trace_and_missing_command() {
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// The command-line rows of docs/robustness.md, as printed there: refused before anything
+/// is attached or written (run in an empty folder, which stays empty). Our own checks are
+/// one line and exit 1; clap's usage errors exit 2.
+#[test]
+fn malformed_options_are_refused_before_anything_happens() {
+    require_root();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &["record", "--format", "jsn", "--", "true"],
+            2,
+            "error: invalid value 'jsn' for '--format <FORMAT>'",
+        ),
+        (
+            &["record", "-o", "-", "--", "true"],
+            1,
+            "redis-memtrace: error: -o - (stdout) needs --format ndjson: a JSON document is only complete at the end",
+        ),
+        (
+            &["record", "--ring-buffer-mb", "3", "--", "true"],
+            1,
+            "redis-memtrace: error: --ring-buffer-mb must be a power of two between 1 and 1024, not 3",
+        ),
+        (
+            &["record", "--key-bytes", "0", "--", "true"],
+            2,
+            "error: invalid value '0' for '--key-bytes <KEY_BYTES>': 0 is not in 1..=256",
+        ),
+        (
+            &["record", "--keys", "none", "--key-salt", "x", "--", "true"],
+            1,
+            "redis-memtrace: error: --key-salt only applies to --keys hash",
+        ),
+    ];
+    for (args, code, first_line) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(tracer())
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().next(), Some(first_line), "{args:?}");
+        if code == 1 {
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{args:?}: files left behind"
+        );
+    }
+}

@@ -267,11 +267,10 @@ fn check_swap_ins(t: &Value, label: &str, known: &[String], by_reference: bool) 
     // read server-wide state that was paged out too, and, when one of them timed out
     // (500 ms: a slow swap device), the PING of the sampler's new connection, which
     // the timeline's warning announces.
-    let reconnected = t["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|w| w.as_str().is_some_and(|w| w.contains("Redis INFO unavailable")));
+    let reconnected = t["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .is_some_and(|w| w.contains("Redis INFO unavailable"))
+    });
     let allowed: &[&str] = if reconnected {
         &["GET", "INFO", "PING"]
     } else {

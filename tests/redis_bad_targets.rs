@@ -317,3 +317,46 @@ fn a_process_that_is_not_redis_gets_no_attribution_and_no_warning() {
     let e = &t["epochs"][0];
     assert!(e["reason"].is_null() && e["redis"].is_null(), "{e}");
 }
+
+#[test]
+fn a_password_for_a_server_without_one_is_not_needed_and_never_shown() {
+    require_root();
+    const PASSWORD: &str = "Unneeded-7c2e";
+    let server = Server::start(&by_label("redis-7.0"), &[]);
+    server.populate(10_000, "key", 256);
+    let url = format!("redis://default:{PASSWORD}@127.0.0.1:{}", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    // Redis answers AUTH with "no password configured": taken as nothing to do.
+    let rec = Recording::start_with(
+        &["--redis", &url],
+        &out,
+        &["--interval", "100ms"],
+        testkit::recording::ATTRIBUTION_ON,
+    );
+    let mut con = server.client();
+    for i in 0..200 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("key:{i}"))
+            .arg("z".repeat(256))
+            .query(&mut con)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stderr = rec.stop();
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!stderr.contains(PASSWORD) && !text.contains(PASSWORD));
+    let t: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(t["warnings"], serde_json::json!([]));
+    assert_eq!(t["redis"]["info_reachable"], true);
+    let with_info = t["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["info"]["used_memory"].is_u64())
+        .count();
+    assert!(with_info >= 3, "{with_info} samples with INFO");
+    let sets = faults(&t).iter().filter(|f| f["activity"] == "SET").count();
+    assert!(sets > 0, "no fault attributed to SET");
+}

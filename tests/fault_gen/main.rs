@@ -51,6 +51,10 @@ struct Args {
     /// Print `ready PID`, then wait for SIGUSR1 before step 1 (for attaching with --pid).
     #[arg(long)]
     wait_signal: bool,
+    /// After step 1, print `touched` and wait for SIGUSR1 again (a test acts on the
+    /// tracer while the faults are known to be done).
+    #[arg(long)]
+    pause_after_touch: bool,
     /// Skip the fork (steps 2 and 3).
     #[arg(long)]
     no_fork: bool,
@@ -244,6 +248,10 @@ fn main() {
 
     write_pages(base, 0, args.pages, 1);
     step("first_touch", args.pages);
+    if args.pause_after_touch {
+        println!("touched");
+        wait_for_usr1();
+    }
 
     if !args.no_fork {
         let mut fds = [0i32; 2];

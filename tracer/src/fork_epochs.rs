@@ -218,11 +218,24 @@ impl ForkEpochs {
         if pid == self.target {
             // The most recent epoch that covers the fault: the parent's copies are caused by
             // the newest child still sharing its pages.
-            let found = self
+            let covering = self
                 .epochs
-                .iter_mut()
-                .rev()
-                .find(|e| e.parent_pid == pid && e.covers(ts));
+                .iter()
+                .rposition(|e| e.parent_pid == pid && e.covers(ts));
+            // A copy after the child's exit event: its memory is released after that
+            // event (some 100 us later for a Redis child), and until then the parent's
+            // writes still copy. The copy is that fork's: the latest epoch ended before.
+            let found = covering
+                .or_else(|| {
+                    (kind == FaultKind::CowCopy)
+                        .then(|| {
+                            self.epochs.iter().rposition(|e| {
+                                e.parent_pid == pid && e.end_ns.is_some_and(|end| end <= ts)
+                            })
+                        })
+                        .flatten()
+                })
+                .map(|i| &mut self.epochs[i]);
             return match found {
                 Some(e) => {
                     e.faults.parent.add(kind);
@@ -325,6 +338,36 @@ mod tests {
             ep.assign(T, 999, FaultKind::FirstTouch),
             (Role::Parent, None)
         );
+    }
+
+    #[test]
+    fn a_copy_after_the_childs_exit_is_the_last_epochs() {
+        let mut ep = ForkEpochs::new(T);
+        assert_eq!(
+            ep.assign(T, 500, FaultKind::CowCopy),
+            (Role::Parent, None),
+            "no fork yet"
+        );
+        ep.on_fork(T, T, 200, 1_000);
+        ep.on_exit(200, 2_000);
+        ep.on_fork(T, T, 201, 3_000);
+        ep.on_exit(201, 4_000);
+        // The second child's memory is still being released.
+        assert_eq!(
+            ep.assign(T, 4_100, FaultKind::CowCopy),
+            (Role::Parent, Some(1))
+        );
+        assert_eq!(
+            ep.assign(T, 2_100, FaultKind::CowCopy),
+            (Role::Parent, Some(0))
+        );
+        // Only copies: a reuse after the exit is no epoch's.
+        assert_eq!(
+            ep.assign(T, 4_200, FaultKind::WpReuse),
+            (Role::Parent, None)
+        );
+        assert_eq!(ep.epochs()[1].faults.parent.cow_copy, 1);
+        assert_eq!(ep.epochs()[0].faults.parent.cow_copy, 1);
     }
 
     #[test]

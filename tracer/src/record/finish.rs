@@ -105,6 +105,12 @@ impl Recorder<'_> {
             unmatched_completions: unmatched,
             ..self.counters.read()
         };
+        if let Some(w) = loss_warning(&kernel) {
+            if !self.opts.quiet {
+                eprintln!("redis-memtrace: warning: {w}");
+            }
+            self.warnings.push(w);
+        }
         let analyzer =
             std::mem::replace(&mut self.analyzer, crate::analysis::Analyzer::new(0, None));
         let (mut epochs, summary) = analyzer.finish(end_mono);
@@ -132,6 +138,31 @@ impl Recorder<'_> {
             },
         }
     }
+}
+
+/// What lost events and untraced threads make of the counts, if any were.
+fn loss_warning(k: &crate::timeline::KernelCounters) -> Option<String> {
+    let mut causes = Vec::new();
+    if k.ring_buffer_full > 0 {
+        causes.push(format!(
+            "{} events lost (ring buffer full: a larger --ring-buffer-mb or a smaller \
+             --poll-ms keeps up)",
+            k.ring_buffer_full
+        ));
+    }
+    if k.threads_full > 0 {
+        causes.push(format!(
+            "{} threads untraced (thread table full)",
+            k.threads_full
+        ));
+    }
+    (!causes.is_empty()).then(|| {
+        format!(
+            "{}: the summary's fault counts, the epochs' counts and the top tables are \
+             lower bounds",
+            causes.join("; ")
+        )
+    })
 }
 
 /// Converts the finished timeline at `timeline` into the Perfetto file opened at start.
@@ -176,4 +207,24 @@ fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::pat
         );
     }
     eprintln!("  timeline: {}", output.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loss_warning;
+    use crate::timeline::KernelCounters;
+
+    #[test]
+    fn losses_make_the_counts_lower_bounds() {
+        assert_eq!(loss_warning(&KernelCounters::default()), None);
+        let lost = KernelCounters {
+            ring_buffer_full: 7,
+            threads_full: 2,
+            ..KernelCounters::default()
+        };
+        let w = loss_warning(&lost).unwrap();
+        assert!(w.starts_with("7 events lost (ring buffer full"), "{w}");
+        assert!(w.contains("; 2 threads untraced"), "{w}");
+        assert!(w.ends_with("are lower bounds"), "{w}");
+    }
 }

@@ -22,7 +22,8 @@ use crate::analysis::Record;
 /// Where the lines go.
 enum Sink {
     Stdout(io::Stdout),
-    File(File, PathBuf),
+    /// The file, its path, and the bytes of whole lines written so far.
+    File(File, PathBuf, u64),
 }
 
 /// Streams one timeline as NDJSON.
@@ -48,7 +49,7 @@ impl NdjsonTimeline {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(dest)?;
-            Sink::File(file, dest.to_path_buf())
+            Sink::File(file, dest.to_path_buf(), 0)
         };
         Ok(NdjsonTimeline {
             sink,
@@ -91,7 +92,15 @@ impl NdjsonTimeline {
                 lock.write_all(&self.pending)?;
                 lock.flush()?;
             }
-            Sink::File(f, _) => f.write_all(&self.pending)?,
+            Sink::File(f, _, whole) => {
+                if let Err(e) = f.write_all(&self.pending) {
+                    // A full disk takes part of a write: cut back to the last whole
+                    // line, so the file stays valid line by line (an unfinished run).
+                    let _ = f.set_len(*whole);
+                    return Err(e);
+                }
+                *whole += self.pending.len() as u64;
+            }
         }
         self.pending.clear();
         Ok(())
@@ -105,7 +114,7 @@ impl NdjsonTimeline {
         self.flush()?;
         match self.sink {
             Sink::Stdout(_) => Ok(PathBuf::from("-")),
-            Sink::File(f, path) => {
+            Sink::File(f, path, _) => {
                 f.sync_all()?;
                 Ok(path)
             }
