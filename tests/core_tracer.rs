@@ -10,8 +10,8 @@ use std::{collections::BTreeMap, process::Command};
 
 use common::*;
 use testkit::{
-    Guarded, SwapGuard, programs::our_programs_after_exit, read_timeline, require_root,
-    tracefs::tracefs_without, tracer,
+    Guarded, Recording, SwapGuard, process::signal, programs::our_programs_after_exit,
+    read_timeline, recording::TRACING_PID, require_root, tracefs::tracefs_without, tracer,
 };
 
 /// Fault counts inside the generator's region, keyed by (kind, role, epoch).
@@ -229,11 +229,14 @@ fn huge_page_faults_are_flagged() {
 #[test]
 fn attach_to_running_pid() {
     require_root();
+    let _swap = SwapGuard::ensure();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("timeline.json");
     let run = record_pid(
         &out,
-        &["--pages", "1500", "--cow", "700", "--reuse", "300"],
+        &[
+            "--pages", "1500", "--cow", "700", "--reuse", "300", "--swap", "300",
+        ],
         &[],
     );
     let t = read_timeline(&out);
@@ -242,13 +245,114 @@ fn attach_to_running_pid() {
         (key("first_touch", "parent", "null"), 1500),
         (key("cow_copy", "parent", "0"), 700),
         (key("wp_reuse", "parent", "null"), 300),
+        (key("swap_in", "parent", "null"), 300),
     ]
     .into_iter()
     .collect();
     assert_eq!(counts, expected);
+    assert_eq!(t["lost_events"], 0);
+    let epochs = t["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 1);
+    let child = run.value("child").unwrap().parse::<u64>().unwrap();
+    assert_eq!(epochs[0]["child_pid"].as_u64(), Some(child));
+    assert_eq!(epochs[0]["end_reason"], "exit");
     assert_eq!(t["target"]["comm"], "fault-gen");
     assert_eq!(t["end"]["reason"], "target_exit");
     assert!(t["target"]["command"].is_null());
+}
+
+/// Region faults of the generator recorded in `t`, by kind.
+fn region_records(t: &serde_json::Value, region: (u64, u64), kind: &str) -> u64 {
+    t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] == kind
+                && e["addr"]
+                    .as_u64()
+                    .is_some_and(|a| (region.0..region.1).contains(&a))
+        })
+        .count() as u64
+}
+
+/// SIGINT and SIGTERM drain the ring buffer: faults still in it at the signal are in the
+/// timeline. The tracer is stopped (SIGSTOP) while the generator takes its faults, and
+/// gets the signal before it runs again, so none of them has been read yet.
+#[test]
+fn a_stop_signal_drains_the_events_still_in_the_ring_buffer() {
+    require_root();
+    const PAGES: u64 = 20_000;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let mut paused = PausedGenerator::start(&["--pages", &PAGES.to_string(), "--no-fork"]);
+        let rec = Recording::start_with(
+            &["--pid", &paused.pid().to_string()],
+            &out,
+            &[],
+            TRACING_PID,
+        );
+        assert!(signal(rec.pid(), libc::SIGSTOP));
+        paused.touch();
+        assert!(signal(rec.pid(), sig));
+        assert!(signal(rec.pid(), libc::SIGCONT));
+        let (status, stderr) = rec.exit();
+        assert!(status.success(), "signal {sig}: {stderr}");
+        assert!(stderr.contains("stopped (signal)"), "{stderr}");
+        let region = paused.finish();
+        let t = read_timeline(&out);
+        assert_eq!(t["lost_events"], 0, "signal {sig}");
+        assert_eq!(
+            region_records(&t, region, "first_touch"),
+            PAGES,
+            "signal {sig}: faults in the ring buffer at the signal"
+        );
+    }
+}
+
+/// `--max-events` and `--max-rate` bound the fault records written, never the counts:
+/// every fault is in the summary, and what was left out is in `event_cap`.
+#[test]
+fn max_events_and_max_rate_cap_the_records_not_the_counts() {
+    require_root();
+    for (flag, bound) in [("--max-events", 1_000u64), ("--max-rate", 500)] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let gen_args: Vec<String> = ["--pages", "5000", "--no-fork"].map(String::from).to_vec();
+        let bound_text = bound.to_string();
+        record_command_env(&out, &gen_args, &["-q", flag, &bound_text], &[]);
+        let t = read_timeline(&out);
+        let fault_ts: Vec<u64> = t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["addr"].is_u64())
+            .map(|e| e["ts_ns"].as_u64().unwrap())
+            .collect();
+        let written = fault_ts.len() as u64;
+        let dropped = t["event_cap"]["dropped"].as_u64().unwrap();
+        let f = &t["summary"]["faults"];
+        let counted: u64 = ["cow_copy", "wp_reuse", "swap_in", "first_touch", "other"]
+            .iter()
+            .map(|k| f[k].as_u64().unwrap())
+            .sum();
+        eprintln!("{flag} {bound}: {written} written, {dropped} left out, {counted} counted");
+        assert!(f["first_touch"].as_u64().unwrap() >= 5_000, "{flag}: {f}");
+        assert_eq!(written + dropped, counted, "{flag}: every fault counted");
+        assert!(dropped > 0, "{flag}: nothing capped");
+        if flag == "--max-events" {
+            assert_eq!(written, bound);
+        } else {
+            // At most `bound` in each second of event time, and the first second is full.
+            let (first, last) = (fault_ts[0], *fault_ts.last().unwrap());
+            let seconds = (last - first) / 1_000_000_000 + 1;
+            assert!(
+                written >= bound && written <= bound * (seconds + 1),
+                "{written}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! server that exits mid-trace still gets a complete timeline with its epochs closed.
 
 use std::{
+    collections::BTreeMap,
     process::Command,
     sync::{
         Arc,
@@ -223,4 +224,102 @@ fn follow_finds_the_restarted_server_in_a_new_segment() {
         .filter(|f| f["pid"].as_u64() == Some(second.pid as u64) && f["activity"] == "SET")
         .count();
     assert!(set_faults > 0, "no SET faults of the second server");
+}
+
+/// `INFO commandstats` as (command, calls), asked over a bare socket: a client library
+/// would add commands of its own (redis-rs sends `CLIENT SETINFO` on connect).
+fn command_calls(port: u16) -> BTreeMap<String, u64> {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // `$LEN\r\n` then LEN bytes and `\r\n`.
+    loop {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&reply)
+        );
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((head, body)) = text.split_once("\r\n") {
+            let len: usize = head.trim_start_matches('$').parse().unwrap();
+            if body.len() >= len + 2 {
+                return testkit::commands::parse_info(&body[..len])
+                    .into_iter()
+                    .filter_map(|(name, stats)| {
+                        let command = name.strip_prefix("cmdstat_")?.to_string();
+                        let calls = stats
+                            .split(',')
+                            .find_map(|kv| kv.strip_prefix("calls="))?
+                            .parse()
+                            .ok()?;
+                        Some((command, calls))
+                    })
+                    .collect();
+            }
+        }
+    }
+}
+
+/// The commands the README lists for a run without password or database, as Redis
+/// counts them (6.2 counts subcommands under their container).
+const SENT: &[&str] = &[
+    "info",
+    "ping",
+    "client",
+    "client|id",
+    "client|unblock",
+    "blpop",
+    "multi",
+    "exec",
+];
+
+/// The tracer sends only the commands the README lists, and none writes: over a whole
+/// run (discovery, INFO samples, stop) on every build, `INFO commandstats` grows only by
+/// them (and by the test's own first `INFO`) and the data set's digest is unchanged.
+#[test]
+fn the_tracer_sends_only_the_listed_commands_and_writes_nothing() {
+    require_root();
+    for build in testkit::attribution_builds() {
+        let label = &build.label;
+        let server = Server::start(&build, &[]);
+        server.populate(5_000, "key", 128);
+        let digest = || -> String { server.query(redis::cmd("DEBUG").arg("DIGEST")) };
+        let before_digest = digest();
+        let before = command_calls(server.port);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let rec = Recording::start(&server, &out, &["--interval", "100ms"]);
+        std::thread::sleep(Duration::from_millis(500));
+        rec.stop();
+        let after = command_calls(server.port);
+        let grown: BTreeMap<&String, u64> = after
+            .iter()
+            .map(|(c, n)| (c, n - before.get(c).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let others: Vec<&&String> = grown
+            .keys()
+            .filter(|c| !SENT.contains(&c.as_str()))
+            .collect();
+        assert!(
+            others.is_empty(),
+            "[{label}] commands the README does not list: {grown:?}"
+        );
+        assert!(
+            grown.get(&"blpop".to_string()).is_some_and(|&n| n >= 2),
+            "[{label}] {grown:?}"
+        );
+        assert!(
+            grown.get(&"info".to_string()).is_some_and(|&n| n >= 3),
+            "[{label}] {grown:?}"
+        );
+        assert_eq!(digest(), before_digest, "[{label}] the data set changed");
+    }
 }

@@ -266,7 +266,8 @@ fn check_swap_ins(t: &Value, label: &str, known: &[String], by_reference: bool) 
     // The only other commands in the window are the tracer's own: INFO samples, which
     // read server-wide state that was paged out too, and, when one of them timed out
     // (500 ms: a slow swap device), the PING of the sampler's new connection, which
-    // the timeline's warning announces.
+    // the timeline's warning announces. (The sampler's first connection and INFO are
+    // done before the tracer says it is ready.)
     let reconnected = t["warnings"].as_array().unwrap().iter().any(|w| {
         w.as_str()
             .is_some_and(|w| w.contains("Redis INFO unavailable"))

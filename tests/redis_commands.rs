@@ -283,3 +283,109 @@ fn subcommand_faults_name_the_container_command() {
         }
     }
 }
+
+/// Bytes each command of the transaction and the scripts zero-fill: new keys, so every
+/// page is a first touch of the command that writes it (at least 64 pages each).
+const FILLS: [(&str, usize); 3] = [("tx:a", 1 << 20), ("tx:b", 1 << 19), ("tx:c", 1 << 18)];
+
+/// MULTI/EXEC: each queued command's faults are that command's and its key's (EXEC runs
+/// them under its own client, the first one before EXEC is counted). Scripts (EVAL, and
+/// FCALL on Redis 7 and later): the writes of the commands a script calls are the calling
+/// EVAL's or FCALL's, without a key (a script names its keys in KEYS, not in `argv[1]`).
+#[test]
+fn transactions_give_each_command_its_key_and_scripts_are_their_caller() {
+    require_root();
+    let mut failures = Vec::new();
+    for build in attribution_builds() {
+        let label = &build.label;
+        let server = Server::start(&build, &[]);
+        let mut con = server.client();
+        let functions = build.major() >= 7;
+        if functions {
+            let _: String = redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg(
+                    "#!lua name=memtrace\nredis.register_function('fill', function(keys, args) \
+                     return redis.call('SETRANGE', keys[1], tonumber(args[1]), 'x') end)",
+                )
+                .query(&mut con)
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let rec = Recording::start(&server, &out, &[]);
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for (key, bytes) in FILLS {
+            tx.cmd("SETRANGE").arg(key).arg(bytes - 1).arg("x");
+        }
+        let lens: Vec<u64> = tx.query(&mut con).unwrap();
+        assert_eq!(lens, FILLS.map(|(_, b)| b as u64).to_vec());
+        let script = "return redis.call('SETRANGE', KEYS[1], tonumber(ARGV[1]), 'x')";
+        let len: u64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(1)
+            .arg("ev:a")
+            .arg((1 << 20) - 1)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(len, 1 << 20);
+        if functions {
+            let len: u64 = redis::cmd("FCALL")
+                .arg("fill")
+                .arg(1)
+                .arg("fc:a")
+                .arg((1 << 20) - 1)
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(len, 1 << 20);
+        }
+        let stderr = rec.stop();
+        let t = read_timeline(&out);
+        assert_eq!(t["lost_events"], 0, "[{label}] {stderr}");
+        let fs = faults(&t);
+        let under = |activity: &str, key: Option<&str>| {
+            fs.iter()
+                .filter(|f| f["activity"] == activity && f["key"].as_str() == key)
+                .count()
+        };
+        let keyed: Vec<usize> = FILLS
+            .iter()
+            .map(|(key, _)| under("SETRANGE", Some(key)))
+            .collect();
+        let (eval, fcall) = (under("EVAL", None), under("FCALL", None));
+        eprintln!(
+            "[{label}] SETRANGE in MULTI/EXEC {keyed:?}, EXEC {}, EVAL {eval}, FCALL {fcall}; \
+             all {:?}",
+            count_activity(&fs, "EXEC"),
+            by_activity(&fs)
+        );
+        for ((key, bytes), n) in FILLS.iter().zip(&keyed) {
+            // A little less than the bytes' pages where the allocator reuses freed pages.
+            if *n < bytes / 4096 * 3 / 4 {
+                failures.push(format!("[{label}] SETRANGE {key} in EXEC: {n} faults"));
+            }
+        }
+        if count_activity(&fs, "EXEC") > 16 {
+            failures.push(format!(
+                "[{label}] EXEC itself took {} faults: its commands' writes",
+                count_activity(&fs, "EXEC")
+            ));
+        }
+        if eval < 192 || (functions && fcall < 192) {
+            failures.push(format!(
+                "[{label}] a script's 1 MiB SETRANGE: EVAL {eval}, FCALL {fcall} faults"
+            ));
+        }
+        let script_keys = fs
+            .iter()
+            .filter(|f| matches!(f["key"].as_str(), Some("ev:a" | "fc:a")))
+            .count();
+        if script_keys > 0 {
+            failures.push(format!(
+                "[{label}] {script_keys} faults name a script's key"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -149,6 +149,30 @@ fn recorded_redis(build: &Build) -> Value {
     redis
 }
 
+/// The README's support table: per build, whether the binary carries DWARF (so the
+/// layout is checked against it) and how many internal phases the binary's symbols give.
+const MATRIX: [(&str, bool, u64); 7] = [
+    ("redis-6.2", true, 7),
+    ("redis-7.0", false, 7),
+    ("redis-7.4", true, 8),
+    ("valkey-8.0", false, 7),
+    ("valkey-8.1", true, 7),
+    ("valkey-9.1", false, 6),
+    ("redis-8.0", false, 7),
+];
+
+/// With the installed matrix (`cargo xtask test`), the builds are the README's seven.
+#[test]
+fn the_installed_matrix_is_the_readmes() {
+    if std::env::var(testkit::builds::MANIFEST_ENV).is_err() {
+        eprintln!("no manifest (run through `cargo xtask test`): nothing to compare");
+        return;
+    }
+    let labels: Vec<String> = testkit::builds().into_iter().map(|b| b.label).collect();
+    let expected: Vec<&str> = MATRIX.iter().map(|(l, _, _)| *l).collect();
+    assert_eq!(labels, expected);
+}
+
 #[test]
 fn discovered_layouts_match_the_binaries_dwarf_and_the_old_tables() {
     require_root();
@@ -169,6 +193,11 @@ fn discovered_layouts_match_the_binaries_dwarf_and_the_old_tables() {
         }
 
         let redis = recorded_redis(&build);
+        if let Some((_, has_dwarf, phases)) = MATRIX.iter().find(|(l, _, _)| l == label) {
+            assert_eq!(dwarf.is_some(), *has_dwarf, "[{label}] DWARF oracle");
+            let found = redis["phases"].as_array().map_or(0, |p| p.len() as u64);
+            assert_eq!(found, *phases, "[{label}] phases: {}", redis["phases"]);
+        }
         let layout = &redis["layout"];
         eprintln!("[{label}] discovered layout: {layout}");
         // Complete, whatever the oracles.

@@ -125,3 +125,92 @@ pub fn record_pid<S: AsRef<OsStr>>(out: &Path, gen_args: &[S], extra: &[&str]) -
         stderr,
     }
 }
+
+/// `fault-gen --wait-signal --pause-after-touch ARGS`: held before its faults, then
+/// after them, so a test can act on the tracer around them.
+pub struct PausedGenerator {
+    process: Guarded,
+    out: BufReader<std::process::ChildStdout>,
+    seen: String,
+}
+
+impl PausedGenerator {
+    /// Starts the generator and waits until it is ready for SIGUSR1.
+    pub fn start(gen_args: &[&str]) -> PausedGenerator {
+        let mut process = Guarded::kill_on_drop(
+            Command::new(fault_gen())
+                .args(["--wait-signal", "--pause-after-touch"])
+                .args(gen_args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let out = BufReader::new(process.stdout.take().unwrap());
+        let mut g = PausedGenerator {
+            process,
+            out,
+            seen: String::new(),
+        };
+        g.read_until("ready ");
+        g
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// The kernel's count of its page faults so far (`minflt + majflt` of
+    /// `/proc/PID/stat`), the same events the tracer's completion programs count; read
+    /// once it sleeps in `sigwait` (it prints `ready` just before).
+    pub fn kernel_faults(&self) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while testkit::process::proc_state(self.pid()) != Some('S') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "generator not waiting"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the parenthesised comm start at field 3 (state).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| fields[n - 3].parse::<u64>().unwrap();
+        field(10) + field(12)
+    }
+
+    /// Lets it take its first-touch faults; returns once they are all done.
+    pub fn touch(&mut self) {
+        assert!(signal(self.pid(), libc::SIGUSR1));
+        self.read_until("touched");
+        self.read_until("ready ");
+    }
+
+    /// Lets it finish; its region.
+    pub fn finish(mut self) -> (u64, u64) {
+        assert!(signal(self.pid(), libc::SIGUSR1));
+        self.out.read_to_string(&mut self.seen).unwrap();
+        assert!(self.process.wait().unwrap().success(), "{}", self.seen);
+        Run {
+            stdout: std::mem::take(&mut self.seen),
+            stderr: String::new(),
+        }
+        .region()
+    }
+
+    fn read_until(&mut self, prefix: &str) {
+        loop {
+            let mut line = String::new();
+            let n = self.out.read_line(&mut line).unwrap();
+            assert!(n > 0, "generator ended before {prefix:?}: {}", self.seen);
+            self.seen.push_str(&line);
+            if line.starts_with(prefix) {
+                return;
+            }
+        }
+    }
+}

@@ -29,7 +29,8 @@ pub struct ThreadSlot {
     pub ctx_seq: u64,
     /// Redis context last reported: phase plus one (0: none yet).
     pub ctx_phase: u32,
-    /// Redis context last reported: `argc` (low 24 bits) and queued commands (high 8).
+    /// Redis context last reported: outside a command, `argc` (low 24 bits) and queued
+    /// commands (high 8); inside one, the low 32 bits of the client's `argv`.
     pub ctx_argc: u32,
 }
 const _: () = assert!(core::mem::size_of::<ThreadSlot>() == 64);

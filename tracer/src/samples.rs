@@ -404,6 +404,18 @@ impl Sampler {
         }
     }
 
+    /// Waits until the first sample is taken, for at most `limit`; whether it was.
+    pub fn wait_first(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.latest().is_none() {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
     /// Stops the thread (within one sample's time, not one interval) and returns every
     /// sample kept plus the warnings.
     pub fn stop(mut self) -> (Vec<Sample>, Vec<String>) {

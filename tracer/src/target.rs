@@ -254,3 +254,32 @@ pub fn comm(pid: u32) -> Option<String> {
         .ok()
         .map(|s| s.trim_end().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_pid_is_not_the_old_process() {
+        let (_, me) = describe(std::process::id()).unwrap();
+        assert!(still_running(me).is_ok());
+        // The same pid with another start time: a process that took the pid over.
+        let other = ProcessId {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        };
+        assert!(matches!(still_running(other), Err(TargetError::Reused(p)) if p == me.pid));
+        // A process that exited: not running, zombie or reaped.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let (_, id) = describe(child.id()).unwrap();
+        assert!(still_running(id).is_ok());
+        child.kill().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(still_running(id).is_err(), "a zombie");
+        child.wait().unwrap();
+        assert!(still_running(id).is_err());
+    }
+}

@@ -64,12 +64,20 @@ pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64, user_regs: u6
     let seq = read_user::<u64>(server + layout.off_seq as u64);
     match (client, seq) {
         (Some(c), Some(s)) if c != 0 => {
-            if slot.ctx_phase == ph::COMMAND + 1 && slot.ctx_client == c && slot.ctx_seq == s {
+            // A new `argv` is a new command even with the same client and counter: EXEC
+            // runs its first queued command before counting itself.
+            let argv = read_user::<u64>(c + layout.off_argv as u64).unwrap_or(0) as u32;
+            if slot.ctx_phase == ph::COMMAND + 1
+                && slot.ctx_client == c
+                && slot.ctx_seq == s
+                && slot.ctx_argc == argv
+            {
                 return;
             }
             slot.ctx_phase = ph::COMMAND + 1;
             slot.ctx_client = c;
             slot.ctx_seq = s;
+            slot.ctx_argc = argv;
             emit(id, ts_ns, ph::COMMAND, 0, c, s, 0, layout);
         }
         (Some(_), Some(s)) => phase::outside_command(slot, layout, id, ts_ns, s, user_regs),

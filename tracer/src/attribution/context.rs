@@ -273,8 +273,9 @@ pub struct Attributor {
     key_max: usize,
     keys: KeyPolicy,
     current: HashMap<u32, ThreadContext>,
-    /// Per thread: the client and attribution of the last command that had a name.
-    last_command: HashMap<u32, (u64, Arc<Attribution>)>,
+    /// Per thread: the client, `stat_numcommands` and attribution of the last command
+    /// that had a name.
+    last_command: HashMap<u32, (u64, u64, Arc<Attribution>)>,
     contexts_seen: u64,
 }
 
@@ -313,18 +314,30 @@ impl Attributor {
         let tid = ev.header.tid;
         // After a command ran, Redis frees its arguments (`argc` 0, no name) while the
         // client is still current: those faults finish the same command.
+        let last = self.last_command.get(&tid);
         if ev.argc == 0
             && ev.name_len == 0
-            && let Some((client, last)) = self.last_command.get(&tid)
+            && let Some((client, _, last)) = last
             && *client == ev.client
         {
             let cleanup = Arc::new(last.in_stage("cleanup"));
             return (ThreadContext::Ready(cleanup), None);
         }
+        // The same client and counter with new arguments: a command Redis rewrote for
+        // propagation (SET EX as SET PXAT, SPOP as SREM, GETDEL as DEL) is still the
+        // command that runs. Except EXEC's: its queued commands run under its client, the
+        // first one before EXEC is counted.
+        if let Some((client, seq, last)) = last
+            && *client == ev.client
+            && *seq == ev.seq
+            && last.activity != "EXEC"
+        {
+            return (ThreadContext::Ready(Arc::clone(last)), None);
+        }
         let command = Arc::new(self.decode_command(ev));
         if ev.name_len > 0 {
             self.last_command
-                .insert(tid, (ev.client, Arc::clone(&command)));
+                .insert(tid, (ev.client, ev.seq, Arc::clone(&command)));
         }
         let resolved = Resolved {
             client: ev.client,
@@ -471,8 +484,12 @@ mod tests {
         ev.key_len = key_len;
         ev.argc = 3;
         ev.client = 0xc1;
+        // Each a command of its own unless a test says otherwise.
+        ev.seq = NEXT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ev
     }
+
+    static NEXT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 32);
 
     fn ready(a: &Attributor, tid: u32) -> Arc<Attribution> {
         match a.for_thread(tid) {
@@ -685,5 +702,36 @@ mod tests {
         cleanup.client = 0xc2;
         a.on_context(&cleanup);
         assert_eq!(ready(&a, 1).activity, "unknown-command");
+    }
+
+    /// A command context with the client and counter of the one before it.
+    fn same_command(name: &[u8], key: &[u8], seq: u64) -> ContextEvent {
+        let mut ev = ctx(
+            1,
+            phase::COMMAND,
+            name,
+            key,
+            key.len() as u64,
+            context_flags::HAS_KEY,
+        );
+        ev.seq = seq;
+        ev
+    }
+
+    #[test]
+    fn a_rewritten_command_keeps_its_name_and_execs_commands_get_theirs() {
+        let mut a = Attributor::new(ranges(), 128, KeyPolicy::Full);
+        // SPOP rewritten as SREM for propagation: still SPOP.
+        assert!(a.on_context(&same_command(b"spop", b"s", 7)).is_some());
+        assert!(a.on_context(&same_command(b"srem", b"s", 7)).is_none());
+        assert_eq!(ready(&a, 1).activity, "SPOP");
+        // EXEC's first queued command runs before EXEC is counted: it is itself.
+        a.on_context(&same_command(b"exec", b"", 8));
+        a.on_context(&same_command(b"set", b"k1", 8));
+        let at = ready(&a, 1);
+        assert_eq!(at.activity, "SET");
+        assert_eq!(at.key.as_ref().unwrap().bytes, b"k1");
+        a.on_context(&same_command(b"set", b"k2", 9));
+        assert_eq!(ready(&a, 1).key.as_ref().unwrap().bytes, b"k2");
     }
 }

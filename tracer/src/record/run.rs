@@ -299,14 +299,14 @@ impl Recorder<'_> {
         if let Err(w) = self.probe_fork_call(id.pid) {
             self.warnings.push(w);
         }
-        if self.opts.attribution
-            && self.try_attribution()
+        let attribution = self.opts.attribution && self.try_attribution();
+        self.target.start_sampler(self.opts.interval);
+        if attribution
             && !self.opts.quiet
             && let Some(s) = &self.target.session
         {
             announce_attribution(s);
         }
-        self.target.start_sampler(self.opts.interval);
         Ok(())
     }
 }

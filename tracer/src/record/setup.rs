@@ -199,8 +199,8 @@ impl<'o> Recorder<'o> {
         if let Some(l) = self.launched.as_mut() {
             l.release()?;
         }
-        self.announce();
         self.target.start_sampler(self.opts.interval);
+        self.announce();
         Ok(())
     }
 

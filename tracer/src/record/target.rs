@@ -23,6 +23,9 @@ pub const SERVER_INDEX: u32 = 1;
 
 /// How long after its exec a dynamically linked command may take to map its C library.
 const LOADER_GRACE: Duration = Duration::from_secs(10);
+/// How long the run's announcement waits for the first memory sample (INFO times out at
+/// 500 ms).
+const FIRST_SAMPLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Where probing the target's `fork()` stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +118,11 @@ impl Target {
             .and_then(|s| s.spec())
             .and_then(|spec| RedisConn::open(spec, Duration::from_millis(500)).ok());
         self.sampler = Sampler::spawn(self.pid(), conn, interval).ok();
+        // The first sample (its INFO included) before the run is announced: once the
+        // tracer says it is tracing, its only commands are the periodic INFOs.
+        if let Some(s) = &self.sampler {
+            s.wait_first(FIRST_SAMPLE_WAIT);
+        }
     }
 
     /// Stops sampling; returns the warnings it had.
