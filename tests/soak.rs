@@ -22,6 +22,24 @@ fn rss(pid: u32) -> u64 {
         * 1024
 }
 
+/// User plus system CPU time of `pid` so far, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; the list starts at field 3.
+    let ticks: u64 = [14, 15]
+        .iter()
+        .filter_map(|n| fields.get(n - 3)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
 #[test]
 fn soak_under_benchmark_with_periodic_bgsave() {
     require_root();
@@ -74,13 +92,17 @@ fn soak_under_benchmark_with_periodic_bgsave() {
     server.wait_bgsave_done(Duration::from_secs(60));
     let _ = bench.kill();
     let _ = bench.wait();
+    // CPU over the whole run (the server was started just before it).
+    let (tracer_cpu, redis_cpu) = (cpu_seconds(tracer_pid), cpu_seconds(server.pid));
     let log = rec.stop();
     let t = read_timeline(&out);
     eprintln!(
-        "soak {secs}s: {bgsaves} BGSAVEs, tracer max RSS {} MiB, {} events, lost {}",
+        "soak {secs}s: {bgsaves} BGSAVEs, tracer max RSS {} MiB, {} events, lost {}; CPU: \
+         tracer {tracer_cpu:.1} s, redis-server {redis_cpu:.1} s ({:.1}%)",
         max_rss >> 20,
         t["events"].as_array().unwrap().len(),
-        t["lost_events"]
+        t["lost_events"],
+        100.0 * tracer_cpu / redis_cpu.max(0.01)
     );
     assert!(bgsaves >= secs / 10, "only {bgsaves} BGSAVEs: {log}");
     assert!(max_rss > 0 && max_rss < 64 << 20, "tracer RSS {max_rss} B");

@@ -5,7 +5,11 @@
 //! are a small closed set, anything past the cap is folded into `(other)`), keys go
 //! through a Space-Saving heavy-hitters sketch, and slots are at most 16384.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{collections::HashMap, sync::Arc};
+
+/// The hot maps' hasher: keys come from clients (key names), so seeded per run, and far
+/// cheaper than SipHash on every fault.
+type Fast = foldhash::quality::RandomState;
 
 use serde::Serialize;
 
@@ -22,11 +26,11 @@ const MAX_ACTIVITIES: usize = 1024;
 /// Running aggregates for one scope (the whole run or one epoch).
 #[derive(Debug)]
 pub struct Aggregates {
-    activities: HashMap<String, (bool, KindCounts)>,
-    keys_cow: TopN<(KeyBytes, Option<u16>)>,
-    keys_swap_in: TopN<(KeyBytes, Option<u16>)>,
-    slots_cow: BTreeMap<u16, u64>,
-    slots_swap_in: BTreeMap<u16, u64>,
+    activities: HashMap<String, (bool, KindCounts), Fast>,
+    keys_cow: TopN<(Arc<KeyBytes>, Option<u16>)>,
+    keys_swap_in: TopN<(Arc<KeyBytes>, Option<u16>)>,
+    slots_cow: HashMap<u16, u64, Fast>,
+    slots_swap_in: HashMap<u16, u64, Fast>,
     /// Faults with no attribution (before the first context of their thread).
     unattributed: KindCounts,
 }
@@ -92,11 +96,11 @@ impl Aggregates {
     /// Aggregates whose key sketches keep `key_capacity` keys each.
     pub fn new(key_capacity: usize) -> Aggregates {
         Aggregates {
-            activities: HashMap::new(),
+            activities: HashMap::default(),
             keys_cow: TopN::with_capacity(key_capacity),
             keys_swap_in: TopN::with_capacity(key_capacity),
-            slots_cow: BTreeMap::new(),
-            slots_swap_in: BTreeMap::new(),
+            slots_cow: HashMap::default(),
+            slots_swap_in: HashMap::default(),
             unattributed: KindCounts::default(),
         }
     }
@@ -130,7 +134,7 @@ impl Aggregates {
         if let Some(key) = &at.key {
             // The slot rides along: it was computed from the real key, which a hashed
             // or cut key no longer shows.
-            keys.add((key.clone(), at.slot), 1);
+            keys.add((Arc::clone(key), at.slot), 1);
         }
         if let Some(slot) = at.slot {
             *slots.entry(slot).or_default() += 1;
@@ -164,7 +168,7 @@ impl Aggregates {
     }
 }
 
-fn key_rows(sketch: &TopN<(KeyBytes, Option<u16>)>, top: usize) -> Vec<KeyRow> {
+fn key_rows(sketch: &TopN<(Arc<KeyBytes>, Option<u16>)>, top: usize) -> Vec<KeyRow> {
     sketch
         .top(top)
         .into_iter()
@@ -180,7 +184,7 @@ fn key_rows(sketch: &TopN<(KeyBytes, Option<u16>)>, top: usize) -> Vec<KeyRow> {
         .collect()
 }
 
-fn slot_rows(slots: &BTreeMap<u16, u64>, top: usize) -> Vec<SlotRow> {
+fn slot_rows(slots: &HashMap<u16, u64, Fast>, top: usize) -> Vec<SlotRow> {
     let mut rows: Vec<SlotRow> = slots
         .iter()
         .map(|(&slot, &pages)| SlotRow { slot, pages })
@@ -201,7 +205,7 @@ mod tests {
             activity: "SET".into(),
             is_command: true,
             slot: Some(key_hash_slot(&k.bytes)),
-            key: Some(k),
+            key: Some(Arc::new(k)),
             argc: 3,
             stage: None,
             keys_in_command: None,

@@ -19,7 +19,8 @@ pub struct Attribution {
     /// True when `activity` is a command.
     pub is_command: bool,
     /// The command's first key, when it has one.
-    pub key: Option<KeyBytes>,
+    /// Shared: every fault of the context carries it, and the key tables keep it.
+    pub key: Option<Arc<KeyBytes>>,
     /// Cluster hash slot of `key`.
     pub slot: Option<u16>,
     /// Arguments of the command (`argc`), 0 for phases.
@@ -323,18 +324,27 @@ impl Attributor {
             let cleanup = Arc::new(last.in_stage("cleanup"));
             return (ThreadContext::Ready(cleanup), None);
         }
-        // The same client and counter with new arguments: a command Redis rewrote for
-        // propagation (SET EX as SET PXAT, SPOP as SREM, GETDEL as DEL) is still the
-        // command that runs. Except EXEC's: its queued commands run under its client, the
-        // first one before EXEC is counted.
+        let command = Arc::new(self.decode_command(ev));
         if let Some((client, seq, last)) = last
             && *client == ev.client
-            && *seq == ev.seq
-            && last.activity != "EXEC"
         {
-            return (ThreadContext::Ready(Arc::clone(last)), None);
+            // The same client and counter with new arguments: a command Redis rewrote
+            // for propagation (SET EX as SET PXAT, SPOP as SREM, GETDEL as DEL) is still
+            // the command that runs. Except EXEC's: its queued commands run under its
+            // client, the first one before EXEC is counted.
+            if *seq == ev.seq && last.activity != "EXEC" {
+                return (ThreadContext::Ready(Arc::clone(last)), None);
+            }
+            // Counted, with its arguments still there: Redis is freeing them (`argc`
+            // drops to 0 only once all are freed).
+            if ev.seq == seq.wrapping_add(1)
+                && command.activity == last.activity
+                && command.key == last.key
+            {
+                let cleanup = Arc::new(last.in_stage("cleanup"));
+                return (ThreadContext::Ready(cleanup), None);
+            }
         }
-        let command = Arc::new(self.decode_command(ev));
         if ev.name_len > 0 {
             self.last_command
                 .insert(tid, (ev.client, ev.seq, Arc::clone(&command)));
@@ -453,7 +463,7 @@ impl Attributor {
             is_command: true,
             slot,
             keys_in_command: keyed.then(|| keys_in_command(&lower, ev.argc)).flatten(),
-            key,
+            key: key.map(Arc::new),
             argc: ev.argc,
             stage: None,
         }
@@ -733,5 +743,20 @@ mod tests {
         assert_eq!(at.key.as_ref().unwrap().bytes, b"k1");
         a.on_context(&same_command(b"set", b"k2", 9));
         assert_eq!(ready(&a, 1).key.as_ref().unwrap().bytes, b"k2");
+    }
+
+    #[test]
+    fn freeing_a_commands_arguments_is_its_cleanup_and_the_next_command_is_new() {
+        let mut a = Attributor::new(ranges(), 128, KeyPolicy::Full);
+        a.on_context(&same_command(b"mset", b"m:0", 20));
+        // Counted (21), arguments not yet freed: MSET's cleanup.
+        assert!(a.on_context(&same_command(b"mset", b"m:0", 21)).is_none());
+        let at = ready(&a, 1);
+        assert_eq!((at.activity.as_str(), at.stage), ("MSET", Some("cleanup")));
+        // The next command runs with that counter too: itself, not MSET's.
+        assert!(a.on_context(&same_command(b"del", b"key:0", 21)).is_some());
+        let at = ready(&a, 1);
+        assert_eq!((at.activity.as_str(), at.stage), ("DEL", None));
+        assert_eq!(at.key.as_ref().unwrap().bytes, b"key:0");
     }
 }

@@ -69,7 +69,7 @@ pub struct TopN<K: Eq + Hash + Clone> {
     /// `pos[slot]` is the slot's index in `heap`.
     pos: Vec<usize>,
     /// Key to slot.
-    index: HashMap<K, usize>,
+    index: HashMap<K, usize, foldhash::quality::RandomState>,
 }
 
 impl<K: Eq + Hash + Clone> TopN<K> {
@@ -83,7 +83,7 @@ impl<K: Eq + Hash + Clone> TopN<K> {
             entries: Vec::with_capacity(prealloc),
             heap: Vec::with_capacity(prealloc),
             pos: Vec::with_capacity(prealloc),
-            index: HashMap::with_capacity(prealloc),
+            index: HashMap::with_capacity_and_hasher(prealloc, Default::default()),
         }
     }
 

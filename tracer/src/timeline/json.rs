@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 
 use super::{RunInfo, SCHEMA_VERSION, TargetInfo, Trailer};
-use crate::{analysis::Record, attribution::keys::escape_key, output_file::AtomicFile};
+use crate::{analysis::Record, output_file::AtomicFile};
 
 /// Streams one timeline to disk.
 pub struct JsonTimeline {
@@ -92,6 +92,45 @@ fn opt(v: Option<u32>) -> String {
     v.map_or_else(|| "null".to_string(), |v| v.to_string())
 }
 
+fn put_u64<W: Write>(w: &mut W, v: u64) -> io::Result<()> {
+    w.write_all(itoa::Buffer::new().format(v).as_bytes())
+}
+
+fn put_bool<W: Write>(w: &mut W, v: bool) -> io::Result<()> {
+    w.write_all(if v { b"true" } else { b"false" })
+}
+
+/// A key as the JSON string of its [`escape_key`] form, without building that form:
+/// escape_key's output is printable ASCII, so JSON only doubles its backslashes and
+/// escapes its quotes.
+fn put_key<W: Write>(w: &mut W, key: &[u8]) -> io::Result<()> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    w.write_all(b"\"")?;
+    let mut from = 0;
+    for (i, &b) in key.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\\\\\",
+            b'"' => b"\\\\\\\"",
+            b'\n' => b"\\\\n",
+            b'\r' => b"\\\\r",
+            b'\t' => b"\\\\t",
+            0x20..=0x7e => continue,
+            _ => &[
+                b'\\',
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ],
+        };
+        w.write_all(&key[from..i])?;
+        w.write_all(escaped)?;
+        from = i + 1;
+    }
+    w.write_all(&key[from..])?;
+    w.write_all(b"\"")
+}
+
 /// Writes one record as a JSON object. Hand-formatted: this runs for every event.
 pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
     use tracer_common::fault_flags as ff;
@@ -114,44 +153,61 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
                 crate::fork_epochs::Role::Child => "child",
             };
             let b = |bit: u32| flags & bit != 0;
-            write!(
-                w,
-                "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"{}\",\"addr\":{addr},\
-\"role\":\"{role}\",\"epoch\":{},\"error_code\":{error_code},\"latency_ns\":{latency_ns},\
-\"huge\":{},\"major\":{},\"kernel_mode\":{},\"reclaim\":{}",
-                kind.name(),
-                opt(*epoch),
-                b(ff::ALLOC_HUGE),
-                b(ff::MAJOR),
-                b(ff::KERNEL_MODE),
-                b(ff::RECLAIM),
-            )?;
+            w.write_all(b"{\"ts_ns\":")?;
+            put_u64(w, *ts_ns)?;
+            w.write_all(b",\"pid\":")?;
+            put_u64(w, u64::from(*pid))?;
+            w.write_all(b",\"tid\":")?;
+            put_u64(w, u64::from(*tid))?;
+            w.write_all(b",\"kind\":\"")?;
+            w.write_all(kind.name().as_bytes())?;
+            w.write_all(b"\",\"addr\":")?;
+            put_u64(w, *addr)?;
+            w.write_all(b",\"role\":\"")?;
+            w.write_all(role.as_bytes())?;
+            w.write_all(b"\",\"epoch\":")?;
+            match epoch {
+                Some(e) => put_u64(w, u64::from(*e))?,
+                None => w.write_all(b"null")?,
+            }
+            w.write_all(b",\"error_code\":")?;
+            put_u64(w, *error_code)?;
+            w.write_all(b",\"latency_ns\":")?;
+            put_u64(w, *latency_ns)?;
+            w.write_all(b",\"huge\":")?;
+            put_bool(w, b(ff::ALLOC_HUGE))?;
+            w.write_all(b",\"major\":")?;
+            put_bool(w, b(ff::MAJOR))?;
+            w.write_all(b",\"kernel_mode\":")?;
+            put_bool(w, b(ff::KERNEL_MODE))?;
+            w.write_all(b",\"reclaim\":")?;
+            put_bool(w, b(ff::RECLAIM))?;
             if let Some(at) = attribution {
                 w.write_all(b",\"activity\":")?;
                 to_writer(w, &at.activity)?;
                 if let Some(key) = &at.key {
-                    // escape_key output is printable ASCII; serde adds JSON escaping of
-                    // its backslashes and quotes.
                     w.write_all(b",\"key\":")?;
-                    to_writer(w, &escape_key(&key.bytes))?;
-                    write!(
-                        w,
-                        ",\"key_len\":{},\"key_truncated\":{}",
-                        key.original_len,
-                        key.truncated()
-                    )?;
+                    put_key(w, &key.bytes)?;
+                    w.write_all(b",\"key_len\":")?;
+                    put_u64(w, key.original_len)?;
+                    w.write_all(b",\"key_truncated\":")?;
+                    put_bool(w, key.truncated())?;
                     if key.hashed {
                         w.write_all(b",\"key_hashed\":true")?;
                     }
                 }
                 if let Some(slot) = at.slot {
-                    write!(w, ",\"slot\":{slot}")?;
+                    w.write_all(b",\"slot\":")?;
+                    put_u64(w, u64::from(slot))?;
                 }
                 if let Some(stage) = at.stage {
-                    write!(w, ",\"stage\":\"{stage}\"")?;
+                    w.write_all(b",\"stage\":\"")?;
+                    w.write_all(stage.as_bytes())?;
+                    w.write_all(b"\"")?;
                 }
                 if let Some(n) = at.keys_in_command {
-                    write!(w, ",\"keys_in_command\":{n}")?;
+                    w.write_all(b",\"keys_in_command\":")?;
+                    put_u64(w, u64::from(n))?;
                 }
             }
             w.write_all(b"}")
@@ -373,5 +429,67 @@ mod tests {
         let dest = dir.path().join("t.json");
         fs::write(temp_path(&dest), b"x").unwrap();
         assert!(JsonTimeline::create(&dest).is_err());
+    }
+}
+
+#[cfg(test)]
+mod encoding {
+    use super::*;
+    use crate::{
+        attribution::{
+            context::Attribution,
+            keys::{KeyBytes, escape_key},
+        },
+        classify::FaultKind,
+        fork_epochs::Role,
+    };
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    proptest! {
+        #[test]
+        fn keys_are_the_json_string_of_their_escaped_form(key in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut out = Vec::new();
+            put_key(&mut out, &key).unwrap();
+            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&escape_key(&key)).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_keyed_fault_reads_back_field_by_field() {
+        let at = Arc::new(Attribution {
+            key: Some(Arc::new(KeyBytes::new(b"a\"b\\c\n\xff", 40, 128))),
+            slot: Some(1234),
+            stage: Some("parse"),
+            keys_in_command: Some(3),
+            ..Attribution::phase("SET")
+        });
+        let r = Record::Fault {
+            ts_ns: u64::MAX,
+            pid: 7,
+            tid: 8,
+            kind: FaultKind::SwapIn,
+            addr: 0x7fff_0000_1000,
+            role: Role::Child,
+            epoch: None,
+            error_code: 4,
+            latency_ns: 0,
+            flags: tracer_common::fault_flags::MAJOR | tracer_common::fault_flags::KERNEL_MODE,
+            attribution: Some(at),
+        };
+        let mut out = Vec::new();
+        write_record(&mut out, &r).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "ts_ns": u64::MAX, "pid": 7, "tid": 8, "kind": "swap_in",
+                "addr": 0x7fff_0000_1000u64, "role": "child", "epoch": null, "error_code": 4,
+                "latency_ns": 0, "huge": false, "major": true, "kernel_mode": true,
+                "reclaim": false, "activity": "SET", "key": "a\\\"b\\\\c\\n\\xff",
+                "key_len": 40, "key_truncated": true, "slot": 1234, "stage": "parse",
+                "keys_in_command": 3
+            })
+        );
     }
 }
