@@ -31,13 +31,8 @@ const KEYS: u64 = 20_000;
 fn saving_server() -> (Server, redis::Connection) {
     let server = Server::start(&by_label("redis-7.0"), &[]);
     server.populate(KEYS, "key", 256);
-    let mut con = server.client();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("rdb-key-save-delay")
-        .arg("1000")
-        .query(&mut con)
-        .unwrap();
+    let con = server.client();
+    server.config_set("rdb-key-save-delay", "1000");
     (server, con)
 }
 

@@ -382,12 +382,7 @@ fn bgsave_cow_copies_equal_the_kernels_wpcopy_count() {
     let server = Server::start(&by_label("redis-7.0"), &[]);
     let mut sock = netlink::Socket::open().expect("a TASKSTATS netlink socket");
     server.populate(KEYS, "key", VALUE_BYTES);
-    let _: () = server.query(
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("rdb-key-save-delay")
-            .arg(KEY_SAVE_DELAY_US),
-    );
+    server.config_set("rdb-key-save-delay", KEY_SAVE_DELAY_US);
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");

@@ -173,12 +173,7 @@ fn bgsave_under_writes_exports_a_trace_an_independent_parser_accepts() {
     const KEYS: u64 = 50_000;
     server.populate(KEYS, "key", 1024);
     // Keep the child alive while the client writes (microseconds per key saved).
-    let _: () = server.query(
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("rdb-key-save-delay")
-            .arg("20"),
-    );
+    server.config_set("rdb-key-save-delay", "20");
     let dir = tempfile::tempdir().unwrap();
     let timeline = dir.path().join("timeline.json");
     let out = dir.path().join("trace.json");

@@ -15,12 +15,7 @@ fn run(server: &Server, dir: &Path, name: &str, extra: &[&str]) -> (std::path::P
     let out = dir.join(name);
     let rec = Recording::start(server, &out, extra);
     let mut con = server.client();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("rdb-key-save-delay")
-        .arg("50")
-        .query(&mut con)
-        .unwrap();
+    server.config_set("rdb-key-save-delay", "50");
     let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
     let big = vec![b'v'; 64 * 1024];
     for i in 0..300 {
@@ -35,12 +30,7 @@ fn run(server: &Server, dir: &Path, name: &str, extra: &[&str]) -> (std::path::P
             .query(&mut con)
             .unwrap();
     }
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("rdb-key-save-delay")
-        .arg("0")
-        .query(&mut con)
-        .unwrap();
+    server.config_set("rdb-key-save-delay", "0");
     server.wait_bgsave_done(Duration::from_secs(60));
     let stderr = rec.stop();
     (out, stderr)

@@ -151,12 +151,7 @@ fn redis_exiting_mid_trace_closes_epochs_and_the_timeline() {
     let out = dir.path().join("t.json");
     let rec = Recording::start(&server, &out, &[]);
     let mut con = server.client();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("rdb-key-save-delay")
-        .arg("1000")
-        .query(&mut con)
-        .unwrap();
+    server.config_set("rdb-key-save-delay", "1000");
     let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // The server goes away while its fork child is saving.

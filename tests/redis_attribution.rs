@@ -33,12 +33,7 @@ fn bgsave_cow_is_attributed_to_set_on_hot_keys_and_matches_redis() {
         server.populate(10_000, "hot", 1024);
         server.populate(1_000, "hot:{tagged}", 1024);
         // Keep the child alive while the client writes (microseconds per key saved).
-        let _: () = server.query(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("rdb-key-save-delay")
-                .arg("10"),
-        );
+        server.config_set("rdb-key-save-delay", "10");
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("t.json");
         let rec = Recording::start(&server, &out, &["--top", "50"]);

@@ -51,12 +51,7 @@ fn wrong_password_traces_the_listener_and_never_shows_the_password() {
     server.populate(50_000, "key", 1024);
     // Set the password on an open connection: it stays authenticated.
     let mut con = server.client();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg(GOOD)
-        .query(&mut con)
-        .unwrap();
+    server.config_set("requirepass", GOOD);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");
     let target = format!("redis://default:{BAD}@{}", server.url());

@@ -1,11 +1,13 @@
 //! Which command the faults go to, against real servers (`testkit::attribution_builds`:
-//! Redis 7.0 and 6.2), real eBPF, as root:
+//! every build `cargo xtask setup` installs), real eBPF, as root:
 //!
 //! - faults of reading a large argument belong to its command (`stage` `parse`), also
 //!   when timers or another client's command run between the reads;
 //! - multi-key commands (MSET, DEL of 10,000 keys) are attributed to the command and its
 //!   first key only (`argv[1]`: the other keys are never recorded), without losing events;
-//! - subcommands (Redis 7.0 `CONFIG SET`, `CONFIG GET`) name their container command.
+//! - subcommands (Redis 7.0 `CONFIG SET`, `CONFIG GET`) name their container command;
+//! - commands in MULTI/EXEC are each their own command; scripts are their caller;
+//! - a client blocked in BLPOP is served under the command that serves it.
 //!
 //! Forks are kept alive by stopping the child with SIGSTOP (its pages stay shared, so
 //! every write of the parent is a copy-on-write) and resumed with SIGCONT, also when a
@@ -244,18 +246,8 @@ fn subcommand_faults_name_the_container_command() {
                 .query(&mut con)
                 .unwrap();
         }
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory-policy")
-            .arg("allkeys-lru")
-            .query(&mut con)
-            .unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(used * 3 / 4)
-            .query(&mut con)
-            .unwrap();
+        server.config_set("maxmemory-policy", "allkeys-lru");
+        server.config_set("maxmemory", used * 3 / 4);
         let t1 = mono_ns();
         drop(stopped);
         server.wait_bgsave_done(Duration::from_secs(60));
@@ -384,6 +376,108 @@ fn transactions_give_each_command_its_key_and_scripts_are_their_caller() {
         if script_keys > 0 {
             failures.push(format!(
                 "[{label}] {script_keys} faults name a script's key"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A client blocked in BLPOP is served later, inside another client's LPUSH: the reply it
+/// gets (the popped 1 MiB element, copied into its reply buffer) is the BLPOP's, with the
+/// list's key, on every build (Redis has the blocked client as `current_client` while it
+/// serves it). The LPUSH keeps its own parse, run and cleanup faults.
+#[test]
+fn blocked_clients_are_served_under_the_command_that_serves_them() {
+    use std::io::Write;
+    require_root();
+    const VALUE: usize = 1 << 20;
+    let mut failures: Vec<String> = Vec::new();
+    for build in attribution_builds() {
+        let label = &build.label;
+        let server = Server::start(&build, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("t.json");
+        let rec = Recording::start(&server, &out, &[]);
+        let mut waiter = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        waiter
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        waiter
+            .write_all(b"*3\r\n$5\r\nBLPOP\r\n$7\r\nbl:list\r\n$1\r\n0\r\n")
+            .unwrap();
+        testkit::wait::wait_until(
+            "the BLPOP to block",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || server.info_u64("clients", "blocked_clients") == 1,
+        );
+        let mut pusher = server.client();
+        let pushed_at = mono_ns();
+        let len: u64 = redis::cmd("LPUSH")
+            .arg("bl:list")
+            .arg(vec![b'v'; VALUE])
+            .query(&mut pusher)
+            .unwrap();
+        assert_eq!(len, 1);
+        // *2 $7 bl:list $1048576 <value>: read it all.
+        let mut reply = vec![0u8; 4 + 4 + 9 + 10 + VALUE + 2];
+        waiter.read_exact(&mut reply).unwrap();
+        assert!(reply.starts_with(b"*2\r\n$7\r\nbl:list\r\n$1048576\r\nvvv"));
+        let stderr = rec.stop();
+        let t = read_timeline(&out);
+        assert_eq!(t["lost_events"], 0, "[{label}] {stderr}");
+        let fs = faults(&t);
+        let after: Vec<&Value> = fs
+            .iter()
+            .copied()
+            .filter(|f| f["ts_ns"].as_u64() >= Some(pushed_at))
+            .collect();
+        let count = |activity: &str, stage: Option<&str>| {
+            after
+                .iter()
+                .filter(|f| {
+                    f["activity"] == activity
+                        && f["key"] == "bl:list"
+                        && f["stage"].as_str() == stage
+                })
+                .count()
+        };
+        let (push_parse, pop_run) = (count("LPUSH", Some("parse")), count("BLPOP", None));
+        let mut groups = std::collections::BTreeMap::new();
+        for f in &after {
+            let what = format!("{} {} {}", f["activity"], f["key"], f["stage"]);
+            *groups.entry(what).or_insert(0usize) += 1;
+        }
+        eprintln!("[{label}] after the push: {groups:?}");
+        // The reply holds the 1 MiB element: 256 pages, a little less where the allocator
+        // reuses freed pages.
+        if pop_run < 192 {
+            failures.push(format!(
+                "[{label}] the blocked BLPOP's 1 MiB reply: {pop_run} faults under BLPOP"
+            ));
+        }
+        if push_parse < 192 {
+            failures.push(format!(
+                "[{label}] reading LPUSH's 1 MiB argument: {push_parse} parse faults"
+            ));
+        }
+        let elsewhere = after
+            .iter()
+            .filter(|f| matches!(f["activity"].as_str(), Some("LPUSH" | "BLPOP")))
+            .filter(|f| f["key"] != "bl:list")
+            .count();
+        if elsewhere > 0 {
+            failures.push(format!(
+                "[{label}] {elsewhere} LPUSH/BLPOP faults without the list's key"
+            ));
+        }
+        let other = after
+            .iter()
+            .filter(|f| !matches!(f["activity"].as_str(), Some("LPUSH" | "BLPOP")))
+            .count();
+        if other > 16 {
+            failures.push(format!(
+                "[{label}] {other} faults after the push under neither command"
             ));
         }
     }

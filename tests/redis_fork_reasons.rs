@@ -107,12 +107,7 @@ fn replica_full_sync_fork_is_labelled_replication() {
             master.populate(10_000, "key", 100);
             // The child lives ~1 s, so the replica is still waiting for the RDB when the
             // tracer asks INFO replication (that is how a disk-based sync is told apart).
-            let _: () = master.query(
-                redis::cmd("CONFIG")
-                    .arg("SET")
-                    .arg("rdb-key-save-delay")
-                    .arg("20"),
-            );
+            master.config_set("rdb-key-save-delay", "20");
             let dir = tempfile::tempdir().unwrap();
             let out = dir.path().join("t.json");
             let rec = Recording::start(&master, &out, &[]);

@@ -147,12 +147,7 @@ fn eviction_between_commands_is_eviction_and_inside_a_write_is_the_write() {
         let stopped = bgsave_stopped(&server, &mut con);
         let used = info_u64_on(&mut con, "memory", "used_memory");
         let a0 = mono_ns();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(used - 40_000_000)
-            .query(&mut con)
-            .unwrap();
+        server.config_set("maxmemory", used - 40_000_000);
         // Polled once a second: every command, INFO included, runs performEvictions()
         // in processCommand() while over the limit, so each poll really does evict
         // (and those faults are rightly INFO's); fewer polls keep the time event's

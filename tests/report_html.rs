@@ -173,12 +173,7 @@ fn report_of_a_real_bgsave_matches_the_timeline_and_renders_in_chromium() {
     server.populate(40_000, "key", 1024);
     // A few seconds of child life (a sleep per key saved), so samples land inside the
     // epoch and the writes below copy pages while the child lives.
-    let _: () = server.query(
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("rdb-key-save-delay")
-            .arg("20"),
-    );
+    server.config_set("rdb-key-save-delay", "20");
     let dir = tempfile::tempdir().unwrap();
     let timeline = dir.path().join("timeline.json");
     // Stopped by SIGINT once the child has exited; --duration only caps a stuck run.

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use testkit::{Guarded, Recording, Server, by_label, read_timeline, require_root};
+use testkit::{
+    Guarded, Recording, Server, by_label, process::ProcStat, read_timeline, require_root,
+};
 
 /// VmRSS of `pid` in bytes.
 fn rss(pid: u32) -> u64 {
@@ -24,20 +26,7 @@ fn rss(pid: u32) -> u64 {
 
 /// User plus system CPU time of `pid` so far, seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15; the list starts at field 3.
-    let ticks: u64 = [14, 15]
-        .iter()
-        .filter_map(|n| fields.get(n - 3)?.parse::<u64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
+    ProcStat::read(pid).map_or(0.0, |s| s.cpu_seconds())
 }
 
 #[test]

@@ -279,12 +279,7 @@ fn redis_bgsave_under_writes_with_attribution_matches_the_schema() {
         let server = Server::start(&build, &[]);
         server.populate(50_000, "key", 1024);
         // Keep the child alive while the writes land (microseconds per key saved).
-        let _: () = server.query(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("rdb-key-save-delay")
-                .arg("20"),
-        );
+        server.config_set("rdb-key-save-delay", "20");
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("timeline.json");
         // 8 key bytes: `key:1234` is kept whole (with a slot), `key:12345` is truncated

@@ -112,14 +112,73 @@ impl Drop for Guarded {
     }
 }
 
+/// What `/proc/PID/stat` says of a process (all threads, exited ones included).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub ppid: u32,
+    pub minflt: u64,
+    pub majflt: u64,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+impl ProcStat {
+    /// Reads `/proc/PID/stat`; `None` once the process is gone.
+    pub fn read(pid: u32) -> Option<ProcStat> {
+        ProcStat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// Parses the text of a `/proc/PID/stat`.
+    pub fn parse(text: &str) -> Option<ProcStat> {
+        // The command name may hold spaces and ')': count fields from the last ')'.
+        let fields: Vec<&str> = text
+            .get(text.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        let n = |i: usize| fields.get(i)?.parse::<u64>().ok();
+        // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags, minflt,
+        // cminflt, majflt, cmajflt, utime, stime.
+        Some(ProcStat {
+            state: fields.first()?.chars().next()?,
+            ppid: u32::try_from(n(1)?).ok()?,
+            minflt: n(7)?,
+            majflt: n(9)?,
+            cpu_ticks: n(11)? + n(12)?,
+        })
+    }
+
+    /// The counts accrued since `start` (the state is this one's).
+    pub fn since(&self, start: &ProcStat) -> ProcStat {
+        ProcStat {
+            minflt: self.minflt.saturating_sub(start.minflt),
+            majflt: self.majflt.saturating_sub(start.majflt),
+            cpu_ticks: self.cpu_ticks.saturating_sub(start.cpu_ticks),
+            ..*self
+        }
+    }
+
+    /// Minor plus major faults.
+    pub fn faults(&self) -> u64 {
+        self.minflt + self.majflt
+    }
+
+    /// CPU time in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_ticks as f64 * tick_ns() / 1e9
+    }
+}
+
+/// Nanoseconds per clock tick of `/proc/PID/stat`.
+pub fn tick_ns() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e9 / if hz > 0 { hz as f64 } else { 100.0 }
+}
+
 /// `/proc/PID/stat` fields after the command name: (state, ppid).
 pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut it = rest.split_whitespace();
-    let state = it.next()?.chars().next()?;
-    let ppid = it.next()?.parse().ok()?;
-    Some((state, ppid))
+    ProcStat::read(pid).map(|s| (s.state, s.ppid))
 }
 
 /// The state letter of `pid` (`R`, `S`, `T` for stopped, `Z` ...).
@@ -140,4 +199,22 @@ pub fn children_of(parent: u32) -> Vec<u32> {
 /// A live (not zombie) child process of `parent`.
 pub fn child_of(parent: u32) -> Option<u32> {
     children_of(parent).into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat() {
+        let text =
+            "23058 (redis server) S 1 23054 22101 0 -1 4194560 313875 0 2 0 320 159 0 0 20 0 5 0";
+        let s = ProcStat::parse(text).unwrap();
+        assert_eq!((s.state, s.ppid), ('S', 1));
+        assert_eq!((s.minflt, s.majflt, s.cpu_ticks), (313875, 2, 479));
+        assert_eq!(s.faults(), 313877);
+        assert!(ProcStat::parse("garbage").is_none());
+        let own = ProcStat::read(std::process::id()).unwrap();
+        assert_eq!(own.since(&own).faults(), 0);
+    }
 }

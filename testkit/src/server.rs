@@ -191,6 +191,17 @@ impl Server {
         self.try_query(cmd).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `CONFIG SET name value`.
+    pub fn try_config_set(&self, name: &str, value: impl redis::ToRedisArgs) -> Result<(), Error> {
+        self.try_query(redis::cmd("CONFIG").arg("SET").arg(name).arg(value))
+    }
+
+    /// [`Server::try_config_set`], panicking on failure.
+    pub fn config_set(&self, name: &str, value: impl redis::ToRedisArgs) {
+        self.try_config_set(name, value)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// `INFO section` as `field -> value` (comment and empty lines skipped).
     pub fn try_info(&self, section: &str) -> Result<HashMap<String, String>, Error> {
         let text: String = self.try_query(redis::cmd("INFO").arg(section))?;

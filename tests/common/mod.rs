@@ -171,16 +171,9 @@ impl PausedGenerator {
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the parenthesised comm start at field 3 (state).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let field = |n: usize| fields[n - 3].parse::<u64>().unwrap();
-        field(10) + field(12)
+        testkit::process::ProcStat::read(self.pid())
+            .expect("generator alive")
+            .faults()
     }
 
     /// Lets it take its first-touch faults; returns once they are all done.

@@ -149,8 +149,9 @@ pub struct RecordArgs {
     /// it counts double in the tracer's RSS.
     #[arg(long, default_value_t = 16)]
     pub ring_buffer_mb: u32,
-    /// How often the ring buffer is drained, in milliseconds.
-    #[arg(long, default_value_t = 2)]
+    /// How often the ring buffer is drained while events flow, in milliseconds (each
+    /// drain wakes two of the tracer's threads).
+    #[arg(long, default_value_t = 10)]
     pub poll_ms: u64,
     /// Print nothing but errors.
     #[arg(short, long)]

@@ -38,7 +38,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use testkit::{
     Recording, Server,
-    process::{children_of, signal},
+    process::{ProcStat, children_of, signal, tick_ns},
     recording::ATTRIBUTION_ON,
     redis,
 };
@@ -153,59 +153,9 @@ impl Drop for BpfStats {
     }
 }
 
-/// What `/proc/PID/stat` says of a process (all threads, exited ones included).
-#[derive(Clone, Copy, Default, Debug)]
-struct ProcStat {
-    state: char,
-    minflt: u64,
-    majflt: u64,
-    /// utime + stime, in clock ticks.
-    cpu_ticks: u64,
-}
-
-impl ProcStat {
-    fn read(pid: u32) -> Result<ProcStat> {
-        let path = format!("/proc/{pid}/stat");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        parse_stat(&text).with_context(|| format!("unexpected {path}: {text}"))
-    }
-
-    fn since(&self, start: &ProcStat) -> ProcStat {
-        ProcStat {
-            state: self.state,
-            minflt: self.minflt.saturating_sub(start.minflt),
-            majflt: self.majflt.saturating_sub(start.majflt),
-            cpu_ticks: self.cpu_ticks.saturating_sub(start.cpu_ticks),
-        }
-    }
-
-    fn faults(&self) -> u64 {
-        self.minflt + self.majflt
-    }
-}
-
-fn parse_stat(text: &str) -> Option<ProcStat> {
-    // The command name may hold spaces and ')': count fields from the last ')'.
-    let fields: Vec<&str> = text
-        .get(text.rfind(')')? + 1..)?
-        .split_whitespace()
-        .collect();
-    let n = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags, minflt, cminflt,
-    // majflt, cmajflt, utime, stime.
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        minflt: n(7)?,
-        majflt: n(9)?,
-        cpu_ticks: n(11)? + n(12)?,
-    })
-}
-
-/// Nanoseconds per clock tick of `/proc/PID/stat`.
-fn tick_ns() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    1e9 / if hz > 0 { hz as f64 } else { 100.0 }
+/// `/proc/PID/stat` of `pid`, an error once it is gone.
+fn proc_stat(pid: u32) -> Result<ProcStat> {
+    ProcStat::read(pid).with_context(|| format!("reading /proc/{pid}/stat"))
 }
 
 /// A BPF program's run-time counters.
@@ -312,7 +262,7 @@ impl Tracer {
         let tracer_pid = rec.pid();
         Ok(Tracer {
             names: prog_names()?,
-            ready: ProcStat::read(tracer_pid)?,
+            ready: proc_stat(tracer_pid)?,
             pid: tracer_pid,
             rec,
         })
@@ -320,7 +270,7 @@ impl Tracer {
 
     /// Stops the tracer and costs the window between `start` and `end`.
     fn finish(self, start: &Snapshot, end: &Snapshot, out: &Path) -> Result<TracerCost> {
-        let stopping = ProcStat::read(self.pid)?;
+        let stopping = proc_stat(self.pid)?;
         let t = stop_and_read(self.rec, out)?;
         let (Some((t0, p0)), Some((t1, p1))) = (&start.tracer, &end.tracer) else {
             bail!("a traced window without tracer snapshots");
@@ -359,7 +309,7 @@ impl Snapshot {
     fn take(server: u32, child: Option<u32>, tracer: Option<u32>) -> Result<Snapshot> {
         let child = match child {
             Some(pid) => {
-                let s = ProcStat::read(pid)
+                let s = proc_stat(pid)
                     .with_context(|| format!("the BGSAVE child {pid} ended within the window"))?;
                 if s.state == 'Z' {
                     bail!("the BGSAVE child {pid} ended within the window");
@@ -369,11 +319,11 @@ impl Snapshot {
             None => None,
         };
         let tracer = match tracer {
-            Some(pid) => Some((ProcStat::read(pid)?, prog_runs(pid)?)),
+            Some(pid) => Some((proc_stat(pid)?, prog_runs(pid)?)),
             None => None,
         };
         Ok(Snapshot {
-            server: ProcStat::read(server)?,
+            server: proc_stat(server)?,
             child,
             tracer,
         })
@@ -642,12 +592,7 @@ fn start_server() -> Result<Server> {
         server.build.version, server.pid
     ));
     server.try_populate_benchmark_keys(KEYS, VALUE_SIZE)?;
-    let _: () = server.try_query(
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("rdb-key-save-delay")
-            .arg(SAVE_DELAY_US),
-    )?;
+    server.try_config_set("rdb-key-save-delay", SAVE_DELAY_US)?;
     // An incremental rehash writes all over the table, and would fault in some windows
     // and not in others.
     server.try_wait_rehashed(REHASH_END)?;
@@ -1047,16 +992,6 @@ fn write_json(info: &RunInfo, rows: &[Row], series: &[Series]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_proc_stat() {
-        let text =
-            "23058 (redis server) S 1 23054 22101 0 -1 4194560 313875 0 2 0 320 159 0 0 20 0 5 0";
-        let s = parse_stat(text).unwrap();
-        assert_eq!(s.state, 'S');
-        assert_eq!((s.minflt, s.majflt, s.cpu_ticks), (313875, 2, 479));
-        assert!(parse_stat("garbage").is_none());
-    }
 
     #[test]
     fn parses_fdinfo() {

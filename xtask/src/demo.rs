@@ -55,14 +55,7 @@ pub fn demo(out: &Path) -> Result<()> {
     })?;
 
     // 1. A BGSAVE slowed down so that writes land while the child is alive.
-    let save_delay = |usec: u32| {
-        server.try_query::<()>(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("rdb-key-save-delay")
-                .arg(usec),
-        )
-    };
+    let save_delay = |usec: u32| server.try_config_set("rdb-key-save-delay", usec);
     save_delay(20)?;
     server.try_query::<String>(&redis::cmd("BGSAVE"))?;
     eprintln!("demo: BGSAVE started; overwriting {HOT_KEYS} hot keys while the child saves");

@@ -16,7 +16,7 @@ use tracer_common::{
     context_flags as cf, fault_flags as ff, features, phase as ph,
 };
 
-use super::{args, clients, emit, read_user};
+use super::{Found, args, clients, emit};
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
 use crate::{
@@ -24,8 +24,12 @@ use crate::{
     verifier::{self, within},
 };
 
-/// Offset of `sp` in x86-64 `struct pt_regs` (bytes).
-const PT_REGS_SP: u64 = 19 * 8;
+/// Index of `sp` in x86-64 `struct pt_regs` (words).
+const PT_REGS_SP: usize = 19;
+/// Index of `orig_ax` (the system call number) in x86-64 `struct pt_regs`.
+const PT_REGS_ORIG_AX: usize = 15;
+/// Words of `struct pt_regs` read, up to `sp`.
+const PT_REGS_WORDS: usize = PT_REGS_SP + 1;
 /// `r15, r14, r13, r12, rbp, rbx`: the first six words of x86-64 `struct pt_regs`.
 const CALLEE_SAVED: usize = 6;
 /// No range found.
@@ -54,6 +58,9 @@ pub fn outside_command(
         unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
     };
     let tgid = (id >> 32) as u32;
+    // One read of the registers serves the stack scan, the client search and the system
+    // call (each read of memory is a helper call).
+    let regs = read_regs(regs);
     let (range, below) = match scan_stack(regs, layout) {
         Some(found) => found,
         None => {
@@ -94,20 +101,23 @@ pub fn outside_command(
     // command is parsed (a new argument can bring the key; in Valkey 9, a new queued
     // command is a new one).
     let mut argc = 0;
-    let mut queued = 0;
+    let mut queue = 0;
+    let mut args = None;
     if client != 0 {
-        let queue = args::queue(client, layout);
-        queued = queue & 0xff;
-        match read_user::<i32>(args::parsing(client, layout, queue).argc) {
+        queue = args::queue(client, layout);
+        args = args::own(client, layout).and_then(|own| args::parsing(client, layout, queue, own));
+        match args {
             // A command has at most a few million arguments: anything else is not a
             // client any more (freed, its memory reused), whatever the table said.
-            Some(n) if (0..1 << 22).contains(&n) => argc = n as u32,
+            Some(a) if (0..1 << 22).contains(&a.argc) => argc = a.argc as u32,
             _ => {
                 client = 0;
+                args = None;
                 flags &= !(cf::CLIENT_IN_REGS | cf::CLIENT_ON_STACK);
             }
         }
     }
+    let queued = queue & 0xff;
     let code = (phase << 8 | (range & 0xff)) + 1;
     let same = slot.ctx_phase == code
         && slot.ctx_client == client
@@ -120,18 +130,22 @@ pub fn outside_command(
     slot.ctx_phase = code;
     slot.ctx_client = client;
     slot.ctx_seq = seq;
-    emit(id, ts_ns, phase, range, client, seq, flags, layout);
+    let found = Found {
+        phase,
+        range,
+        client,
+        seq,
+        flags,
+        args,
+        queue: if client != 0 { queue } else { 0 },
+    };
+    emit(id, ts_ns, &found, layout);
 }
-
-/// Offset of `orig_ax` (the system call number) in x86-64 `struct pt_regs`.
-const PT_REGS_ORIG_AX: u64 = 15 * 8;
 
 /// The system call the thread is in, plus one (0: none, or not below 255).
 #[inline(always)]
-fn syscall_of(regs: u64) -> u32 {
-    // SAFETY: probe read of a kernel pointer; failure is handled.
-    let nr = unsafe { bpf_probe_read_kernel((regs + PT_REGS_ORIG_AX) as *const u64) }
-        .unwrap_or(u64::MAX);
+fn syscall_of(regs: Option<&[u64; PT_REGS_WORDS]>) -> u32 {
+    let nr = regs.map_or(u64::MAX, |r| r[PT_REGS_ORIG_AX]);
     if nr < 255 { nr as u32 + 1 } else { 0 }
 }
 
@@ -144,7 +158,7 @@ fn syscall_of(regs: u64) -> u32 {
 /// the fault (which may still hold a client handled earlier in the same event-loop turn)
 /// and the deeper words.
 #[inline(always)]
-fn find_client(regs: u64, below: usize, tgid: u32) -> Option<()> {
+fn find_client(regs: Option<&[u64; PT_REGS_WORDS]>, below: usize, tgid: u32) -> Option<()> {
     let words = STACK.get_ptr(0)?;
     let out = CLIENT_FOUND.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch filled by scan_stack in this program run.
@@ -164,9 +178,7 @@ fn find_client(regs: u64, below: usize, tgid: u32) -> Option<()> {
         }
         k += 1;
     }
-    // SAFETY: probe read of a kernel pointer; failure is handled below.
-    let saved = unsafe { bpf_probe_read_kernel(regs as *const [u64; CALLEE_SAVED]) }
-        .unwrap_or([0; CALLEE_SAVED]);
+    let saved = regs.map_or([0; CALLEE_SAVED], |r| [r[0], r[1], r[2], r[3], r[4], r[5]]);
     let mut i = 0;
     while i < CALLEE_SAVED {
         if clients::is_live(saved[i], tgid) {
@@ -184,6 +196,22 @@ fn find_client(regs: u64, below: usize, tgid: u32) -> Option<()> {
     Some(())
 }
 
+/// The faulting thread's user registers `r15` to `sp`, read once into per-CPU scratch.
+#[inline(always)]
+fn read_regs(regs: u64) -> Option<&'static [u64; PT_REGS_WORDS]> {
+    let out = REGS.get_ptr_mut(0)?;
+    // SAFETY: probe read of a kernel pointer into our per-CPU scratch, exclusively ours
+    // while the program runs; failure is handled.
+    unsafe {
+        *out = bpf_probe_read_kernel(regs as *const [u64; PT_REGS_WORDS]).ok()?;
+        Some(&*out)
+    }
+}
+
+/// Per-CPU scratch: the registers [`read_regs`] read.
+#[map]
+static REGS: PerCpuArray<[u64; PT_REGS_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Words a function's prologue pushes at most (the six callee-saved registers).
 const SAVE_AREA: usize = 6;
 
@@ -193,9 +221,8 @@ const SAVE_AREA: usize = 6;
 /// Comparisons go through [`verifier::within`], so all iterations reach the loop head in
 /// equivalent states.
 #[inline(always)]
-fn scan_stack(regs: u64, layout: &ServerLayout) -> Option<(u32, usize)> {
-    // SAFETY: probe read of a kernel pointer; failure is handled.
-    let sp = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64) }.ok()?;
+fn scan_stack(regs: Option<&[u64; PT_REGS_WORDS]>, layout: &ServerLayout) -> Option<(u32, usize)> {
+    let sp = regs?[PT_REGS_SP];
     let words = STACK.get_ptr_mut(0)?;
     // SAFETY: bounded copy into our per-CPU scratch; a short stack fails cleanly.
     let rc = unsafe {

@@ -187,10 +187,11 @@ fn server(pid: u32, conn: Option<RedisConn>, ram: u64) -> anyhow::Result<Vec<Che
     });
     match crate::samples::read_proc_mem(pid) {
         Ok(m) => {
-            if m.anon_huge_bytes > 0 {
+            let huge = m.anon_huge_bytes.unwrap_or(0);
+            if huge > 0 {
                 out.push(Check::warn(
                     "THP in Redis",
-                    format!("{} MiB of huge pages mapped", m.anon_huge_bytes >> 20),
+                    format!("{} MiB of huge pages mapped", huge >> 20),
                     "echo never > /sys/kernel/mm/transparent_hugepage/enabled and restart Redis",
                 ));
             }
