@@ -221,17 +221,73 @@ fn follow_finds_the_restarted_server_in_a_new_segment() {
     assert!(set_faults > 0, "no SET faults of the second server");
 }
 
-/// `INFO commandstats` as (command, calls), asked over a bare socket: a client library
-/// would add commands of its own (redis-rs sends `CLIENT SETINFO` on connect).
-fn command_calls(port: u16) -> BTreeMap<String, u64> {
+/// `--follow` and a reused pid: the server exits and a new one starts on the same
+/// address with the same pid. It is a new process (its start time differs), so it is a
+/// new segment, traced with attribution, and never mistaken for the old one.
+#[test]
+fn follow_takes_a_new_server_with_the_old_pid_as_a_new_segment() {
+    require_root();
+    let build = by_label("redis-7.0");
+    let first = server();
+    let (port, pid) = (first.port, first.pid);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let mut rec = Recording::start(&first, &out, &["--follow"]);
+    drop(first);
+    let mut seen = rec.wait_for("waiting for a server");
+    let second = Server::start_as_pid(&build, port, pid);
+    seen += &rec.wait_for("attribution on");
+    assert!(seen.contains(&format!("as pid {pid}")), "{seen}");
+    let mut con = second.client();
+    testkit::commands::setrange(&mut con, b"after-reuse", (1 << 20) - 1);
+    rec.signal(libc::SIGINT);
+    let (status, rest) = rec.exit();
+    assert!(status.success(), "{seen}{rest}");
+    let t = read_timeline(&out);
+    let segments = t["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    assert_eq!(segments[0]["pid"], segments[1]["pid"]);
+    assert_eq!(segments[0]["end_reason"], "target_exit");
+    assert_ne!(
+        segments[0]["start_time_ticks"], segments[1]["start_time_ticks"],
+        "{segments:?}"
+    );
+    assert_eq!(segments[1]["end_reason"], "signal");
+    // The new process's 1 MiB zero-fill is attributed to its SETRANGE.
+    let setrange = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["activity"] == "SETRANGE" && f["key"] == "after-reuse")
+        .count();
+    assert!(
+        setrange >= 192,
+        "{setrange} SETRANGE faults of the new process"
+    );
+}
+
+/// `INFO commandstats` as `command -> calls`, read over a bare socket so that reading it
+/// sends nothing but `AUTH` (with `password`) and this `INFO`.
+fn command_calls(port: u16, password: Option<&str>) -> BTreeMap<String, u64> {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    sock.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
-        .unwrap();
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
+    if let Some(pw) = password {
+        let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len());
+        sock.write_all(auth.as_bytes()).unwrap();
+        while !reply.ends_with(b"\r\n") {
+            let n = sock.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed after AUTH");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(reply, b"+OK\r\n", "{}", String::from_utf8_lossy(&reply));
+        reply.clear();
+    }
+    sock.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .unwrap();
     // `$LEN\r\n` then LEN bytes and `\r\n`.
     loop {
         let n = sock.read(&mut buf).unwrap();
@@ -262,6 +318,9 @@ fn command_calls(port: u16) -> BTreeMap<String, u64> {
     }
 }
 
+/// Sent besides when the target URL has a password and a database.
+const WITH_URL: &[&str] = &["auth", "select"];
+
 /// The commands the README lists for a run without password or database, as Redis
 /// counts them (6.2 counts subcommands under their container).
 const SENT: &[&str] = &[
@@ -282,39 +341,71 @@ const SENT: &[&str] = &[
 fn the_tracer_sends_only_the_listed_commands_and_writes_nothing() {
     require_root();
     for build in testkit::attribution_builds() {
-        let label = &build.label;
-        let server = Server::start(&build, &[]);
-        server.populate(5_000, "key", 128);
-        let digest = || -> String { server.query(redis::cmd("DEBUG").arg("DIGEST")) };
-        let before_digest = digest();
-        let before = command_calls(server.port);
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("t.json");
-        let rec = Recording::start(&server, &out, &["--interval", "100ms"]);
-        std::thread::sleep(Duration::from_millis(500));
-        rec.stop();
-        let after = command_calls(server.port);
-        let grown: BTreeMap<&String, u64> = after
-            .iter()
-            .map(|(c, n)| (c, n - before.get(c).copied().unwrap_or(0)))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let others: Vec<&&String> = grown
-            .keys()
-            .filter(|c| !SENT.contains(&c.as_str()))
-            .collect();
-        assert!(
-            others.is_empty(),
-            "[{label}] commands the README does not list: {grown:?}"
-        );
-        assert!(
-            grown.get(&"blpop".to_string()).is_some_and(|&n| n >= 2),
-            "[{label}] {grown:?}"
-        );
-        assert!(
-            grown.get(&"info".to_string()).is_some_and(|&n| n >= 3),
-            "[{label}] {grown:?}"
-        );
-        assert_eq!(digest(), before_digest, "[{label}] the data set changed");
+        commands_sent(&build, None);
     }
+}
+
+/// The same with a password and a database in the target URL: `AUTH` and `SELECT` join
+/// the commands sent (each connection authenticates and selects), nothing else does.
+#[test]
+fn with_a_password_and_a_database_only_auth_and_select_are_added() {
+    require_root();
+    for build in testkit::attribution_builds() {
+        commands_sent(&build, Some("pw-of-the-test"));
+    }
+}
+
+/// One run against `build`, with `password` set on the server and database 3 in the
+/// target URL when given, checked as the two tests above say.
+fn commands_sent(build: &testkit::Build, password: Option<&str>) {
+    let label = &build.label;
+    let server = Server::start(build, &[]);
+    server.populate(5_000, "key", 128);
+    let url = match password {
+        Some(pw) => {
+            server.config_set("requirepass", pw);
+            format!("redis://:{pw}@127.0.0.1:{}/3", server.port)
+        }
+        None => format!("redis://{}", server.url()),
+    };
+    // The whole data set's digest (every database), over the URL's own credentials.
+    let digest = || -> String {
+        let mut con = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .unwrap();
+        redis::cmd("DEBUG").arg("DIGEST").query(&mut con).unwrap()
+    };
+    let before_digest = digest();
+    let before = command_calls(server.port, password);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let rec = Recording::start_with(
+        &["--redis", &url],
+        &out,
+        &["--interval", "100ms"],
+        testkit::recording::ATTRIBUTION_ON,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    rec.stop();
+    let after = command_calls(server.port, password);
+    let grown: BTreeMap<&String, u64> = after
+        .iter()
+        .map(|(c, n)| (c, n - before.get(c).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let allowed = |c: &str| SENT.contains(&c) || (password.is_some() && WITH_URL.contains(&c));
+    let others: Vec<&&String> = grown.keys().filter(|c| !allowed(c.as_str())).collect();
+    assert!(
+        others.is_empty(),
+        "[{label}] commands the README does not list: {grown:?}"
+    );
+    let calls = |c: &str| grown.get(&c.to_string()).copied().unwrap_or(0);
+    assert!(calls("blpop") >= 2, "[{label}] {grown:?}");
+    assert!(calls("info") >= 3, "[{label}] {grown:?}");
+    if password.is_some() {
+        // The test's own second AUTH is one of them.
+        assert!(calls("auth") >= 2, "[{label}] {grown:?}");
+        assert!(calls("select") >= 1, "[{label}] {grown:?}");
+    }
+    assert_eq!(digest(), before_digest, "[{label}] the data set changed");
 }

@@ -87,7 +87,7 @@ impl Server {
                 Some(p) => p,
                 None => try_free_port()?,
             };
-            match Server::launch(build, p, extra_args) {
+            match Server::launch(build, p, extra_args, None) {
                 Err(Error::ServerStart { log, .. })
                     if port.is_none()
                         && attempt < START_ATTEMPTS
@@ -100,12 +100,35 @@ impl Server {
         }
     }
 
-    fn launch(build: &Build, port: u16, extra_args: &[&str]) -> Result<Server, Error> {
+    /// Starts `build` on `port` as process `pid`, a pid the kernel has freed (what a
+    /// restart that reuses the old pid looks like). The kernel's next pid is set just
+    /// below it (`/proc/sys/kernel/ns_last_pid`, root only); a start that got another pid
+    /// (something else forked in between) fails before it runs the server and is tried
+    /// again, so no other server ever listens on `port`.
+    pub fn start_as_pid(build: &Build, port: u16, pid: u32) -> Server {
+        for _ in 0..PID_ATTEMPTS {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+                .unwrap_or_else(|e| panic!("setting ns_last_pid: {e}"));
+            match Server::launch(build, port, &[], Some(pid)) {
+                Ok(server) => return server,
+                Err(Error::Io { source, .. }) if source.raw_os_error() == Some(NOT_THE_PID) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("could not start {} as pid {pid}", build.label);
+    }
+
+    fn launch(
+        build: &Build,
+        port: u16,
+        extra_args: &[&str],
+        pid: Option<u32>,
+    ) -> Result<Server, Error> {
         let dir = tempfile::Builder::new()
             .prefix("memtrace-redis-")
             .tempdir()
             .map_err(Error::io("creating a temporary folder for the server"))?;
-        let child = spawn(build, port, dir.path(), extra_args)?;
+        let child = spawn(build, port, dir.path(), extra_args, pid)?;
         let mut server = Server {
             build: build.clone(),
             pid: child.id(),
@@ -376,7 +399,18 @@ impl Server {
 }
 
 /// Starts the server process of `build` in `dir`, its output in `dir/redis.log`.
-fn spawn(build: &Build, port: u16, dir: &Path, extra_args: &[&str]) -> Result<Child, Error> {
+/// What a start as a given pid fails with when the child got another pid.
+const NOT_THE_PID: i32 = libc::EAGAIN;
+/// Starts tried by [`Server::start_as_pid`].
+const PID_ATTEMPTS: u32 = 50;
+
+fn spawn(
+    build: &Build,
+    port: u16,
+    dir: &Path,
+    extra_args: &[&str],
+    pid: Option<u32>,
+) -> Result<Child, Error> {
     let log = File::create(dir.join(LOG)).map_err(Error::io("creating redis.log"))?;
     let log_too = log.try_clone().map_err(Error::io("cloning redis.log"))?;
     let mut cmd = build.command();
@@ -388,6 +422,20 @@ fn spawn(build: &Build, port: u16, dir: &Path, extra_args: &[&str]) -> Result<Ch
         .args(["--daemonize", "no"]);
     if build.major() >= 7 {
         cmd.args(["--enable-debug-command", "yes"]);
+    }
+    if let Some(want) = pid {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: runs in the forked child before exec; getpid is async-signal-safe and
+        // nothing is allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::getpid() as u32 == want {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::from_raw_os_error(NOT_THE_PID))
+                }
+            });
+        }
     }
     cmd.args(extra_args)
         .current_dir(dir)

@@ -94,7 +94,7 @@ pub enum Record {
         epoch: Option<u32>,
     },
     /// Pages in swap of a traced process changed.
-    SwapEnts {
+    SwapLevel {
         /// Time of the change.
         ts_ns: u64,
         /// Owner of the memory.
@@ -127,7 +127,7 @@ impl Record {
             | Record::Fork { ts_ns, .. }
             | Record::ForkReturn { ts_ns, .. }
             | Record::Exit { ts_ns, .. }
-            | Record::SwapEnts { ts_ns, .. }
+            | Record::SwapLevel { ts_ns, .. }
             | Record::SwapWrite { ts_ns, .. } => *ts_ns,
         }
     }
@@ -557,7 +557,7 @@ impl Analyzer {
                 swap.pages_discarded += d.unsigned_abs();
             }
         }
-        Record::SwapEnts {
+        Record::SwapLevel {
             ts_ns: ev.header.ts_ns,
             pid,
             tid: ev.header.tid,
@@ -814,7 +814,7 @@ mod tests {
         let first = run(&mut an, &[swap(1, 0, 8192)]);
         assert!(matches!(
             first[0],
-            Record::SwapEnts {
+            Record::SwapLevel {
                 delta_pages: None,
                 ..
             }
@@ -822,7 +822,7 @@ mod tests {
         let second = run(&mut an, &[swap(2, 0, 0)]);
         assert!(matches!(
             second[0],
-            Record::SwapEnts {
+            Record::SwapLevel {
                 delta_pages: Some(-2),
                 ..
             }

@@ -49,7 +49,7 @@ impl EventCap {
     pub fn admit(&mut self, record: &Record) -> bool {
         let ts = match record {
             Record::Fault { ts_ns, .. }
-            | Record::SwapEnts { ts_ns, .. }
+            | Record::SwapLevel { ts_ns, .. }
             | Record::SwapWrite { ts_ns, .. } => *ts_ns,
             _ => return true,
         };

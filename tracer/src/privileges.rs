@@ -6,7 +6,19 @@
 //! is not mounted), CAP_DAC_OVERRIDE (tracefs format files are root-only), CAP_SYS_PTRACE
 //! (read Redis's memory through /proc/PID/mem and its /proc/PID/exe). Root has them all.
 
-use crate::check::verdicts::cap;
+/// Capability numbers (`linux/capability.h`).
+pub mod cap {
+    /// CAP_SYS_ADMIN (mounting tracefs; BPF on kernels before 5.8).
+    pub const SYS_ADMIN: u32 = 21;
+    /// CAP_SYS_PTRACE (reading Redis's memory through /proc/PID/mem).
+    pub const SYS_PTRACE: u32 = 19;
+    /// CAP_DAC_OVERRIDE (reading root-only tracefs files).
+    pub const DAC_OVERRIDE: u32 = 1;
+    /// CAP_PERFMON (perf events, tracepoint programs).
+    pub const PERFMON: u32 = 38;
+    /// CAP_BPF (loading programs, creating maps).
+    pub const BPF: u32 = 39;
+}
 
 /// The capabilities `record` uses, with their names.
 pub const NEEDED: [(u32, &str); 5] = [

@@ -496,7 +496,7 @@ mod tests {
     use procfs::FromBufRead;
 
     use super::*;
-    use crate::redis::{info::tests::INFO_7_0, locate::test_server::TestRedis};
+    use crate::redis::info::tests::INFO_7_0;
 
     proptest::proptest! {
         /// smaps_rollup text of any shape: a value or `None`, never a panic.
@@ -646,11 +646,13 @@ SwapPss:               4 kB\n";
 
     #[test]
     fn sampler_sees_redis_fork_child_and_info() {
-        let Some(server) = TestRedis::start(&["--rdb-key-save-delay", "1000"]) else {
-            return;
-        };
+        let server = testkit::Server::start(
+            &testkit::by_label("redis-7.0"),
+            &["--rdb-key-save-delay", "1000"],
+        );
+        let addr = format!("127.0.0.1:{}", server.port);
         let timeout = Duration::from_secs(2);
-        let mut setup = crate::redis::info::connect(&server.addr(), timeout).unwrap();
+        let mut setup = crate::redis::info::connect(&addr, timeout).unwrap();
         for i in 0..1000 {
             let _: () = ::redis::cmd("SET")
                 .arg(format!("k{i}"))
@@ -658,8 +660,8 @@ SwapPss:               4 kB\n";
                 .query(setup.raw())
                 .unwrap();
         }
-        let conn = crate::redis::info::connect(&server.addr(), timeout).unwrap();
-        let sampler = Sampler::spawn(server.pid(), Some(conn), Duration::from_millis(50)).unwrap();
+        let conn = crate::redis::info::connect(&addr, timeout).unwrap();
+        let sampler = Sampler::spawn(server.pid, Some(conn), Duration::from_millis(50)).unwrap();
         let _: String = ::redis::cmd("BGSAVE").query(setup.raw()).unwrap();
         std::thread::sleep(Duration::from_millis(400));
         let (samples, warnings) = sampler.stop();
@@ -672,7 +674,7 @@ SwapPss:               4 kB\n";
         let forked: Vec<&Sample> = samples.iter().filter(|s| s.child.is_some()).collect();
         assert!(!forked.is_empty(), "no sample saw the BGSAVE child");
         let (kid, mem) = forked[0].child.unwrap();
-        assert_ne!(kid, server.pid());
+        assert_ne!(kid, server.pid);
         assert!(mem.rss_bytes > 0);
         assert!(
             samples
@@ -683,15 +685,13 @@ SwapPss:               4 kB\n";
 
     #[test]
     fn info_failure_warns_once_and_proc_continues() {
-        let Some(mut server) = TestRedis::start(&[]) else {
-            return;
-        };
-        let pid = server.pid();
-        let conn = crate::redis::info::connect(&server.addr(), Duration::from_millis(500)).unwrap();
+        let mut server = testkit::Server::start(&testkit::by_label("redis-7.0"), &[]);
+        let pid = server.pid;
+        let addr = format!("127.0.0.1:{}", server.port);
+        let conn = crate::redis::info::connect(&addr, Duration::from_millis(500)).unwrap();
         let sampler = Sampler::spawn(pid, Some(conn), Duration::from_millis(30)).unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        let _ = server.child.kill();
-        let _ = server.child.wait();
+        server.kill();
         std::thread::sleep(Duration::from_millis(200));
         let (samples, warnings) = sampler.stop();
         let info_warnings: Vec<_> = warnings

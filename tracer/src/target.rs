@@ -12,7 +12,21 @@ use nix::{
     unistd::{ForkResult, Pid, execvp, fork, pipe2, read, write},
 };
 
-use crate::timeline::TargetInfo;
+/// The traced process.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetInfo {
+    /// Process id.
+    pub pid: u32,
+    /// `/proc/PID/comm` at attach.
+    pub comm: String,
+    /// `/proc/PID/exe` at attach (the executable for a launched command).
+    pub exe: String,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): with the pid,
+    /// identifies the process even if the pid is reused.
+    pub start_time_ticks: u64,
+    /// The command line, when redis-memtrace launched it.
+    pub command: Option<Vec<String>>,
+}
 
 /// Errors finding or launching the target.
 #[derive(Debug, thiserror::Error)]

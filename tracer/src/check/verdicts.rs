@@ -1,5 +1,7 @@
 //! Pure verdicts: facts in, [`Check`] out. Unit-tested without a kernel or a Redis.
 
+use crate::privileges::cap;
+
 /// How a check came out. Ordered: the worst decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -74,20 +76,6 @@ impl Check {
         }
         line
     }
-}
-
-/// Linux capability numbers.
-pub mod cap {
-    /// CAP_SYS_ADMIN (mounting tracefs; BPF on kernels before 5.8).
-    pub const SYS_ADMIN: u32 = 21;
-    /// CAP_SYS_PTRACE (reading Redis's memory through /proc/PID/mem).
-    pub const SYS_PTRACE: u32 = 19;
-    /// CAP_DAC_OVERRIDE (reading root-only tracefs files).
-    pub const DAC_OVERRIDE: u32 = 1;
-    /// CAP_PERFMON (perf events, tracepoint programs).
-    pub const PERFMON: u32 = 38;
-    /// CAP_BPF (loading programs, creating maps).
-    pub const BPF: u32 = 39;
 }
 
 /// Privileges from the effective uid and the `CapEff` mask of `/proc/self/status`.

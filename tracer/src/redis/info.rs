@@ -936,12 +936,12 @@ db0:keys=5001,expires=0,avg_ttl=0\r\n";
 
     #[test]
     fn auth_errors_against_real_server() {
-        use crate::redis::locate::test_server::TestRedis;
-        let Some(server) = TestRedis::start(&["--requirepass", "hunter2"]) else {
-            return;
-        };
+        let server = testkit::Server::start(
+            &testkit::by_label("redis-7.0"),
+            &["--requirepass", "hunter2"],
+        );
         let t = Duration::from_secs(2);
-        let addr = server.addr();
+        let addr = format!("127.0.0.1:{}", server.port);
         let e = connect(&addr, t).unwrap_err();
         assert!(
             matches!(&e, InfoError::Denied { code, .. } if code == "NOAUTH"),
@@ -962,7 +962,7 @@ db0:keys=5001,expires=0,avg_ttl=0\r\n";
         let info = c.info("keyspace").unwrap();
         assert_eq!(info.sections(), Vec::<&str>::new(), "empty db");
         let info = c.info("server").unwrap();
-        assert_eq!(info.get_u64("process_id"), Some(u64::from(server.pid())));
+        assert_eq!(info.get_u64("process_id"), Some(u64::from(server.pid)));
         let _: () = ::redis::cmd("SET")
             .arg("k")
             .arg("v")
@@ -983,12 +983,9 @@ db0:keys=5001,expires=0,avg_ttl=0\r\n";
 
     #[test]
     fn password_for_server_without_one() {
-        use crate::redis::locate::test_server::TestRedis;
-        let Some(server) = TestRedis::start(&[]) else {
-            return;
-        };
+        let server = testkit::Server::start(&testkit::by_label("redis-7.0"), &[]);
         let e = connect(
-            &format!("redis://:hunter2@{}", server.addr()),
+            &format!("redis://:hunter2@127.0.0.1:{}", server.port),
             Duration::from_secs(2),
         )
         .unwrap_err();

@@ -612,115 +612,9 @@ pub fn resolve_redis(spec: &str, timeout: Duration) -> Result<Resolved, LocateEr
     })
 }
 
-/// A throwaway redis-server for tests, killed when dropped.
-#[cfg(test)]
-pub(crate) mod test_server {
-    use std::{
-        net::TcpListener,
-        process::{Child, Command, Stdio},
-        thread::sleep,
-        time::{Duration, Instant},
-    };
-
-    /// Where Debian installs it.
-    pub(crate) const REDIS_SERVER: &str = "/usr/bin/redis-server";
-
-    /// A running redis-server on 127.0.0.1:`port`, with its files in `dir`.
-    pub(crate) struct TestRedis {
-        pub(crate) child: Child,
-        pub(crate) port: u16,
-        /// Its --dir, removed on drop.
-        pub(crate) _dir: tempfile::TempDir,
-    }
-
-    impl TestRedis {
-        /// Starts one with extra arguments; `None` (after printing why) when redis-server
-        /// is not installed.
-        pub(crate) fn start(extra: &[&str]) -> Option<TestRedis> {
-            if !std::path::Path::new(REDIS_SERVER).exists() {
-                eprintln!("note: {REDIS_SERVER} not installed; skipping this test");
-                return None;
-            }
-            // A free port can be taken by someone else before Redis binds it: retry.
-            for _ in 0..5 {
-                let port = TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("free port")
-                    .port();
-                let dir = tempfile::tempdir().expect("tempdir");
-                let child = Command::new(REDIS_SERVER)
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                    .arg("--dir")
-                    .arg(dir.path())
-                    .args(extra)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("spawn redis-server");
-                let mut server = TestRedis {
-                    child,
-                    port,
-                    _dir: dir,
-                };
-                if server.wait_ready() {
-                    return Some(server);
-                }
-            }
-            panic!("redis-server did not start");
-        }
-
-        fn wait_ready(&mut self) -> bool {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if matches!(self.child.try_wait(), Ok(Some(_))) {
-                    return false;
-                }
-                // PING answers NOAUTH under requirepass: still ready.
-                if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                    use std::io::{Read, Write};
-                    let mut buf = [0u8; 64];
-                    if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0) {
-                        return true;
-                    }
-                }
-                sleep(Duration::from_millis(20));
-            }
-            false
-        }
-
-        /// Its PID.
-        pub(crate) fn pid(&self) -> u32 {
-            self.child.id()
-        }
-
-        /// `127.0.0.1:PORT`.
-        pub(crate) fn addr(&self) -> String {
-            format!("127.0.0.1:{}", self.port)
-        }
-    }
-
-    impl Drop for TestRedis {
-        fn drop(&mut self) {
-            // A BGSAVE child would outlive its killed parent: kill it first.
-            for kid in crate::target::children(self.pid()) {
-                if let Ok(kid) = i32::try_from(kid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(kid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{test_server::TestRedis, *};
+    use super::*;
 
     fn facts(pid: u32, ppid: u32, start: u64, comm: &str, cmdline: &str) -> ProcFacts {
         ProcFacts {
@@ -908,19 +802,18 @@ mod tests {
 
     #[test]
     fn real_server_is_found() {
-        let Some(server) = TestRedis::start(&[]) else {
-            return;
-        };
-        assert_eq!(pid_listening_on(server.port).unwrap(), Some(server.pid()));
+        let server = testkit::Server::start(&testkit::by_label("redis-7.0"), &[]);
+        assert_eq!(pid_listening_on(server.port).unwrap(), Some(server.pid));
         let servers = find_redis_servers();
         let ours = servers
             .iter()
-            .find(|p| p.pid == server.pid())
+            .find(|p| p.pid == server.pid)
             .unwrap_or_else(|| panic!("{servers:?}"));
         assert!(ours.cmdline.contains(&server.port.to_string()), "{ours:?}");
 
-        let r = resolve_redis(&server.addr(), Duration::from_secs(2)).unwrap();
-        assert_eq!(r.pid, server.pid());
+        let addr = format!("127.0.0.1:{}", server.port);
+        let r = resolve_redis(&addr, Duration::from_secs(2)).unwrap();
+        assert_eq!(r.pid, server.pid);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
         let mut conn = r.conn.expect("connection");
         assert!(conn.client_id().unwrap() > 0);
@@ -929,10 +822,15 @@ mod tests {
     #[test]
     fn fork_child_is_not_a_server_and_not_the_listener() {
         // A BGSAVE made slow (1 ms per key) keeps the child alive while we look.
-        let Some(server) = TestRedis::start(&["--rdb-key-save-delay", "1000"]) else {
-            return;
-        };
-        let mut conn = crate::redis::info::connect(&server.addr(), Duration::from_secs(2)).unwrap();
+        let server = testkit::Server::start(
+            &testkit::by_label("redis-7.0"),
+            &["--rdb-key-save-delay", "1000"],
+        );
+        let mut conn = crate::redis::info::connect(
+            &format!("127.0.0.1:{}", server.port),
+            Duration::from_secs(2),
+        )
+        .unwrap();
         for i in 0..2000 {
             let _: () = ::redis::cmd("SET")
                 .arg(format!("k{i}"))
@@ -943,7 +841,7 @@ mod tests {
         let _: String = ::redis::cmd("BGSAVE").query(conn.raw()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let child = loop {
-            let kids = crate::target::children(server.pid());
+            let kids = crate::target::children(server.pid);
             if let Some(&k) = kids.first() {
                 break k;
             }
@@ -951,10 +849,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         };
         let servers = find_redis_servers();
-        assert!(servers.iter().any(|p| p.pid == server.pid()));
+        assert!(servers.iter().any(|p| p.pid == server.pid));
         assert!(!servers.iter().any(|p| p.pid == child), "{servers:?}");
         // The child inherited the listening socket; the parent is still the answer.
-        assert_eq!(pid_listening_on(server.port).unwrap(), Some(server.pid()));
+        assert_eq!(pid_listening_on(server.port).unwrap(), Some(server.pid));
     }
 
     #[test]
@@ -962,12 +860,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("redis.sock");
         let sock_arg = sock.to_str().unwrap().to_string();
-        let Some(server) = TestRedis::start(&["--unixsocket", &sock_arg]) else {
-            return;
-        };
-        assert_eq!(pid_listening_on_unix(&sock).unwrap(), Some(server.pid()));
+        let server = testkit::Server::start(
+            &testkit::by_label("redis-7.0"),
+            &["--unixsocket", &sock_arg],
+        );
+        assert_eq!(pid_listening_on_unix(&sock).unwrap(), Some(server.pid));
         let r = resolve_redis(&format!("unix://{sock_arg}"), Duration::from_secs(2)).unwrap();
-        assert_eq!(r.pid, server.pid());
+        assert_eq!(r.pid, server.pid);
         assert!(
             r.conn.is_some() && r.warnings.is_empty(),
             "{:?}",
@@ -977,12 +876,13 @@ mod tests {
 
     #[test]
     fn wrong_password_falls_back_to_listener() {
-        let Some(server) = TestRedis::start(&["--requirepass", "hunter2"]) else {
-            return;
-        };
-        let target = format!("redis://:badpass123@{}", server.addr());
+        let server = testkit::Server::start(
+            &testkit::by_label("redis-7.0"),
+            &["--requirepass", "hunter2"],
+        );
+        let target = format!("redis://:badpass123@127.0.0.1:{}", server.port);
         let r = resolve_redis(&target, Duration::from_secs(2)).unwrap();
-        assert_eq!(r.pid, server.pid());
+        assert_eq!(r.pid, server.pid);
         assert!(r.conn.is_none());
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
         assert!(r.warnings[0].contains("WRONGPASS"), "{:?}", r.warnings);

@@ -51,3 +51,23 @@ impl RemoteMemory {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file is open for reading only: a write through it fails with EBADF, whatever
+    /// the caller's privileges.
+    #[test]
+    fn proc_mem_is_opened_read_only() {
+        let target = 0x5a5a_5a5a_u64;
+        let m = RemoteMemory::open(std::process::id()).unwrap();
+        assert_eq!(m.u64(std::ptr::addr_of!(target) as u64).unwrap(), target);
+        let e = m
+            .file
+            .write_at(&[0], std::ptr::addr_of!(target) as u64)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        assert_eq!(target, 0x5a5a_5a5a);
+    }
+}

@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 
 use super::{RunInfo, SCHEMA_VERSION, TargetInfo, Trailer};
-use crate::{analysis::Record, output_file::AtomicFile};
+use crate::{analysis::Record, attribution::context::Attribution, output_file::AtomicFile};
 
 /// Streams one timeline to disk.
 pub struct JsonTimeline {
@@ -131,6 +131,37 @@ fn put_key<W: Write>(w: &mut W, key: &[u8]) -> io::Result<()> {
     w.write_all(b"\"")
 }
 
+/// The attribution fields of a fault record (`,"activity":...`).
+fn put_attribution<W: Write>(w: &mut W, at: &Attribution) -> io::Result<()> {
+    w.write_all(b",\"activity\":")?;
+    to_writer(w, &at.activity)?;
+    if let Some(key) = &at.key {
+        w.write_all(b",\"key\":")?;
+        put_key(w, &key.bytes)?;
+        w.write_all(b",\"key_len\":")?;
+        put_u64(w, key.original_len)?;
+        w.write_all(b",\"key_truncated\":")?;
+        put_bool(w, key.truncated())?;
+        if key.hashed {
+            w.write_all(b",\"key_hashed\":true")?;
+        }
+    }
+    if let Some(slot) = at.slot {
+        w.write_all(b",\"slot\":")?;
+        put_u64(w, u64::from(slot))?;
+    }
+    if let Some(stage) = at.stage {
+        w.write_all(b",\"stage\":\"")?;
+        w.write_all(stage.as_bytes())?;
+        w.write_all(b"\"")?;
+    }
+    if let Some(n) = at.keys_in_command {
+        w.write_all(b",\"keys_in_command\":")?;
+        put_u64(w, u64::from(n))?;
+    }
+    Ok(())
+}
+
 /// Writes one record as a JSON object. Hand-formatted: this runs for every event.
 pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
     use tracer_common::fault_flags as ff;
@@ -183,32 +214,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             w.write_all(b",\"reclaim\":")?;
             put_bool(w, b(ff::RECLAIM))?;
             if let Some(at) = attribution {
-                w.write_all(b",\"activity\":")?;
-                to_writer(w, &at.activity)?;
-                if let Some(key) = &at.key {
-                    w.write_all(b",\"key\":")?;
-                    put_key(w, &key.bytes)?;
-                    w.write_all(b",\"key_len\":")?;
-                    put_u64(w, key.original_len)?;
-                    w.write_all(b",\"key_truncated\":")?;
-                    put_bool(w, key.truncated())?;
-                    if key.hashed {
-                        w.write_all(b",\"key_hashed\":true")?;
-                    }
-                }
-                if let Some(slot) = at.slot {
-                    w.write_all(b",\"slot\":")?;
-                    put_u64(w, u64::from(slot))?;
-                }
-                if let Some(stage) = at.stage {
-                    w.write_all(b",\"stage\":\"")?;
-                    w.write_all(stage.as_bytes())?;
-                    w.write_all(b"\"")?;
-                }
-                if let Some(n) = at.keys_in_command {
-                    w.write_all(b",\"keys_in_command\":")?;
-                    put_u64(w, u64::from(n))?;
-                }
+                put_attribution(w, at)?;
             }
             w.write_all(b"}")
         }
@@ -246,7 +252,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"exit\",\"process_exit\":{process_exit},\"epoch\":{}}}",
             opt(*epoch)
         ),
-        Record::SwapEnts {
+        Record::SwapLevel {
             ts_ns,
             pid,
             tid,
@@ -341,7 +347,7 @@ mod tests {
                 process_exit: true,
                 epoch: Some(0),
             },
-            Record::SwapEnts {
+            Record::SwapLevel {
                 ts_ns: 1,
                 pid: 7,
                 tid: 7,

@@ -67,24 +67,10 @@ impl Writer {
     }
 }
 
+pub use crate::{kernel::loader::KernelCounters, target::TargetInfo};
+
 /// Version of the timeline format; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
-
-/// The traced process.
-#[derive(Debug, Clone, Serialize)]
-pub struct TargetInfo {
-    /// Process id.
-    pub pid: u32,
-    /// `/proc/PID/comm` at attach.
-    pub comm: String,
-    /// `/proc/PID/exe` at attach (the executable for a launched command).
-    pub exe: String,
-    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): with the pid,
-    /// identifies the process even if the pid is reused.
-    pub start_time_ticks: u64,
-    /// The command line, when redis-memtrace launched it.
-    pub command: Option<Vec<String>>,
-}
 
 /// Facts about the run known at start.
 #[derive(Debug, Clone, Serialize)]
@@ -103,22 +89,6 @@ pub struct RunInfo {
     pub options: serde_json::Value,
     /// RAM, swap, THP and VM settings of the host at start.
     pub host: crate::host::HostInfo,
-}
-
-/// Counters kept by the eBPF programs.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct KernelCounters {
-    /// Events dropped because the ring buffer was full.
-    pub ring_buffer_full: u64,
-    /// Traced threads that got no slot (the thread table and its spill map were full):
-    /// their faults are not recorded.
-    pub threads_full: u64,
-    /// Clients the client table had no room for: their parse-stage faults have no client.
-    pub clients_full: u64,
-    /// Fault completions with no recorded entry.
-    pub unmatched_completions: u64,
-    /// Anonymous pages written to swap by the whole machine during the run.
-    pub system_swap_writes: u64,
 }
 
 /// How the run ended.
