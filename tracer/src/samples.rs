@@ -6,8 +6,8 @@
 //! fault events, so samples and events share one time axis.
 //!
 //! Cost on the target: reading smaps_rollup walks the process's page tables under its
-//! mmap lock (about 20 ms of the tracer's CPU per GiB of heap, and a writer of the
-//! mapping waits meanwhile), so only every [`SMAPS_EVERY`]-th sample reads it; the others
+//! mmap lock (a cost that grows with the heap, and a writer of the mapping waits
+//! meanwhile), so only every [`SMAPS_EVERY`]-th sample reads it; the others
 //! take RSS and swap from /proc/PID/status, which reads the kernel's counters. `INFO`
 //! runs on Redis's main thread; intervals of 100 ms or more keep it negligible.
 
@@ -29,8 +29,9 @@ use crate::{
 };
 
 /// Every how many samples smaps_rollup is read (the first sample always reads it). At
-/// the default 1 s interval: every 10 s. Measured with `cargo xtask bench-fork` on 1 GiB
-/// of Redis and a fork child: reading it every second was about 40% of the tracer's CPU.
+/// the default 1 s interval: every 10 s. Read every second, it was about 40% of the
+/// tracer's CPU in a perf profile of the tracer during a BGSAVE of 1,000,000 keys under
+/// `redis-benchmark`.
 pub const SMAPS_EVERY: u64 = 10;
 
 /// Samples kept at most (about 200 bytes each); later ones are counted, not kept.
@@ -545,7 +546,7 @@ SwapPss:               4 kB\n";
             "{e}"
         );
         // The counters agree with smaps_rollup within what this process allocates
-        // meanwhile (nothing here) and the counters' per-CPU batching (64 pages a CPU).
+        // meanwhile (nothing here) and the counters' per-CPU batching (64 pages a CPU allowed).
         let c = read_proc_counters(std::process::id()).unwrap();
         let slack = 64 * 4096 * std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         assert!(c.rss_bytes.abs_diff(m.rss_bytes) <= slack, "{c:?} vs {m:?}");

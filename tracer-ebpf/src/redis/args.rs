@@ -4,7 +4,8 @@
 //! bytes); short strings (`EMBSTR`) keep their sds right behind the header, so one read of
 //! [`HEAD_READ`] bytes at the object yields the header, the length and the bytes
 //! themselves. Every read of user memory is a helper call (about 100 ns on the
-//! benchmark host), so reads are combined wherever the data lies together. Valkey 9 keeps values of up to 116 bytes inline at +8 instead of a pointer
+//! benchmark host), so reads are combined wherever the data lies together. Valkey 9
+//! keeps values of up to 116 bytes inline at +8 instead of a pointer
 //! (`features::INLINE_VALUES`).
 
 use aya_ebpf::helpers::generated;
