@@ -1,7 +1,7 @@
 //! Bad input: every case exits non-zero with one line naming the problem and the fix,
 //! never panics, and leaves no timeline or temporary file behind.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use testkit::{require_root, tracer, tracer_fails};
 
@@ -20,26 +20,58 @@ fn one_line_error(args: &[&str], env: &[(&str, &str)], needle: &str) {
     );
 }
 
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A row of docs/robustness.md, as printed there: `redis-memtrace ARGS`, run in an empty
+/// working folder, exits 1 with exactly `line` on stderr (one line, nothing else) and
+/// nothing on stdout; afterwards `output` (relative to that folder, or absolute) does not
+/// exist and the folder is still empty.
+fn row_fails(args: &[&str], line: &str, output: &str) {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(tracer())
+        .args(args)
+        .current_dir(cwd.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tracer().display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "{args:?}: exit {:?}: {}",
+        out.status.code(),
+        stderr.trim_end()
+    );
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(stderr, format!("{line}\n"), "{args:?}");
+    assert!(out.stdout.is_empty(), "{args:?}: stdout {:?}", out.stdout);
+    let output = cwd.path().join(output);
+    assert!(
+        std::fs::symlink_metadata(&output).is_err(),
+        "{args:?}: {} exists",
+        output.display()
+    );
+    assert_eq!(
+        names_in(cwd.path()),
+        Vec::<String>::new(),
+        "{args:?}: files left in the working folder"
+    );
+}
+
+/// `record --pid 4194305`: above PID_MAX_LIMIT (4194304 on 64-bit kernels, the highest
+/// value pid_max can take), so no process has that PID on any machine.
 #[test]
 fn unknown_pid() {
     require_root();
-    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("t.json");
-    let pid = (pid_max + 1).to_string();
-    one_line_error(
-        &["record", "--pid", &pid, "-o", out.to_str().unwrap()],
-        &[],
-        "no process with PID",
-    );
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "files left behind"
+    row_fails(
+        &["record", "--pid", "4194305", "-o", "t.json"],
+        "redis-memtrace: error: no process with PID 4194305 (check the PID with `pgrep redis-server`)",
+        "t.json",
     );
 }
 
@@ -65,20 +97,27 @@ fn pid_that_exited_before_attach() {
     );
 }
 
+/// `record --pid 1 -o /nonexistent/dir/t.json`: the output is opened before anything is
+/// attached, and no folder is created for it.
 #[test]
 fn unwritable_output_is_checked_before_attaching() {
     require_root();
-    let me = std::process::id().to_string();
-    one_line_error(
-        &[
-            "record",
-            "--pid",
-            &me,
-            "-o",
-            "/proc/no-such-dir/timeline.json",
-        ],
-        &[],
-        "cannot write the timeline to /proc/no-such-dir/timeline.json",
+    let missing = Path::new("/nonexistent");
+    assert!(
+        std::fs::symlink_metadata(missing).is_err(),
+        "{} exists on this machine: the case needs it absent",
+        missing.display()
+    );
+    row_fails(
+        &["record", "--pid", "1", "-o", "/nonexistent/dir/t.json"],
+        "redis-memtrace: error: cannot write the timeline to /nonexistent/dir/t.json (choose a \
+         writable path with -o): No such file or directory (os error 2)",
+        "/nonexistent/dir/t.json",
+    );
+    assert!(
+        std::fs::symlink_metadata(missing).is_err(),
+        "{} was created",
+        missing.display()
     );
 }
 
@@ -137,28 +176,49 @@ fn tracepoint_missing_on_this_kernel() {
     );
 }
 
+/// PIDs of running processes named like a Redis server (`redis-server`, `valkey-server`).
+fn running_servers() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.parse::<u32>().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{name}/comm")).ok()?;
+            ["redis-server", "valkey-server"]
+                .contains(&comm.trim_end())
+                .then_some(name)
+        })
+        .collect()
+}
+
 #[test]
 fn nothing_to_trace_and_missing_command() {
     require_root();
-    one_line_error(
-        &["record", "-o", "/tmp/x.json"],
-        &[],
-        "no redis-server process found",
+    // With no target and no server running, `record` has nothing to trace.
+    let servers = running_servers();
+    assert!(
+        servers.is_empty(),
+        "a Redis server is running (PIDs {servers:?}): this case needs none"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("t.json");
-    one_line_error(
-        &[
-            "record",
-            "-o",
-            out.to_str().unwrap(),
-            "--",
-            "no-such-command-xyz",
-        ],
-        &[],
-        "cannot start no-such-command-xyz: not found in PATH",
+    row_fails(
+        &["record", "-o", "x.json"],
+        "redis-memtrace: error: no redis-server process found: pass --pid or --redis",
+        "x.json",
     );
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // The row of docs/robustness.md: a command path that does not exist.
+    assert!(std::fs::symlink_metadata("/nonexistent-command").is_err());
+    row_fails(
+        &["record", "-o", "t.json", "--", "/nonexistent-command"],
+        "redis-memtrace: error: cannot start /nonexistent-command: No such file or directory \
+         (os error 2)",
+        "t.json",
+    );
+    // A bare name is looked up in PATH.
+    row_fails(
+        &["record", "-o", "t.json", "--", "no-such-command-xyz"],
+        "redis-memtrace: error: cannot start no-such-command-xyz: not found in PATH",
+        "t.json",
+    );
 }
 
 /// The command-line rows of docs/robustness.md, as printed there: refused before anything
@@ -204,6 +264,7 @@ fn malformed_options_are_refused_before_anything_happens() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().next(), Some(first_line), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: stdout {:?}", out.stdout);
         if code == 1 {
             assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         }

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -14,7 +13,10 @@ use std::{
 
 use testkit::{
     Recording, Server, by_label,
-    programs::{PROGRAM_NAMES, our_programs_after_exit, our_programs_loaded},
+    programs::{
+        PROGRAM_NAMES, links, maps_held_by, our_program_types, our_programs_after_exit,
+        our_programs_loaded,
+    },
     read_timeline, require_root,
 };
 
@@ -123,24 +125,160 @@ fn sigkill_leaves_nothing_attached_and_redis_keeps_serving() {
     loaded.sort();
     loaded.dedup();
     assert_eq!(loaded.len(), PROGRAM_NAMES.len(), "loaded: {loaded:?}");
+    let our_links: Vec<u64> = links()
+        .into_iter()
+        .filter(|l| PROGRAM_NAMES.contains(&l.program.as_str()))
+        .map(|l| l.prog_id)
+        .collect();
+    assert!(our_links.len() >= 15, "the links were found: {our_links:?}");
     let before = pings.load(Ordering::Relaxed);
     rec.signal(libc::SIGKILL);
     rec.exit();
     // The kernel frees programs when the last reference (the killed process's fds) goes.
     let left = our_programs_after_exit();
     assert!(left.is_empty(), "programs left after SIGKILL: {left:?}");
-    let links = Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .unwrap();
-    let links = String::from_utf8_lossy(&links.stdout);
-    for name in PROGRAM_NAMES {
-        assert!(!links.contains(name), "link of {name} left: {links}");
-    }
+    // A link (raw tracepoint, or the perf event of a tracepoint, uprobe or software
+    // event) names its program by id.
+    let left: Vec<_> = links()
+        .into_iter()
+        .filter(|l| our_links.contains(&l.prog_id))
+        .collect();
+    assert!(left.is_empty(), "links left after SIGKILL: {left:?}");
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     pinger.join().expect("Redis answered every PING");
     assert!(pings.load(Ordering::Relaxed) > before, "Redis kept serving");
+}
+
+/// What the kernel itself lists as attached for the tracer's process: the hooks the
+/// README names, fork() timed by a uprobe pair on libc (not a syscall tracepoint), and
+/// nothing else; its maps keep the sizes they were created with while Redis is traced.
+#[test]
+fn the_kernel_lists_only_the_named_hooks_and_fixed_maps() {
+    require_root();
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let rec = Recording::start(&server, &out, &[]);
+    let maps_at_start = maps_held_by(rec.pid());
+    let mut linked: Vec<(String, String, Option<String>)> = links()
+        .into_iter()
+        .filter(|l| PROGRAM_NAMES.contains(&l.program.as_str()))
+        .map(|l| (l.kind, l.program, l.tp_name))
+        .collect();
+    linked.sort();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut expected: Vec<(String, String, Option<String>)> = Vec::new();
+    for raw in ["mm_page_alloc", "page_fault_kernel", "page_fault_user"] {
+        expected.push(("raw_tracepoint".into(), raw.into(), Some(raw.into())));
+    }
+    // Tracepoints, uprobes (fork() in libc, client creation and release in Redis) and the
+    // completion software events (one per CPU) are perf-event links.
+    for (program, n) in [
+        ("client_linked", 1),
+        ("client_unlinked", 1),
+        ("fault_done_major", cpus),
+        ("fault_done_minor", cpus),
+        ("fork_call_enter", 1),
+        ("fork_call_exit", 1),
+        ("mm_vmscan_write_folio", 1),
+        ("reclaim_begin", 2),
+        ("reclaim_end", 2),
+        ("rss_stat", 1),
+        ("sched_process_exit", 1),
+        ("task_newtask", 1),
+    ] {
+        expected.extend(std::iter::repeat_n(
+            ("perf_event".into(), program.into(), None),
+            n,
+        ));
+    }
+    expected.sort();
+    assert_eq!(linked, expected, "the tracer's links");
+    // What each program is: the tracepoint programs are the loader's tracepoint hooks
+    // (none a syscall's: the loader's unit test), fork() is timed by uprobes.
+    let types = our_program_types();
+    let of_type = |t: &str| -> Vec<&str> {
+        types
+            .iter()
+            .filter(|(_, v)| *v == t)
+            .map(|(k, _)| k.as_str())
+            .collect()
+    };
+    assert_eq!(
+        of_type("tracepoint"),
+        [
+            "mm_vmscan_write_folio",
+            "reclaim_begin",
+            "reclaim_end",
+            "rss_stat",
+            "sched_process_exit",
+            "task_newtask"
+        ]
+    );
+    assert_eq!(
+        of_type("kprobe"),
+        [
+            "calibrate_call",
+            "client_linked",
+            "client_unlinked",
+            "fork_call_enter",
+            "fork_call_exit"
+        ]
+    );
+    assert_eq!(
+        of_type("raw_tracepoint"),
+        ["mm_page_alloc", "page_fault_kernel", "page_fault_user"]
+    );
+    assert_eq!(
+        of_type("perf_event"),
+        ["fault_done_major", "fault_done_minor"]
+    );
+    assert_eq!(types.len(), PROGRAM_NAMES.len(), "{types:?}");
+    // Traffic and a fork while attached: the maps must not change.
+    server.populate(20_000, "after", 512);
+    let mut con = server.client();
+    let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+    let (status, _) = server.wait_bgsave_done(Duration::from_secs(60));
+    assert_eq!(status, "ok");
+    let maps_at_end = maps_held_by(rec.pid());
+    rec.stop();
+    assert_eq!(maps_at_start, maps_at_end, "maps changed while tracing");
+    let total: u64 = maps_at_start.iter().map(|m| m.memlock).sum();
+    eprintln!("{} maps, {} KiB", maps_at_start.len(), total >> 10);
+    assert!(
+        maps_at_start.len() >= 10,
+        "the maps were found: {maps_at_start:?}"
+    );
+    assert!(total <= 32 << 20, "maps take {total} bytes");
+}
+
+/// Besides its eBPF programs (which never call `bpf_probe_write_user`: the loader's unit
+/// test) and `/proc/PID/mem` (opened read-only: `redis::remote`'s unit test), the only
+/// ways to write another process's memory are `ptrace` and `process_vm_writev`: the
+/// tracer's binary imports neither.
+#[test]
+fn the_tracer_imports_no_call_that_writes_another_process() {
+    use object::{Object, read::ObjectSymbol};
+    let bytes = std::fs::read(testkit::recording::tracer()).expect("the tracer's binary");
+    let file = object::File::parse(&*bytes).expect("an ELF file");
+    let imports: Vec<String> = file
+        .dynamic_symbols()
+        .filter(|s| s.is_undefined())
+        .filter_map(|s| {
+            s.name()
+                .ok()
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        })
+        .collect();
+    // Positive control: the C library's calls are seen here.
+    assert!(imports.iter().any(|n| n == "read"), "imports: {imports:?}");
+    for forbidden in ["ptrace", "process_vm_writev"] {
+        assert!(
+            !imports.iter().any(|n| n == forbidden),
+            "imports {forbidden}"
+        );
+    }
 }
 
 #[test]

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 use testkit::{
-    Build, Product, Recording, Server, attribution_builds, dwarf, read_timeline, require_root,
+    Allocator, Build, Product, Recording, Server, attribution_builds, dwarf, read_timeline,
+    require_root,
 };
 
 /// The offsets the tables of earlier versions held, for the builds they were made for:
@@ -150,15 +151,43 @@ fn recorded_redis(build: &Build) -> Value {
 }
 
 /// The README's support table: per build, whether the binary carries DWARF (so the
-/// layout is checked against it) and how many internal phases the binary's symbols give.
-const MATRIX: [(&str, bool, u64); 7] = [
-    ("redis-6.2", true, 7),
-    ("redis-7.0", false, 7),
-    ("redis-7.4", true, 8),
-    ("valkey-8.0", false, 7),
-    ("valkey-8.1", true, 7),
-    ("valkey-9.1", false, 6),
-    ("redis-8.0", false, 7),
+/// layout is checked against it), the internal phases the binary's symbols give, and
+/// the allocator the live server reports.
+const MATRIX: [(&str, bool, &[&str], Allocator); 7] = [
+    ("redis-6.2", true, &PHASES_7, Allocator::Libc),
+    ("redis-7.0", false, &PHASES_7, Allocator::Jemalloc),
+    ("redis-7.4", true, &PHASES_8, Allocator::Jemalloc),
+    ("valkey-8.0", false, &PHASES_7, Allocator::Jemalloc),
+    ("valkey-8.1", true, &PHASES_7, Allocator::Libc),
+    ("valkey-9.1", false, &PHASES_6, Allocator::Libc),
+    ("redis-8.0", false, &PHASES_7, Allocator::Jemalloc),
+];
+const PHASES_6: [&str; 6] = [
+    "networking-read",
+    "networking-write",
+    "active-expire",
+    "eviction",
+    "cron",
+    "before-sleep",
+];
+const PHASES_7: [&str; 7] = [
+    "networking-read",
+    "networking-write",
+    "active-expire",
+    "eviction",
+    "replica-load",
+    "cron",
+    "before-sleep",
+];
+const PHASES_8: [&str; 8] = [
+    "networking-read",
+    "networking-write",
+    "active-expire",
+    "eviction",
+    "active-defrag",
+    "replica-load",
+    "cron",
+    "before-sleep",
 ];
 
 /// With the installed matrix (`cargo xtask test`), the builds are the README's seven.
@@ -168,9 +197,13 @@ fn the_installed_matrix_is_the_readmes() {
         eprintln!("no manifest (run through `cargo xtask test`): nothing to compare");
         return;
     }
+    let expected: Vec<&str> = MATRIX.iter().map(|(l, ..)| *l).collect();
     let labels: Vec<String> = testkit::builds().into_iter().map(|b| b.label).collect();
-    let expected: Vec<&str> = MATRIX.iter().map(|(l, _, _)| *l).collect();
-    assert_eq!(labels, expected);
+    assert_eq!(labels, expected, "the installed builds");
+    // The builds the attribution tests loop over: all of them (`cargo xtask test` clears
+    // `MEMTRACE_ONLY_BUILDS`, which narrows this list while working on one build).
+    let tested: Vec<String> = attribution_builds().into_iter().map(|b| b.label).collect();
+    assert_eq!(tested, expected, "the builds the attribution tests run on");
 }
 
 #[test]
@@ -193,10 +226,14 @@ fn discovered_layouts_match_the_binaries_dwarf_and_the_old_tables() {
         }
 
         let redis = recorded_redis(&build);
-        if let Some((_, has_dwarf, phases)) = MATRIX.iter().find(|(l, _, _)| l == label) {
+        if let Some((_, has_dwarf, phases, allocator)) = MATRIX.iter().find(|(l, ..)| l == label) {
+            let reported = redis["allocator"].as_str().and_then(Allocator::from_name);
+            assert_eq!(reported, Some(*allocator), "[{label}] INFO mem_allocator");
             assert_eq!(dwarf.is_some(), *has_dwarf, "[{label}] DWARF oracle");
-            let found = redis["phases"].as_array().map_or(0, |p| p.len() as u64);
-            assert_eq!(found, *phases, "[{label}] phases: {}", redis["phases"]);
+            let found: Vec<&str> = redis["phases"]
+                .as_array()
+                .map_or(Vec::new(), |p| p.iter().filter_map(Value::as_str).collect());
+            assert_eq!(found, *phases, "[{label}] phases");
         }
         let layout = &redis["layout"];
         eprintln!("[{label}] discovered layout: {layout}");

@@ -7,8 +7,8 @@
 //! same size. After one short warm-up run per workload, each round runs the four workloads
 //! ([SET, GET] x [no pipelining, `-P 16`]) once untraced and once traced; the A/B order
 //! alternates between rounds so that drift on a noisy machine hits both sides alike.
-//! Traced means the tracer was attached (its `tracing pid` line seen) before the benchmark
-//! started and is stopped with SIGINT after it ended; it must exit 0 and write a timeline.
+//! Traced means the tracer had attached and turned Redis attribution on (its `attribution
+//! on` line seen; an error otherwise) before the benchmark started and is stopped with SIGINT after it ended; it must exit 0 and write a timeline.
 //!
 //! The table gives medians over rounds; `target/bench-overhead.json` has every run.
 //! The server and the tracer are stopped on every path, Ctrl-C included (their guards
@@ -18,7 +18,7 @@ use std::{path::Path, time::Instant};
 
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
-use testkit::{Server, recording::TRACING_PID};
+use testkit::{Server, recording::ATTRIBUTION_ON};
 
 use crate::{
     bench_common::{attach, kernel, median, scratch_dir, stop_and_read, write_report},
@@ -170,7 +170,7 @@ fn run_rounds(
             for traced in [round % 2 == 1, round % 2 == 0] {
                 let run = load(w, clients, requests);
                 let sample = if traced {
-                    let tracer = attach(server.pid, timeline, TRACING_PID)?;
+                    let tracer = attach(server.pid, timeline, ATTRIBUTION_ON)?;
                     let sample = run.run(server.port)?;
                     let stats = stop_and_read(tracer, timeline)?;
                     r.events += stats.events;

@@ -571,6 +571,18 @@ mod tests {
         ));
         assert_eq!(ready(&a, 1).key, None);
 
+        // A command outside the list (a module's, or unknown) keeps its first argument as
+        // its key, as the README's Privacy section says.
+        a.on_context(&ctx(
+            1,
+            phase::COMMAND,
+            b"ft.search",
+            b"idx",
+            3,
+            context_flags::HAS_KEY,
+        ));
+        assert_eq!(ready(&a, 1).key.as_ref().unwrap().bytes, b"idx");
+
         // Integer-encoded key.
         a.on_context(&ctx(
             1,

@@ -674,6 +674,28 @@ mod tests {
     const PROBE_WRITE_USER: i32 = 36;
     const PROBE_READ_USER: i32 = 112;
 
+    /// The tracepoints attached are the memory, task and reclaim ones the README names:
+    /// no system call is traced (fork() is timed by uprobes on libc instead).
+    #[test]
+    fn no_syscall_tracepoint_is_attached() {
+        let hooks: Vec<(&str, &str)> = super::RAW_HOOKS
+            .iter()
+            .chain(super::HOOKS)
+            .map(|h| (h.category, h.name))
+            .collect();
+        for (category, name) in &hooks {
+            assert!(
+                matches!(
+                    *category,
+                    "exceptions" | "kmem" | "task" | "sched" | "vmscan"
+                ),
+                "{category}:{name}"
+            );
+            assert!(!name.starts_with("sys_"), "{category}:{name}");
+        }
+        assert_eq!(hooks.len(), 11);
+    }
+
     /// Redis's memory is only read: no program of the embedded object calls the one
     /// helper that writes user memory. Every helper call of every program is checked.
     #[test]
