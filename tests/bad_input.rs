@@ -3,7 +3,7 @@
 
 use std::{path::Path, process::Command};
 
-use testkit::{require_root, tracer, tracer_fails};
+use testkit::{fails_in_one_line, require_root, tracer, tracer_fails};
 
 fn one_line_error(args: &[&str], env: &[(&str, &str)], needle: &str) {
     let (code, stderr) = tracer_fails(args, env);
@@ -20,46 +20,18 @@ fn one_line_error(args: &[&str], env: &[(&str, &str)], needle: &str) {
     );
 }
 
-/// The names in `dir`, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// A row of docs/robustness.md, as printed there: `redis-memtrace ARGS`, run in an empty
 /// working folder, exits 1 with exactly `line` on stderr (one line, nothing else) and
 /// nothing on stdout; afterwards `output` (relative to that folder, or absolute) does not
 /// exist and the folder is still empty.
 fn row_fails(args: &[&str], line: &str, output: &str) {
     let cwd = tempfile::tempdir().unwrap();
-    let out = Command::new(tracer())
-        .args(args)
-        .current_dir(cwd.path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tracer().display()));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!(
-        "{args:?}: exit {:?}: {}",
-        out.status.code(),
-        stderr.trim_end()
-    );
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert_eq!(stderr, format!("{line}\n"), "{args:?}");
-    assert!(out.stdout.is_empty(), "{args:?}: stdout {:?}", out.stdout);
+    fails_in_one_line(cwd.path(), args, line);
     let output = cwd.path().join(output);
     assert!(
         std::fs::symlink_metadata(&output).is_err(),
         "{args:?}: {} exists",
         output.display()
-    );
-    assert_eq!(
-        names_in(cwd.path()),
-        Vec::<String>::new(),
-        "{args:?}: files left in the working folder"
     );
 }
 

@@ -8,7 +8,9 @@
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
-use testkit::{Recording, Server, by_label, read_timeline, require_root, tracer};
+use testkit::{
+    Recording, Server, by_label, fails_in_one_line, names_in, read_timeline, require_root, tracer,
+};
 
 /// The independent checker: `python3 check.py TRACE TIMELINE`. Prints what it checked,
 /// exits 1 listing every problem found.
@@ -335,33 +337,11 @@ fn bgsave_under_writes_exports_a_trace_an_independent_parser_accepts() {
 /// A small valid timeline.
 const SMALL: &str = r#"{"schema_version":1,"run":{"monotonic_start_ns":1000000000},"target":{"pid":7},"events":[{"ts_ns":1100000000,"pid":7,"tid":7,"kind":"cow_copy","role":"parent","activity":"SET"}],"end":{"monotonic_end_ns":2000000000},"epochs":[],"samples":[],"summary":{}}"#;
 
-/// The names in `dir`, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// `export --perfetto INPUT -o OUT`, run in the folder `cwd`, fails with exit 1, exactly
 /// `line` on stderr (one line, nothing else) and nothing on stdout, and leaves the
 /// folder's files as they were.
 fn export_fails(cwd: &Path, input: &str, out: &str, line: &str) {
-    let args = ["export", "--perfetto", input, "-o", out];
-    let before = names_in(cwd);
-    let o = Command::new(tracer())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run redis-memtrace export");
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    eprintln!("{args:?}: {}", stderr.trim_end());
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {stderr}");
-    assert_eq!(stderr, format!("{line}\n"), "{args:?}");
-    assert!(o.stdout.is_empty(), "{args:?}: stdout");
-    assert_eq!(names_in(cwd), before, "{args:?}: the folder changed");
+    fails_in_one_line(cwd, &["export", "--perfetto", input, "-o", out], line);
 }
 
 /// Bad timelines, among them the row of docs/robustness.md (`export --perfetto v2.json

@@ -10,33 +10,9 @@ use std::{path::Path, process::Command, time::Duration};
 use common::record_pid;
 use serde_json::Value;
 use testkit::{
-    Build, Recording, Server, by_label, commands::info_on, read_timeline, recording::TRACING_PID,
-    require_root, timeline::faults, tracer, wait::wait_until,
+    Build, Recording, Server, by_label, commands::info_on, names_in, read_timeline,
+    recording::TRACING_PID, require_root, run_in, timeline::faults, wait::wait_until,
 };
-
-/// The names in `dir`, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// `redis-memtrace ARGS` in the folder `cwd`: (exit code, stderr, stdout).
-fn run_in(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(tracer())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tracer().display()));
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
 
 /// The row of docs/robustness.md as printed there: port 1 (tcpmux), which nothing
 /// listens on, refuses the connection.

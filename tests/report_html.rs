@@ -12,8 +12,8 @@ use std::{
 };
 
 use testkit::{
-    Guarded, Recording, Server, by_label, read_timeline, recording::ATTRIBUTION_ON, require_root,
-    tracer,
+    Guarded, Recording, Server, by_label, fails_in_one_line, names_in, read_timeline,
+    recording::ATTRIBUTION_ON, require_root, tracer,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -501,33 +501,6 @@ fn report_of_a_real_bgsave_matches_the_timeline_and_renders_in_chromium() {
     }
 }
 
-/// The names in `dir`, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-/// `redis-memtrace ARGS`, run in the folder `cwd`, fails with exit 1, exactly `line` on
-/// stderr (one line, nothing else) and nothing on stdout, and leaves the folder's files
-/// as they were.
-fn fails_with_line(cwd: &Path, args: &[&str], line: &str) {
-    let before = names_in(cwd);
-    let out = Command::new(tracer())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tracer().display()));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert_eq!(stderr, format!("{line}\n"), "{args:?}");
-    assert!(out.stdout.is_empty(), "{args:?}: printed a report");
-    assert_eq!(names_in(cwd), before, "{args:?}: the folder changed");
-}
-
 /// The `report` rows of docs/robustness.md, as printed there (the files named in them,
 /// in the working folder), each also with `--html`; an array as a timeline; and the
 /// unwritable `--html /nonexistent/r.html` row.
@@ -575,12 +548,12 @@ fn bad_timelines_give_one_error_line() {
     ];
     for (name, bytes, line) in cases {
         std::fs::write(cwd.join(name), bytes).unwrap();
-        fails_with_line(cwd, &["report", name], line);
+        fails_in_one_line(cwd, &["report", name], line);
         let html = format!("{name}.html");
-        fails_with_line(cwd, &["report", name, "--html", &html], line);
+        fails_in_one_line(cwd, &["report", name, "--html", &html], line);
         assert!(!cwd.join(&html).exists(), "{name}: HTML written");
     }
-    fails_with_line(
+    fails_in_one_line(
         cwd,
         &["report", "missing.json"],
         "redis-memtrace: error: cannot read missing.json: No such file or directory (os error \
@@ -606,7 +579,7 @@ fn bad_timelines_give_one_error_line() {
         "{} exists on this machine: the case needs it absent",
         missing.display()
     );
-    fails_with_line(
+    fails_in_one_line(
         cwd,
         &["report", "timeline.json", "--html", "/nonexistent/r.html"],
         "redis-memtrace: error: cannot write the HTML report to /nonexistent/r.html: No such \

@@ -33,7 +33,9 @@ pub use builds::{Allocator, Build, Product, attribution_builds, builds, by_label
 pub use error::Error;
 pub use pageout::page_out;
 pub use process::{Guarded, free_port};
-pub use recording::{Recording, require_root, tracer, tracer_fails};
+pub use recording::{
+    Recording, fails_in_one_line, names_in, require_root, run_in, tracer, tracer_fails,
+};
 pub use redis;
 pub use server::Server;
 pub use swap::SwapGuard;

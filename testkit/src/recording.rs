@@ -67,6 +67,43 @@ pub fn tracer_fails(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// The names of the files in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs the tracer with `args` in the folder `cwd`: (exit code, stderr, stdout).
+pub fn run_in(cwd: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(tracer())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", tracer().display()));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Bad input as the README promises it: the tracer run with `args` in `cwd` exits 1 with
+/// exactly `line` on stderr (one line, nothing else) and nothing on stdout, and leaves
+/// the folder's files as they were.
+pub fn fails_in_one_line(cwd: &Path, args: &[&str], line: &str) {
+    let before = names_in(cwd);
+    let (code, stderr, stdout) = run_in(cwd, args);
+    eprintln!("{args:?}: exit {code:?}: {}", stderr.trim_end());
+    assert_eq!(code, Some(1), "{args:?}: {stderr}");
+    assert_eq!(stderr, format!("{line}\n"), "{args:?}");
+    assert_eq!(stdout, "", "{args:?}: stdout");
+    assert_eq!(names_in(cwd), before, "{args:?}: the folder changed");
+}
+
 /// The lines of `stderr` (each with its newline), read by a thread of their own until it
 /// closes; with `echo`, each is also printed on our stderr as it comes.
 fn read_lines(stderr: Option<ChildStderr>, echo: bool) -> Receiver<String> {

@@ -47,6 +47,11 @@ impl FaultKind {
         FaultKind::Other,
     ];
 
+    /// The kind a timeline names `name` (`None` for a record that is not a fault).
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// The name used in timelines.
     pub fn name(self) -> &'static str {
         match self {

@@ -1,6 +1,8 @@
-//! Per-kind fault counters, as they appear in timelines.
+//! Per-kind fault counters, as they appear in timelines: written by the recorder, read
+//! back by `report`.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::classify::FaultKind;
 
@@ -22,7 +24,8 @@ pub struct KindCounts {
 impl KindCounts {
     /// Adds one fault of `kind`.
     pub fn add(&mut self, kind: FaultKind) {
-        *self.slot(kind) += 1;
+        let slot = self.slot(kind);
+        *slot = slot.saturating_add(1);
     }
 
     /// The count for `kind`.
@@ -39,6 +42,16 @@ impl KindCounts {
     /// Sum over all kinds.
     pub fn total(&self) -> u64 {
         FaultKind::ALL.iter().map(|k| self.get(*k)).sum()
+    }
+
+    /// Reads `{cow_copy, wp_reuse, swap_in, first_touch, other}` from a timeline, leniently
+    /// (an older or newer file still reads): an absent or mistyped count is 0.
+    pub fn from_json(v: &Value) -> KindCounts {
+        let mut counts = KindCounts::default();
+        for kind in FaultKind::ALL {
+            *counts.slot(kind) = v.get(kind.name()).and_then(Value::as_u64).unwrap_or(0);
+        }
+        counts
     }
 
     fn slot(&mut self, kind: FaultKind) -> &mut u64 {

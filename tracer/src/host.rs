@@ -3,6 +3,7 @@
 //! `report` and `check`.
 
 use serde::Serialize;
+use serde_json::Value;
 
 /// Memory settings of the host at the start of a run.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -45,7 +46,47 @@ pub struct SwapDevice {
     pub priority: i64,
 }
 
+impl SwapDevice {
+    fn from_json(d: &Value) -> SwapDevice {
+        let num = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let text = |k: &str, or: &str| d.get(k).and_then(Value::as_str).unwrap_or(or).to_string();
+        SwapDevice {
+            path: text("path", "?"),
+            kind: text("kind", "?"),
+            size_bytes: num("size_bytes"),
+            used_bytes: num("used_bytes"),
+            priority: d.get("priority").and_then(Value::as_i64).unwrap_or(0),
+        }
+    }
+}
+
 impl HostInfo {
+    /// Reads `run.host` of a timeline back, leniently: a missing or mistyped field is
+    /// `None` (a swap device's missing numbers 0, its path `?`), never an error.
+    pub fn from_json(h: &Value) -> HostInfo {
+        let num = |k: &str| h.get(k).and_then(Value::as_u64);
+        let small = |k: &str| num(k).and_then(|n| u32::try_from(n).ok());
+        let text = |k: &str| h.get(k).and_then(Value::as_str).map(str::to_string);
+        let devices = h.get("swap_devices").and_then(Value::as_array);
+        HostInfo {
+            mem_total_bytes: num("mem_total_bytes"),
+            mem_available_bytes: num("mem_available_bytes"),
+            swap_total_bytes: num("swap_total_bytes"),
+            swap_free_bytes: num("swap_free_bytes"),
+            swap_devices: devices
+                .into_iter()
+                .flatten()
+                .filter(|d| d.is_object())
+                .map(SwapDevice::from_json)
+                .collect(),
+            thp_enabled: text("thp_enabled"),
+            thp_defrag: text("thp_defrag"),
+            overcommit_memory: small("overcommit_memory"),
+            swappiness: small("swappiness"),
+            cpus: num("cpus").and_then(|n| usize::try_from(n).ok()),
+        }
+    }
+
     /// Reads the current host state; anything unreadable is left `None`/empty.
     pub fn read() -> HostInfo {
         let meminfo = procfs::Current::current().ok();

@@ -22,6 +22,7 @@ use std::{
 };
 
 use procfs::process::{Process, SmapsRollup};
+use serde_json::Value;
 
 use crate::{
     clock,
@@ -192,7 +193,7 @@ pub fn query_info(conn: &mut RedisConn) -> Result<InfoMem, SampleError> {
 }
 
 /// One point on the timeline.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Sample {
     /// CLOCK_MONOTONIC, ns.
     pub ts_ns: u64,
@@ -206,6 +207,103 @@ pub struct Sample {
     pub pswpin_delta: Option<u64>,
     /// Pages swapped out machine-wide since the previous sample (`pswpout`).
     pub pswpout_delta: Option<u64>,
+}
+
+// Reading samples back from a timeline (`report`, `export`), leniently: a missing or
+// mistyped field is `None`, never an error.
+
+fn u64_at(v: &Value, k: &str) -> Option<u64> {
+    v.get(k)?.as_u64()
+}
+
+impl ProcMem {
+    /// A process's memory in a timeline sample; `None` without `rss_bytes` (a missing
+    /// swap reads as 0).
+    pub fn from_json(v: &Value) -> Option<ProcMem> {
+        Some(ProcMem {
+            rss_bytes: u64_at(v, "rss_bytes")?,
+            swap_bytes: u64_at(v, "swap_bytes").unwrap_or(0),
+            anon_huge_bytes: u64_at(v, "anon_huge_bytes"),
+            private_dirty_bytes: u64_at(v, "private_dirty_bytes"),
+        })
+    }
+}
+
+impl InfoMem {
+    /// A sample's `info` object.
+    pub fn from_json(i: &Value) -> InfoMem {
+        let flag = |k: &str| i.get(k).and_then(Value::as_bool).unwrap_or(false);
+        InfoMem {
+            used_memory: u64_at(i, "used_memory"),
+            used_memory_rss: u64_at(i, "used_memory_rss"),
+            mem_fragmentation_ratio: i
+                .get("mem_fragmentation_ratio")
+                .and_then(Value::as_f64)
+                .filter(|r| r.is_finite()),
+            allocator_allocated: u64_at(i, "allocator_allocated"),
+            allocator_active: u64_at(i, "allocator_active"),
+            allocator_resident: u64_at(i, "allocator_resident"),
+            maxmemory: u64_at(i, "maxmemory"),
+            current_cow_size: u64_at(i, "current_cow_size"),
+            rdb_last_cow_size: u64_at(i, "rdb_last_cow_size"),
+            latest_fork_usec: u64_at(i, "latest_fork_usec"),
+            total_forks: u64_at(i, "total_forks"),
+            rdb_bgsave_in_progress: flag("rdb_bgsave_in_progress"),
+            aof_rewrite_in_progress: flag("aof_rewrite_in_progress"),
+        }
+    }
+}
+
+impl Sample {
+    /// One element of a timeline's `samples`; `None` without `ts_ns`.
+    pub fn from_json(s: &Value) -> Option<Sample> {
+        // `child` is `[pid, {rss_bytes, ...}]` or null.
+        let child = s.get("child").and_then(Value::as_array).and_then(|pair| {
+            let pid = u32::try_from(pair.first()?.as_u64()?).ok()?;
+            Some((pid, ProcMem::from_json(pair.get(1)?)?))
+        });
+        Some(Sample {
+            ts_ns: u64_at(s, "ts_ns")?,
+            server: s.get("server").and_then(ProcMem::from_json),
+            child,
+            info: s
+                .get("info")
+                .filter(|i| i.is_object())
+                .map(InfoMem::from_json),
+            pswpin_delta: u64_at(s, "pswpin_delta"),
+            pswpout_delta: u64_at(s, "pswpout_delta"),
+        })
+    }
+
+    /// The server's RSS.
+    pub fn server_rss(&self) -> Option<u64> {
+        self.server.map(|m| m.rss_bytes)
+    }
+
+    /// The server's swapped-out bytes.
+    pub fn server_swap(&self) -> Option<u64> {
+        self.server.map(|m| m.swap_bytes)
+    }
+
+    /// The server's resident huge pages (smaps samples only).
+    pub fn server_huge(&self) -> Option<u64> {
+        self.server.and_then(|m| m.anon_huge_bytes)
+    }
+
+    /// The live fork child's PID.
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child.map(|(pid, _)| pid)
+    }
+
+    /// The live fork child's RSS.
+    pub fn child_rss(&self) -> Option<u64> {
+        self.child.map(|(_, m)| m.rss_bytes)
+    }
+
+    /// The live fork child's resident huge pages (smaps samples only).
+    pub fn child_huge(&self) -> Option<u64> {
+        self.child.and_then(|(_, m)| m.anon_huge_bytes)
+    }
 }
 
 /// A live fork child of `pid` that is Redis: its comm is `redis-server` or the server's

@@ -75,6 +75,53 @@ pub struct SlotRow {
     pub pages: u64,
 }
 
+// Reading the rows back (`report`), leniently: a row without its name or count is
+// skipped; other missing or mistyped fields read as 0, false or no slot.
+
+fn u64_at(v: &serde_json::Value, k: &str) -> Option<u64> {
+    v.get(k)?.as_u64()
+}
+
+fn flag_at(v: &serde_json::Value, k: &str) -> bool {
+    v.get(k).and_then(serde_json::Value::as_bool) == Some(true)
+}
+
+impl ActivityRow {
+    /// One `by_activity` row of a timeline.
+    pub fn from_json(r: &serde_json::Value) -> Option<ActivityRow> {
+        Some(ActivityRow {
+            activity: r.get("activity")?.as_str()?.to_string(),
+            is_command: flag_at(r, "is_command"),
+            faults: KindCounts::from_json(&r["faults"]),
+        })
+    }
+}
+
+impl KeyRow {
+    /// One `top_keys_*` row of a timeline.
+    pub fn from_json(k: &serde_json::Value) -> Option<KeyRow> {
+        Some(KeyRow {
+            key: k.get("key")?.as_str()?.to_string(),
+            key_len: u64_at(k, "key_len").unwrap_or(0),
+            truncated: flag_at(k, "truncated"),
+            hashed: flag_at(k, "hashed"),
+            slot: u64_at(k, "slot").and_then(|s| u16::try_from(s).ok()),
+            pages: u64_at(k, "pages")?,
+            error: u64_at(k, "error").unwrap_or(0),
+        })
+    }
+}
+
+impl SlotRow {
+    /// One `top_slots_*` row of a timeline.
+    pub fn from_json(s: &serde_json::Value) -> Option<SlotRow> {
+        Some(SlotRow {
+            slot: u16::try_from(u64_at(s, "slot")?).ok()?,
+            pages: u64_at(s, "pages")?,
+        })
+    }
+}
+
 /// The aggregates as written to the timeline.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AggregateReport {

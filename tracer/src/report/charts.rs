@@ -122,9 +122,9 @@ fn memory(m: &Model, start: u64) -> Value {
     let (mut rss, mut child, mut swap) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in m.samples.chunks(group) {
         t.push(seconds(chunk[0].ts_ns, start));
-        rss.push(chunk.iter().fold(None, |a, s| max_opt(a, s.server_rss)));
-        child.push(chunk.iter().fold(None, |a, s| max_opt(a, s.child_rss)));
-        swap.push(chunk.iter().fold(None, |a, s| max_opt(a, s.server_swap)));
+        rss.push(chunk.iter().fold(None, |a, s| max_opt(a, s.server_rss())));
+        child.push(chunk.iter().fold(None, |a, s| max_opt(a, s.child_rss())));
+        swap.push(chunk.iter().fold(None, |a, s| max_opt(a, s.server_swap())));
     }
     json!({
         "t": t,

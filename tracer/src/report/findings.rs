@@ -120,7 +120,7 @@ fn thp(m: &Model) -> Option<Finding> {
     let huge_rss = m
         .samples
         .iter()
-        .flat_map(|s| [s.server_huge, s.child_huge])
+        .flat_map(|s| [s.server_huge(), s.child_huge()])
         .flatten()
         .max()
         .filter(|&b| b > 0);
@@ -278,7 +278,11 @@ fn overcommit(m: &Model) -> Option<Finding> {
 
 fn fragmentation(m: &Model) -> Option<Finding> {
     let info = m.last_info()?;
-    let (ratio, used, rss) = (info.frag_ratio?, info.used_memory?, info.used_memory_rss?);
+    let (ratio, used, rss) = (
+        info.mem_fragmentation_ratio?,
+        info.used_memory?,
+        info.used_memory_rss?,
+    );
     if ratio > FRAG_HIGH && rss.saturating_sub(used) >= FRAG_MIN_BYTES {
         Some(Finding {
             severity: Severity::Warning,
@@ -385,7 +389,11 @@ fn on_commands(m: &Model) -> Option<Finding> {
         .attribution
         .by_activity
         .iter()
-        .filter(|a| ON_COMMANDS.iter().any(|c| c.eq_ignore_ascii_case(&a.name)))
+        .filter(|a| {
+            ON_COMMANDS
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&a.activity))
+        })
         .map(|a| {
             let f = &a.faults;
             let total = f
@@ -394,7 +402,7 @@ fn on_commands(m: &Model) -> Option<Finding> {
                 .saturating_add(f.swap_in)
                 .saturating_add(f.first_touch)
                 .saturating_add(f.other);
-            format!("{} ({total} faults)", a.name.to_ascii_uppercase())
+            format!("{} ({total} faults)", a.activity.to_ascii_uppercase())
         })
         .collect();
     if seen.is_empty() {

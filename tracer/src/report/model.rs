@@ -5,49 +5,13 @@
 use serde_json::Value;
 
 use super::rates::{Rates, rates};
-use crate::timeline::read::Timeline;
-
-/// Fault counts by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KindCounts {
-    /// Pages copied on write after a fork.
-    pub cow_copy: u64,
-    /// Write-protect faults that reused the page (no copy).
-    pub wp_reuse: u64,
-    /// Pages read back from swap.
-    pub swap_in: u64,
-    /// First touch of a page never used before.
-    pub first_touch: u64,
-    /// Anything else.
-    pub other: u64,
-}
-
-impl KindCounts {
-    /// Reads `{cow_copy, wp_reuse, swap_in, first_touch, other}`; absent counts are 0.
-    pub fn from_json(v: &Value) -> KindCounts {
-        KindCounts {
-            cow_copy: num(v, "cow_copy").unwrap_or(0),
-            wp_reuse: num(v, "wp_reuse").unwrap_or(0),
-            swap_in: num(v, "swap_in").unwrap_or(0),
-            first_touch: num(v, "first_touch").unwrap_or(0),
-            other: num(v, "other").unwrap_or(0),
-        }
-    }
-
-    /// Adds one fault of `kind`; returns false for a kind that is not a fault.
-    fn add(&mut self, kind: &str) -> bool {
-        let slot = match kind {
-            "cow_copy" => &mut self.cow_copy,
-            "wp_reuse" => &mut self.wp_reuse,
-            "swap_in" => &mut self.swap_in,
-            "first_touch" => &mut self.first_touch,
-            "other" => &mut self.other,
-            _ => return false,
-        };
-        *slot = slot.saturating_add(1);
-        true
-    }
-}
+pub use crate::{
+    attribution::aggregate::{ActivityRow, KeyRow, SlotRow},
+    counts::KindCounts,
+    host::HostInfo,
+    samples::{InfoMem, Sample},
+};
+use crate::{classify::FaultKind, timeline::read::Timeline};
 
 /// The Redis server the run traced.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -98,46 +62,6 @@ pub struct Header {
     pub approximate_kinds: Vec<String>,
     /// What the missing hooks cost, as the tracer described it.
     pub degraded: Vec<String>,
-}
-
-/// One active swap device.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SwapDevice {
-    /// Device or file.
-    pub path: String,
-    /// `partition` or `file`.
-    pub kind: Option<String>,
-    /// Size in bytes.
-    pub size_bytes: Option<u64>,
-    /// Used bytes at the start of the run.
-    pub used_bytes: Option<u64>,
-    /// Priority.
-    pub priority: Option<i64>,
-}
-
-/// The recording host's memory settings (`run.host`, absent in older timelines).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Host {
-    /// Physical RAM.
-    pub mem_total_bytes: Option<u64>,
-    /// `MemAvailable` at start.
-    pub mem_available_bytes: Option<u64>,
-    /// Swap size.
-    pub swap_total_bytes: Option<u64>,
-    /// Free swap at start.
-    pub swap_free_bytes: Option<u64>,
-    /// Active swap devices.
-    pub swap_devices: Vec<SwapDevice>,
-    /// Transparent huge pages: `always`, `madvise` or `never`.
-    pub thp_enabled: Option<String>,
-    /// THP defrag setting.
-    pub thp_defrag: Option<String>,
-    /// `vm.overcommit_memory`.
-    pub overcommit_memory: Option<u64>,
-    /// `vm.swappiness`.
-    pub swappiness: Option<u64>,
-    /// Online CPUs.
-    pub cpus: Option<u64>,
 }
 
 /// Parent and child RSS at the sample where their sum peaked during an epoch.
@@ -207,50 +131,11 @@ impl Epoch {
     }
 }
 
-/// Faults of one command or internal activity.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Activity {
-    /// Command name (`SET`) or activity (`cron`, `networking-read`).
-    pub name: String,
-    /// Whether it is a Redis command.
-    pub is_command: bool,
-    /// Its faults.
-    pub faults: KindCounts,
-}
-
-/// Pages attributed to one key.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct KeyRow {
-    /// The key as the recorder escaped it (attacker-controlled text).
-    pub key: String,
-    /// Length of the real key in bytes.
-    pub key_len: Option<u64>,
-    /// The recorder kept only a prefix.
-    pub truncated: bool,
-    /// `key` is a keyed hash of the real key (`record --keys hash`).
-    pub hashed: bool,
-    /// Pages.
-    pub pages: u64,
-    /// Cluster slot (`None` for a truncated key).
-    pub slot: Option<u64>,
-    /// How much `pages` may overcount (the key sketch gives upper bounds; 0 is exact).
-    pub error: Option<u64>,
-}
-
-/// Pages attributed to one cluster slot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SlotRow {
-    /// Slot (0-16383).
-    pub slot: u64,
-    /// Pages.
-    pub pages: u64,
-}
-
 /// Attribution of the whole run (`summary.attribution`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attribution {
     /// Every activity, as recorded.
-    pub by_activity: Vec<Activity>,
+    pub by_activity: Vec<ActivityRow>,
     /// Top keys by copy-on-write pages (at most `top`).
     pub keys_cow: Vec<KeyRow>,
     /// Top keys by swap-in pages.
@@ -263,8 +148,8 @@ pub struct Attribution {
 
 impl Attribution {
     /// Activities with faults of one kind, most first, at most `top`.
-    pub fn top_activities(&self, kind: fn(&KindCounts) -> u64, top: usize) -> Vec<&Activity> {
-        let mut v: Vec<&Activity> = self
+    pub fn top_activities(&self, kind: fn(&KindCounts) -> u64, top: usize) -> Vec<&ActivityRow> {
+        let mut v: Vec<&ActivityRow> = self
             .by_activity
             .iter()
             .filter(|a| kind(&a.faults) > 0)
@@ -298,47 +183,13 @@ pub struct SwapState {
     pub pswpout: Option<u64>,
 }
 
-/// Redis's own memory figures from INFO (one sample).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct InfoPoint {
-    /// `used_memory`.
-    pub used_memory: Option<u64>,
-    /// `used_memory_rss`.
-    pub used_memory_rss: Option<u64>,
-    /// `mem_fragmentation_ratio`.
-    pub frag_ratio: Option<f64>,
-    /// `maxmemory` (0: no limit).
-    pub maxmemory: Option<u64>,
-}
-
-/// One memory sample.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct SamplePoint {
-    /// Monotonic time.
-    pub ts_ns: u64,
-    /// Server RSS.
-    pub server_rss: Option<u64>,
-    /// Server swap.
-    pub server_swap: Option<u64>,
-    /// Server `AnonHugePages`.
-    pub server_huge: Option<u64>,
-    /// The fork child alive at that time, if any.
-    pub child_pid: Option<u64>,
-    /// Its RSS.
-    pub child_rss: Option<u64>,
-    /// Its `AnonHugePages`.
-    pub child_huge: Option<u64>,
-    /// INFO memory figures.
-    pub info: Option<InfoPoint>,
-}
-
 /// Everything the report shows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {
     /// Header.
     pub header: Header,
     /// Host settings (`None` for timelines recorded before `run.host` existed).
-    pub host: Option<Host>,
+    pub host: Option<HostInfo>,
     /// Faults of the whole run.
     pub faults: KindCounts,
     /// Faults served with a huge page.
@@ -350,7 +201,7 @@ pub struct Model {
     /// Swap.
     pub swap: SwapState,
     /// Memory samples, oldest first.
-    pub samples: Vec<SamplePoint>,
+    pub samples: Vec<Sample>,
     /// Fault rates.
     pub rates: Rates,
     /// Warnings the recorder printed.
@@ -424,7 +275,10 @@ impl Model {
         let swap = swap_state(v, &samples, swap_level_max);
         Model {
             header,
-            host: run.get("host").filter(|h| h.is_object()).map(host),
+            host: run
+                .get("host")
+                .filter(|h| h.is_object())
+                .map(HostInfo::from_json),
             faults,
             huge_faults: num(summary, "huge_faults"),
             epochs,
@@ -456,8 +310,8 @@ impl Model {
     }
 
     /// The latest sample with Redis's INFO memory figures.
-    pub fn last_info(&self) -> Option<InfoPoint> {
-        self.samples.iter().rev().find_map(|s| s.info)
+    pub fn last_info(&self) -> Option<&InfoMem> {
+        self.samples.iter().rev().find_map(|s| s.info.as_ref())
     }
 }
 
@@ -478,7 +332,9 @@ fn scan_events(t: &Timeline) -> ((u64, u64), KindCounts, Option<u64>) {
                 }
             }
             Some(kind) => {
-                counts.add(kind);
+                if let Some(kind) = FaultKind::from_name(kind) {
+                    counts.add(kind);
+                }
             }
             None => {}
         }
@@ -497,65 +353,13 @@ fn scan_events(t: &Timeline) -> ((u64, u64), KindCounts, Option<u64>) {
     ((start, end), counts, swap_level)
 }
 
-fn host(h: &Value) -> Host {
-    Host {
-        mem_total_bytes: num(h, "mem_total_bytes"),
-        mem_available_bytes: num(h, "mem_available_bytes"),
-        swap_total_bytes: num(h, "swap_total_bytes"),
-        swap_free_bytes: num(h, "swap_free_bytes"),
-        swap_devices: list(h, "swap_devices")
-            .iter()
-            .filter(|d| d.is_object())
-            .map(|d| SwapDevice {
-                path: text(d, "path").unwrap_or_else(|| "?".into()),
-                kind: text(d, "kind"),
-                size_bytes: num(d, "size_bytes"),
-                used_bytes: num(d, "used_bytes"),
-                priority: d.get("priority").and_then(Value::as_i64),
-            })
-            .collect(),
-        thp_enabled: text(h, "thp_enabled"),
-        thp_defrag: text(h, "thp_defrag"),
-        overcommit_memory: num(h, "overcommit_memory"),
-        swappiness: num(h, "swappiness"),
-        cpus: num(h, "cpus"),
-    }
-}
-
-fn samples(raw: &[Value]) -> Vec<SamplePoint> {
-    let mut out: Vec<SamplePoint> = raw
-        .iter()
-        .filter_map(|s| {
-            let ts_ns = num(s, "ts_ns")?;
-            let server = &s["server"];
-            // `child` is `[pid, {rss_bytes, ...}]` or null.
-            let child = &s["child"];
-            let info = s.get("info").filter(|i| i.is_object()).map(|i| InfoPoint {
-                used_memory: num(i, "used_memory"),
-                used_memory_rss: num(i, "used_memory_rss"),
-                frag_ratio: i
-                    .get("mem_fragmentation_ratio")
-                    .and_then(Value::as_f64)
-                    .filter(|r| r.is_finite()),
-                maxmemory: num(i, "maxmemory"),
-            });
-            Some(SamplePoint {
-                ts_ns,
-                server_rss: num(server, "rss_bytes"),
-                server_swap: num(server, "swap_bytes"),
-                server_huge: num(server, "anon_huge_bytes"),
-                child_pid: child[0].as_u64(),
-                child_rss: num(&child[1], "rss_bytes"),
-                child_huge: num(&child[1], "anon_huge_bytes"),
-                info,
-            })
-        })
-        .collect();
+fn samples(raw: &[Value]) -> Vec<Sample> {
+    let mut out: Vec<Sample> = raw.iter().filter_map(Sample::from_json).collect();
     out.sort_by_key(|s| s.ts_ns);
     out
 }
 
-fn epoch(e: &Value, samples: &[SamplePoint], run_end: u64) -> Epoch {
+fn epoch(e: &Value, samples: &[Sample], run_end: u64) -> Epoch {
     let redis = &e["redis"];
     let mut ep = Epoch {
         id: num(e, "id"),
@@ -582,20 +386,20 @@ fn epoch(e: &Value, samples: &[SamplePoint], run_end: u64) -> Epoch {
 
 /// The sample inside the epoch with the highest server + child RSS. The child counts
 /// only when the sample saw this epoch's child.
-fn peak(ep: &Epoch, samples: &[SamplePoint], run_end: u64) -> Option<Peak> {
+fn peak(ep: &Epoch, samples: &[Sample], run_end: u64) -> Option<Peak> {
     let start = ep.start_ns?;
     let end = ep.end_ns.unwrap_or(run_end).max(start);
     samples
         .iter()
         .filter(|s| (start..=end).contains(&s.ts_ns))
         .filter_map(|s| {
-            let child_rss = match (s.child_pid, ep.child_pid) {
-                (Some(a), Some(b)) if a == b => s.child_rss,
+            let child_rss = match (s.child_pid(), ep.child_pid) {
+                (Some(a), Some(b)) if u64::from(a) == b => s.child_rss(),
                 _ => None,
             };
             Some(Peak {
                 ts_ns: s.ts_ns,
-                parent_rss: s.server_rss?,
+                parent_rss: s.server_rss()?,
                 child_rss,
             })
         })
@@ -605,20 +409,7 @@ fn peak(ep: &Epoch, samples: &[SamplePoint], run_end: u64) -> Option<Peak> {
 }
 
 fn key_rows(v: &[Value], top: usize) -> Vec<KeyRow> {
-    let mut rows: Vec<KeyRow> = v
-        .iter()
-        .filter_map(|k| {
-            Some(KeyRow {
-                key: text(k, "key")?,
-                key_len: num(k, "key_len"),
-                truncated: k.get("truncated").and_then(Value::as_bool) == Some(true),
-                hashed: k.get("hashed").and_then(Value::as_bool) == Some(true),
-                pages: num(k, "pages")?,
-                slot: num(k, "slot"),
-                error: num(k, "error"),
-            })
-        })
-        .collect();
+    let mut rows: Vec<KeyRow> = v.iter().filter_map(KeyRow::from_json).collect();
     // Stable: equal counts keep the recorder's order.
     rows.sort_by_key(|r| std::cmp::Reverse(r.pages));
     rows.truncate(top);
@@ -626,15 +417,7 @@ fn key_rows(v: &[Value], top: usize) -> Vec<KeyRow> {
 }
 
 fn slot_rows(v: &[Value], top: usize) -> Vec<SlotRow> {
-    let mut rows: Vec<SlotRow> = v
-        .iter()
-        .filter_map(|s| {
-            Some(SlotRow {
-                slot: num(s, "slot")?,
-                pages: num(s, "pages")?,
-            })
-        })
-        .collect();
+    let mut rows: Vec<SlotRow> = v.iter().filter_map(SlotRow::from_json).collect();
     rows.sort_by_key(|r| std::cmp::Reverse(r.pages));
     rows.truncate(top);
     rows
@@ -644,13 +427,7 @@ fn attribution(a: &Value, top: usize) -> Attribution {
     Attribution {
         by_activity: list(a, "by_activity")
             .iter()
-            .filter_map(|r| {
-                Some(Activity {
-                    name: text(r, "activity")?,
-                    is_command: r.get("is_command").and_then(Value::as_bool) == Some(true),
-                    faults: KindCounts::from_json(&r["faults"]),
-                })
-            })
+            .filter_map(ActivityRow::from_json)
             .collect(),
         keys_cow: key_rows(list(a, "top_keys_cow"), top),
         keys_swap_in: key_rows(list(a, "top_keys_swap_in"), top),
@@ -665,7 +442,7 @@ fn sum_opt(it: impl Iterator<Item = Option<u64>>) -> Option<u64> {
     })
 }
 
-fn swap_state(v: &Value, samples: &[SamplePoint], swap_level_max: Option<u64>) -> SwapState {
+fn swap_state(v: &Value, samples: &[Sample], swap_level_max: Option<u64>) -> SwapState {
     let s = &v["summary"]["swap"];
     let raw = v["samples"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     SwapState {
@@ -673,8 +450,8 @@ fn swap_state(v: &Value, samples: &[SamplePoint], swap_level_max: Option<u64>) -
         pages_out: num(s, "pages_out"),
         pages_discarded: num(s, "pages_discarded"),
         system_swap_writes: num(&v["kernel"], "system_swap_writes"),
-        server_swap_max: samples.iter().filter_map(|p| p.server_swap).max(),
-        server_swap_last: samples.iter().rev().find_map(|p| p.server_swap),
+        server_swap_max: samples.iter().filter_map(|p| p.server_swap()).max(),
+        server_swap_last: samples.iter().rev().find_map(|p| p.server_swap()),
         swap_level_max,
         pswpin: sum_opt(raw.iter().map(|r| num(r, "pswpin_delta"))),
         pswpout: sum_opt(raw.iter().map(|r| num(r, "pswpout_delta"))),
@@ -716,7 +493,7 @@ mod tests {
         assert_eq!(m.mem_total(), Some(8 << 30));
         assert_eq!(m.attribution.keys_cow[0].key, "k1");
         assert_eq!(m.swap.pswpin, Some(0));
-        assert_eq!(m.last_info().unwrap().frag_ratio, Some(1.05));
+        assert_eq!(m.last_info().unwrap().mem_fragmentation_ratio, Some(1.05));
     }
 
     #[test]

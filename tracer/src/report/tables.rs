@@ -5,7 +5,7 @@
 
 use super::{
     format::{bytes, duration_ns, ellipsize, pages_mib, percent, rfc3339},
-    model::{Activity, KeyRow, KindCounts, Model, SlotRow},
+    model::{ActivityRow, KeyRow, KindCounts, Model, SlotRow},
 };
 
 /// Horizontal alignment of a column.
@@ -266,10 +266,10 @@ pub fn activities(m: &Model, kind: Kind, top: usize) -> Table {
         .attribution
         .top_activities(count, top)
         .into_iter()
-        .map(|a: &Activity| {
+        .map(|a: &ActivityRow| {
             let n = count(&a.faults);
             vec![
-                a.name.clone(),
+                a.activity.clone(),
                 if a.is_command { "command" } else { "internal" }.to_string(),
                 n.to_string(),
                 pages_mib(n),
@@ -324,10 +324,7 @@ pub fn keys(rows: &[KeyRow], kind: Kind) -> Table {
                     key.push_str(" (hashed)");
                 }
                 if k.truncated {
-                    key.push_str(&format!(
-                        " (truncated, {} bytes)",
-                        opt(k.key_len, |n| n.to_string())
-                    ));
+                    key.push_str(&format!(" (truncated, {} bytes)", k.key_len));
                 }
                 vec![
                     (i + 1).to_string(),
@@ -335,7 +332,7 @@ pub fn keys(rows: &[KeyRow], kind: Kind) -> Table {
                     k.pages.to_string(),
                     pages_mib(k.pages),
                     opt(k.slot, |s| s.to_string()),
-                    opt(k.error, |e| e.to_string()),
+                    k.error.to_string(),
                 ]
             })
             .collect(),
@@ -395,10 +392,10 @@ pub fn swap(m: &Model) -> Pairs {
                     format!(
                         "{} ({}): {} used of {}, priority {}",
                         d.path,
-                        d.kind.as_deref().unwrap_or(NA),
-                        opt(d.used_bytes, bytes),
-                        opt(d.size_bytes, bytes),
-                        opt(d.priority, |p| p.to_string())
+                        d.kind,
+                        bytes(d.used_bytes),
+                        bytes(d.size_bytes),
+                        d.priority
                     ),
                 ));
             }
@@ -430,7 +427,7 @@ pub fn swap(m: &Model) -> Pairs {
     ));
     out.push((
         "server swap",
-        if m.samples.iter().any(|p| p.server_swap.is_some()) {
+        if m.samples.iter().any(|p| p.server_swap().is_some()) {
             format!(
                 "max {}, last {} (VmSwap in samples)",
                 opt(s.server_swap_max, bytes),
@@ -526,20 +523,24 @@ mod tests {
     fn long_and_truncated_keys() {
         let rows = [KeyRow {
             key: "x".repeat(200),
-            key_len: Some(5000),
+            key_len: 5000,
             truncated: true,
             hashed: false,
             pages: 1,
             slot: None,
-            error: None,
+            error: 0,
         }];
         let t = keys(&rows, Kind::SwapIn);
         assert!(t.rows[0][1].starts_with(&"x".repeat(61)));
         assert!(t.rows[0][1].ends_with("... (truncated, 5000 bytes)"));
         let hashed = [KeyRow {
             key: "h:0123456789abcdef0123456789abcdef".into(),
+            key_len: 34,
+            truncated: false,
             hashed: true,
-            ..Default::default()
+            pages: 0,
+            slot: None,
+            error: 0,
         }];
         let t = keys(&hashed, Kind::Cow);
         assert_eq!(t.rows[0][1], "h:0123456789abcdef0123456789abcdef (hashed)");

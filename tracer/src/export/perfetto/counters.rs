@@ -49,15 +49,16 @@ pub fn samples(b: &mut Builder, p: &Parsed) {
                 b.counter(pid, SWAP, s.ts_ns, mib_arg(v));
             }
         };
-        mem(target, s.server.rss_bytes, s.server.swap_bytes);
+        mem(target, s.server_rss(), s.server_swap());
         if let Some((pid, m)) = s.child {
-            mem(pid, m.rss_bytes, m.swap_bytes);
+            mem(pid, Some(m.rss_bytes), Some(m.swap_bytes));
             children.insert(pid);
         }
-        if let Some(v) = s.used_memory {
+        let info = s.info.as_ref();
+        if let Some(v) = info.and_then(|i| i.used_memory) {
             b.counter(target, USED_MEMORY, s.ts_ns, mib_arg(v));
         }
-        if let Some(v) = s.current_cow_size {
+        if let Some(v) = info.and_then(|i| i.current_cow_size) {
             b.counter(target, CURRENT_COW_SIZE, s.ts_ns, mib_arg(v));
         }
     }

@@ -104,7 +104,7 @@ pub fn accumulate<'t>(b: &Builder, p: &Parsed<'t>) -> Acc<'t> {
                 }
                 acc.swap_ins.push(i);
             }
-            FaultKind::Other => {}
+            FaultKind::WpReuse | FaultKind::FirstTouch | FaultKind::Other => {}
         }
     }
     acc

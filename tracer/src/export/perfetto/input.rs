@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::timeline::read::Timeline;
+pub use crate::{classify::FaultKind, samples::Sample};
 
 /// A `u64` field (absent, null, negative, fractional or textual: `None`).
 pub fn u64_of(v: &Value, key: &str) -> Option<u64> {
@@ -21,17 +22,6 @@ pub fn str_of<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key)?.as_str()
 }
 
-/// Fault classes the trace shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultKind {
-    /// A page copied for a write after fork.
-    CowCopy,
-    /// A page read back from swap.
-    SwapIn,
-    /// Any other fault (`wp_reuse`, `first_touch`, `other`).
-    Other,
-}
-
 /// One fault event.
 #[derive(Debug, Clone)]
 pub struct Fault<'t> {
@@ -41,7 +31,7 @@ pub struct Fault<'t> {
     pub pid: u32,
     /// Thread.
     pub tid: u32,
-    /// Class.
+    /// Kind (the trace draws copies and swap-ins; the others are counted).
     pub kind: FaultKind,
     /// The fault happened in a fork child (the `role` field, else pid != target).
     pub child: bool,
@@ -134,39 +124,6 @@ impl Epoch<'_> {
     pub fn reason_or_fork(&self) -> &str {
         self.reason.unwrap_or("fork")
     }
-}
-
-/// Memory of one process in a sample.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Mem {
-    /// Resident set size.
-    pub rss_bytes: Option<u64>,
-    /// Swapped out.
-    pub swap_bytes: Option<u64>,
-}
-
-impl Mem {
-    fn of(v: &Value) -> Mem {
-        Mem {
-            rss_bytes: u64_of(v, "rss_bytes"),
-            swap_bytes: u64_of(v, "swap_bytes"),
-        }
-    }
-}
-
-/// One periodic sample.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// Sample time.
-    pub ts_ns: u64,
-    /// The traced server.
-    pub server: Mem,
-    /// The live fork child, if any: (pid, memory).
-    pub child: Option<(u32, Mem)>,
-    /// INFO `used_memory`.
-    pub used_memory: Option<u64>,
-    /// INFO `current_cow_size`.
-    pub current_cow_size: Option<u64>,
 }
 
 /// Everything the trace is built from.
@@ -273,30 +230,26 @@ impl<'t> Parsed<'t> {
         };
         let tid = u32_of(e, "tid").unwrap_or(pid);
         self.see(Some(ts_ns));
+        if let Some(kind) = FaultKind::from_name(kind) {
+            let child = match str_of(e, "role") {
+                Some("child") => true,
+                Some("parent") => false,
+                _ => pid != self.target_pid,
+            };
+            self.faults.push(Fault {
+                ts_ns,
+                pid,
+                tid,
+                kind,
+                child,
+                activity: str_of(e, "activity"),
+                key: str_of(e, "key"),
+                latency_ns: u64_of(e, "latency_ns"),
+                raw: e,
+            });
+            return true;
+        }
         match kind {
-            "cow_copy" | "swap_in" | "wp_reuse" | "first_touch" | "other" => {
-                let kind = match kind {
-                    "cow_copy" => FaultKind::CowCopy,
-                    "swap_in" => FaultKind::SwapIn,
-                    _ => FaultKind::Other,
-                };
-                let child = match str_of(e, "role") {
-                    Some("child") => true,
-                    Some("parent") => false,
-                    _ => pid != self.target_pid,
-                };
-                self.faults.push(Fault {
-                    ts_ns,
-                    pid,
-                    tid,
-                    kind,
-                    child,
-                    activity: str_of(e, "activity"),
-                    key: str_of(e, "key"),
-                    latency_ns: u64_of(e, "latency_ns"),
-                    raw: e,
-                });
-            }
             "fork" => self.forks.push(Fork {
                 ts_ns,
                 pid,
@@ -332,21 +285,11 @@ impl<'t> Parsed<'t> {
     }
 
     fn sample(&mut self, s: &Value) {
-        let Some(ts_ns) = u64_of(s, "ts_ns") else {
+        let Some(sample) = Sample::from_json(s) else {
             return;
         };
-        self.see(Some(ts_ns));
-        let child = s["child"].as_array().and_then(|pair| {
-            let pid = u32::try_from(pair.first()?.as_u64()?).ok()?;
-            Some((pid, Mem::of(pair.get(1)?)))
-        });
-        self.samples.push(Sample {
-            ts_ns,
-            server: Mem::of(&s["server"]),
-            child,
-            used_memory: u64_of(&s["info"], "used_memory"),
-            current_cow_size: u64_of(&s["info"], "current_cow_size"),
-        });
+        self.see(Some(sample.ts_ns));
+        self.samples.push(sample);
     }
 
     fn epoch(&self, index: usize, e: &'t Value, open_end: u64) -> Option<Epoch<'t>> {

@@ -229,9 +229,10 @@ fn samples_are_mib_counters_and_child_drops_to_zero_at_exit() {
         mib(&counter(&tr, TARGET, counters::RSS)),
         vec![(100_000.0, 2.0), (200_000.0, 3.0)]
     );
+    // A sample without `swap_bytes` (the recorder always writes it) reads as 0.
     assert_eq!(
         mib(&counter(&tr, TARGET, counters::SWAP)),
-        vec![(100_000.0, 1.0)]
+        vec![(100_000.0, 1.0), (200_000.0, 0.0)]
     );
     assert_eq!(
         mib(&counter(&tr, TARGET, counters::USED_MEMORY)),
