@@ -37,13 +37,22 @@ fn run(server: &Server, dir: &Path, name: &str, extra: &[&str]) -> (std::path::P
     let out = dir.join(name);
     let rec = Recording::start(server, &out, extra);
     let mut con = server.client();
+    let big = vec![b'v'; 64 * 1024];
+    // The secret's 16 pages exist before the fork, and are then written in place: each
+    // page is copied once, so the secret is always among the top CoW keys (a value set
+    // anew during the fork may land on fresh pages and copy none).
+    let _: () = redis::cmd("SET")
+        .arg(SECRET)
+        .arg(&big[..])
+        .query(&mut con)
+        .unwrap();
     server.config_set("rdb-key-save-delay", "50");
     let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
-    let big = vec![b'v'; 64 * 1024];
     for i in 0..WRITES {
-        let _: () = redis::cmd("SET")
+        let _: u64 = redis::cmd("SETRANGE")
             .arg(SECRET)
-            .arg(&big[..])
+            .arg((i % 16) * 4096 + 100)
+            .arg("x")
             .query(&mut con)
             .unwrap();
         let _: () = redis::cmd("SET")

@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::{classify::FaultKind, counts::KindCounts};
+use crate::{attribution::aggregate::AggregateReport, classify::FaultKind, counts::KindCounts};
 
 /// Which side of a fork a fault happened on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +52,10 @@ pub struct Epoch {
     /// when libc's `fork` could not be probed (a static binary without symbols) or the
     /// child existed before tracing started.
     pub fork_call_ns: Option<u64>,
+    /// The clone syscall alone: older timelines only (no longer measured; see
+    /// `fork_call_ns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fork_duration_ns: Option<u64>,
     /// The child was already running when tracing started (start and fork time unknown).
     pub started_before_trace: bool,
     /// Why the child's epoch ended: `exit`, or `trace_end` when tracing stopped first.
@@ -92,7 +97,105 @@ impl EpochRedisInfo {
     }
 }
 
+/// Reading epochs back from a timeline (`report`, `export`), leniently: a missing or
+/// mistyped field is `None`, 0 or false, never an error.
+fn u64_at(v: &Value, k: &str) -> Option<u64> {
+    v.get(k)?.as_u64()
+}
+
+fn u32_at(v: &Value, k: &str) -> Option<u32> {
+    u32::try_from(u64_at(v, k)?).ok()
+}
+
+impl EpochFaults {
+    fn from_json(f: &Value) -> EpochFaults {
+        EpochFaults {
+            parent: KindCounts::from_json(&f["parent"]),
+            child: KindCounts::from_json(&f["child"]),
+        }
+    }
+}
+
+impl EpochRedisInfo {
+    fn from_json(r: &Value) -> EpochRedisInfo {
+        EpochRedisInfo {
+            reason_source: r
+                .get("reason_source")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            latest_fork_usec: u64_at(r, "latest_fork_usec"),
+            fork_usec_difference: r.get("fork_usec_difference").and_then(Value::as_i64),
+            last_cow_size: u64_at(r, "last_cow_size"),
+        }
+    }
+}
+
 impl Epoch {
+    /// Element `index` of a timeline's `epochs`, whose target is `target_pid` (the
+    /// parent when the file does not say); `None` without `start_ns`. An unknown child is
+    /// PID 0.
+    pub fn from_json(e: &Value, index: usize, target_pid: u32) -> Option<Epoch> {
+        let parent_pid = u32_at(e, "parent_pid").unwrap_or(target_pid);
+        let end_reason = match e.get("end_reason").and_then(Value::as_str) {
+            Some("exit") => Some("exit"),
+            Some("trace_end") => Some("trace_end"),
+            _ => None,
+        };
+        Some(Epoch {
+            id: u32_at(e, "id").unwrap_or(u32::try_from(index).unwrap_or(u32::MAX)),
+            parent_pid,
+            parent_tid: u32_at(e, "parent_tid").unwrap_or(parent_pid),
+            child_pid: u32_at(e, "child_pid").unwrap_or(0),
+            start_ns: u64_at(e, "start_ns")?,
+            end_ns: u64_at(e, "end_ns"),
+            fork_call_ns: u64_at(e, "fork_call_ns"),
+            fork_duration_ns: u64_at(e, "fork_duration_ns"),
+            started_before_trace: e.get("started_before_trace").and_then(Value::as_bool)
+                == Some(true),
+            end_reason,
+            faults: EpochFaults::from_json(&e["faults"]),
+            reason: e.get("reason").and_then(Value::as_str).map(str::to_string),
+            redis: e
+                .get("redis")
+                .filter(|r| r.is_object())
+                .map(EpochRedisInfo::from_json),
+            attribution: e
+                .get("attribution")
+                .filter(|a| a.is_object())
+                .map(AggregateReport::from_json),
+        })
+    }
+
+    /// Fork time as reports show it: the libc call when it was probed (what Redis's
+    /// `latest_fork_usec` measures), else the syscall (older timelines).
+    pub fn fork_ns(&self) -> Option<u64> {
+        self.fork_call_ns.or(self.fork_duration_ns)
+    }
+
+    /// Redis's `latest_fork_usec` for this fork, when INFO was read.
+    pub fn redis_fork_usec(&self) -> Option<u64> {
+        self.redis.as_ref()?.latest_fork_usec
+    }
+
+    /// Redis's `rdb_last_cow_size` / `aof_last_cow_size` after the child exited.
+    pub fn redis_cow_bytes(&self) -> Option<u64> {
+        self.redis.as_ref()?.last_cow_size
+    }
+
+    /// Why Redis forked, or `fork` when unknown.
+    pub fn reason_or_fork(&self) -> &str {
+        self.reason.as_deref().unwrap_or("fork")
+    }
+
+    /// Child lifetime seen by the trace, and whether it was cut short by the run's start
+    /// or end (so the true lifetime is longer); `None` while open.
+    pub fn duration(&self) -> Option<(u64, bool)> {
+        let d = self.end_ns?.checked_sub(self.start_ns)?;
+        let cut = self.started_before_trace || self.end_reason != Some("exit");
+        Some((d, cut))
+    }
+
     fn covers(&self, ts: u64) -> bool {
         ts >= self.start_ns && self.end_ns.is_none_or(|end| ts < end)
     }
@@ -149,6 +252,7 @@ impl ForkEpochs {
             start_ns: ts,
             end_ns: None,
             fork_call_ns: None,
+            fork_duration_ns: None,
             started_before_trace: before,
             end_reason: None,
             faults: EpochFaults::default(),

@@ -139,6 +139,55 @@ pub struct AggregateReport {
     pub unattributed: KindCounts,
 }
 
+impl AggregateReport {
+    /// Keeps the `top` largest rows of each key and slot table (stable: equal counts keep
+    /// the recorder's order).
+    pub fn truncated(mut self, top: usize) -> AggregateReport {
+        fn keep<T>(rows: &mut Vec<T>, pages: fn(&T) -> u64, top: usize) {
+            rows.sort_by_key(|r| std::cmp::Reverse(pages(r)));
+            rows.truncate(top);
+        }
+        keep(&mut self.top_keys_cow, |r| r.pages, top);
+        keep(&mut self.top_keys_swap_in, |r| r.pages, top);
+        keep(&mut self.top_slots_cow, |r| r.pages, top);
+        keep(&mut self.top_slots_swap_in, |r| r.pages, top);
+        self
+    }
+
+    /// Activities with faults of one kind, most first, at most `top`.
+    pub fn top_activities(&self, kind: fn(&KindCounts) -> u64, top: usize) -> Vec<&ActivityRow> {
+        let mut v: Vec<&ActivityRow> = self
+            .by_activity
+            .iter()
+            .filter(|a| kind(&a.faults) > 0)
+            .collect();
+        v.sort_by_key(|a| std::cmp::Reverse(kind(&a.faults)));
+        v.truncate(top);
+        v
+    }
+
+    /// An `attribution` object of a timeline.
+    pub fn from_json(a: &serde_json::Value) -> AggregateReport {
+        fn rows<T>(
+            a: &serde_json::Value,
+            k: &str,
+            row: fn(&serde_json::Value) -> Option<T>,
+        ) -> Vec<T> {
+            a.get(k)
+                .and_then(serde_json::Value::as_array)
+                .map_or(Vec::new(), |v| v.iter().filter_map(row).collect())
+        }
+        AggregateReport {
+            by_activity: rows(a, "by_activity", ActivityRow::from_json),
+            top_keys_cow: rows(a, "top_keys_cow", KeyRow::from_json),
+            top_keys_swap_in: rows(a, "top_keys_swap_in", KeyRow::from_json),
+            top_slots_cow: rows(a, "top_slots_cow", SlotRow::from_json),
+            top_slots_swap_in: rows(a, "top_slots_swap_in", SlotRow::from_json),
+            unattributed: KindCounts::from_json(&a["unattributed"]),
+        }
+    }
+}
+
 impl Aggregates {
     /// Aggregates whose key sketches keep `key_capacity` keys each.
     pub fn new(key_capacity: usize) -> Aggregates {

@@ -35,12 +35,8 @@ pub fn build(m: &Model) -> Charts {
     let (start, end) = m.span_ns;
     let mut epochs = Vec::new();
     for e in &m.epochs {
-        let Some(s) = e.start_ns else { continue };
-        let label = format!(
-            "#{} {}",
-            e.id.map_or("?".to_string(), |i| i.to_string()),
-            e.reason.as_deref().unwrap_or("fork")
-        );
+        let s = e.start_ns;
+        let label = format!("#{} {}", e.id, e.reason_or_fork());
         epochs.push(json!({
             "label": ellipsize(&label, 40),
             "x0": seconds(s, start),
@@ -54,22 +50,22 @@ pub fn build(m: &Model) -> Charts {
         (
             "keys-cow",
             "Top keys by copy-on-write pages",
-            keys(&m.attribution.keys_cow),
+            keys(&m.attribution.top_keys_cow),
         ),
         (
             "slots-cow",
             "Top slots by copy-on-write pages",
-            slots(&m.attribution.slots_cow),
+            slots(&m.attribution.top_slots_cow),
         ),
         (
             "keys-swap-in",
             "Top keys by swap-in pages",
-            keys(&m.attribution.keys_swap_in),
+            keys(&m.attribution.top_keys_swap_in),
         ),
         (
             "slots-swap-in",
             "Top slots by swap-in pages",
-            slots(&m.attribution.slots_swap_in),
+            slots(&m.attribution.top_slots_swap_in),
         ),
     ] {
         if !rows.is_empty() {

@@ -213,10 +213,7 @@ fn fork_ram(m: &Model) -> Option<Finding> {
         .filter(|(_, p)| (p.total() as u128) * 100 > (ram as u128) * FORK_RAM_PERCENT as u128)
         .collect();
     let (worst, peak) = over.iter().max_by_key(|(_, p)| p.total())?;
-    let ids: Vec<String> = over
-        .iter()
-        .map(|(e, _)| e.id.map_or("?".to_string(), |i| format!("#{i}")))
-        .collect();
+    let ids: Vec<String> = over.iter().map(|(e, _)| format!("#{}", e.id)).collect();
     let maxmemory = match m.last_info().and_then(|i| i.maxmemory) {
         Some(0) => "maxmemory is 0 (no limit)".to_string(),
         Some(b) => format!("maxmemory is {}", bytes(b)),
@@ -230,11 +227,11 @@ fn fork_ram(m: &Model) -> Option<Finding> {
             ids.join(", ")
         ),
         reason: format!(
-            "During epoch {} ({}) the server's RSS {} plus the child's {} reached {}, {} of \
+            "During epoch #{} ({}) the server's RSS {} plus the child's {} reached {}, {} of \
              {} RAM; {maxmemory}. RSS counts shared pages twice, so this is the memory \
              needed if every shared page were written: the closer to RAM, the closer to \
              swapping or the OOM killer.",
-            worst.id.map_or("?".to_string(), |i| format!("#{i}")),
+            worst.id,
             worst.reason.as_deref().unwrap_or("unknown reason"),
             bytes(peak.parent_rss),
             peak.child_rss.map_or("(not sampled)".to_string(), bytes),

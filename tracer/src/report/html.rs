@@ -126,10 +126,10 @@ pub fn render(m: &Model, findings: &[Finding], source: &str, top: usize) -> Stri
         tables::epochs(m),
         tables::activities(m, Kind::Cow, top),
         tables::activities(m, Kind::SwapIn, top),
-        tables::keys(&m.attribution.keys_cow, Kind::Cow),
-        tables::slots(&m.attribution.slots_cow, Kind::Cow),
-        tables::keys(&m.attribution.keys_swap_in, Kind::SwapIn),
-        tables::slots(&m.attribution.slots_swap_in, Kind::SwapIn),
+        tables::keys(&m.attribution.top_keys_cow, Kind::Cow),
+        tables::slots(&m.attribution.top_slots_cow, Kind::Cow),
+        tables::keys(&m.attribution.top_keys_swap_in, Kind::SwapIn),
+        tables::slots(&m.attribution.top_slots_swap_in, Kind::SwapIn),
     ] {
         table(&mut h, &t);
     }

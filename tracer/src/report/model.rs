@@ -6,8 +6,9 @@ use serde_json::Value;
 
 use super::rates::{Rates, rates};
 pub use crate::{
-    attribution::aggregate::{ActivityRow, KeyRow, SlotRow},
+    attribution::aggregate::{ActivityRow, AggregateReport, KeyRow, SlotRow},
     counts::KindCounts,
+    fork_epochs::Epoch,
     host::HostInfo,
     samples::{InfoMem, Sample},
 };
@@ -82,81 +83,20 @@ impl Peak {
     }
 }
 
-/// One fork epoch.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Epoch {
-    /// Epoch id.
-    pub id: Option<u64>,
-    /// Why Redis forked (`bgsave`, `aof-rewrite`, `replication`, `module`, `other`).
-    pub reason: Option<String>,
-    /// The child.
-    pub child_pid: Option<u64>,
-    /// Fork time (monotonic ns; attach time when the child predates the run).
-    pub start_ns: Option<u64>,
-    /// Child exit (or end of the run).
-    pub end_ns: Option<u64>,
-    /// `exit` or `trace_end`.
-    pub end_reason: Option<String>,
-    /// The child was already running when tracing began.
-    pub started_before_trace: bool,
-    /// The libc `fork()` call in the parent.
-    pub fork_call_ns: Option<u64>,
-    /// The clone syscall in the parent.
-    pub fork_duration_ns: Option<u64>,
-    /// Redis's `latest_fork_usec`.
-    pub redis_fork_usec: Option<u64>,
-    /// Redis's `rdb_last_cow_size` / `aof_last_cow_size` after the child exited.
-    pub redis_cow_bytes: Option<u64>,
-    /// Parent faults during the epoch.
-    pub parent: KindCounts,
-    /// Child faults.
-    pub child: KindCounts,
+/// One fork epoch as the report shows it: the recorded epoch and the memory peak the
+/// samples saw while it was open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochView {
+    /// The epoch as recorded.
+    pub epoch: Epoch,
     /// Highest parent+child RSS among the samples taken during the epoch.
     pub peak: Option<Peak>,
 }
 
-impl Epoch {
-    /// Fork time as the report shows it: the libc call when it was probed (what Redis's
-    /// `latest_fork_usec` measures), else the syscall.
-    pub fn fork_ns(&self) -> Option<u64> {
-        self.fork_call_ns.or(self.fork_duration_ns)
-    }
-
-    /// Child lifetime seen by the trace, and whether it was cut short by the run's
-    /// start or end (so the true lifetime is longer).
-    pub fn duration(&self) -> Option<(u64, bool)> {
-        let d = self.end_ns?.checked_sub(self.start_ns?)?;
-        let cut = self.started_before_trace || self.end_reason.as_deref() != Some("exit");
-        Some((d, cut))
-    }
-}
-
-/// Attribution of the whole run (`summary.attribution`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Attribution {
-    /// Every activity, as recorded.
-    pub by_activity: Vec<ActivityRow>,
-    /// Top keys by copy-on-write pages (at most `top`).
-    pub keys_cow: Vec<KeyRow>,
-    /// Top keys by swap-in pages.
-    pub keys_swap_in: Vec<KeyRow>,
-    /// Top slots by copy-on-write pages.
-    pub slots_cow: Vec<SlotRow>,
-    /// Top slots by swap-in pages.
-    pub slots_swap_in: Vec<SlotRow>,
-}
-
-impl Attribution {
-    /// Activities with faults of one kind, most first, at most `top`.
-    pub fn top_activities(&self, kind: fn(&KindCounts) -> u64, top: usize) -> Vec<&ActivityRow> {
-        let mut v: Vec<&ActivityRow> = self
-            .by_activity
-            .iter()
-            .filter(|a| kind(&a.faults) > 0)
-            .collect();
-        v.sort_by_key(|a| std::cmp::Reverse(kind(&a.faults)));
-        v.truncate(top);
-        v
+impl std::ops::Deref for EpochView {
+    type Target = Epoch;
+    fn deref(&self) -> &Epoch {
+        &self.epoch
     }
 }
 
@@ -195,9 +135,9 @@ pub struct Model {
     /// Faults served with a huge page.
     pub huge_faults: Option<u64>,
     /// Fork epochs.
-    pub epochs: Vec<Epoch>,
+    pub epochs: Vec<EpochView>,
     /// Attribution of the whole run.
-    pub attribution: Attribution,
+    pub attribution: AggregateReport,
     /// Swap.
     pub swap: SwapState,
     /// Memory samples, oldest first.
@@ -267,10 +207,16 @@ impl Model {
             approximate_kinds: strings(&run["options"]["approximate_kinds"]),
             degraded: strings(&run["options"]["degraded"]),
         };
+        let target = num(&v["target"], "pid").and_then(|p| u32::try_from(p).ok());
         let epochs = t
             .epochs()
             .iter()
-            .map(|e| epoch(e, &samples, span.1))
+            .enumerate()
+            .filter_map(|(i, e)| Epoch::from_json(e, i, target.unwrap_or(0)))
+            .map(|epoch| EpochView {
+                peak: peak(&epoch, &samples, span.1),
+                epoch,
+            })
             .collect();
         let swap = swap_state(v, &samples, swap_level_max);
         Model {
@@ -282,7 +228,7 @@ impl Model {
             faults,
             huge_faults: num(summary, "huge_faults"),
             epochs,
-            attribution: attribution(&summary["attribution"], top),
+            attribution: AggregateReport::from_json(&summary["attribution"]).truncated(top),
             swap,
             rates: rates(t, span),
             samples,
@@ -359,42 +305,17 @@ fn samples(raw: &[Value]) -> Vec<Sample> {
     out
 }
 
-fn epoch(e: &Value, samples: &[Sample], run_end: u64) -> Epoch {
-    let redis = &e["redis"];
-    let mut ep = Epoch {
-        id: num(e, "id"),
-        reason: text(e, "reason"),
-        child_pid: num(e, "child_pid"),
-        start_ns: num(e, "start_ns"),
-        end_ns: num(e, "end_ns"),
-        end_reason: text(e, "end_reason"),
-        started_before_trace: e
-            .get("started_before_trace")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        fork_call_ns: num(e, "fork_call_ns"),
-        fork_duration_ns: num(e, "fork_duration_ns"),
-        redis_fork_usec: num(redis, "latest_fork_usec"),
-        redis_cow_bytes: num(redis, "last_cow_size"),
-        parent: KindCounts::from_json(&e["faults"]["parent"]),
-        child: KindCounts::from_json(&e["faults"]["child"]),
-        peak: None,
-    };
-    ep.peak = peak(&ep, samples, run_end);
-    ep
-}
-
 /// The sample inside the epoch with the highest server + child RSS. The child counts
 /// only when the sample saw this epoch's child.
 fn peak(ep: &Epoch, samples: &[Sample], run_end: u64) -> Option<Peak> {
-    let start = ep.start_ns?;
+    let start = ep.start_ns;
     let end = ep.end_ns.unwrap_or(run_end).max(start);
     samples
         .iter()
         .filter(|s| (start..=end).contains(&s.ts_ns))
         .filter_map(|s| {
-            let child_rss = match (s.child_pid(), ep.child_pid) {
-                (Some(a), Some(b)) if u64::from(a) == b => s.child_rss(),
+            let child_rss = match s.child_pid() {
+                Some(pid) if pid == ep.child_pid => s.child_rss(),
                 _ => None,
             };
             Some(Peak {
@@ -406,34 +327,6 @@ fn peak(ep: &Epoch, samples: &[Sample], run_end: u64) -> Option<Peak> {
         // On ties the earliest sample wins: `max_by_key` keeps the last, so reverse.
         .rev()
         .max_by_key(Peak::total)
-}
-
-fn key_rows(v: &[Value], top: usize) -> Vec<KeyRow> {
-    let mut rows: Vec<KeyRow> = v.iter().filter_map(KeyRow::from_json).collect();
-    // Stable: equal counts keep the recorder's order.
-    rows.sort_by_key(|r| std::cmp::Reverse(r.pages));
-    rows.truncate(top);
-    rows
-}
-
-fn slot_rows(v: &[Value], top: usize) -> Vec<SlotRow> {
-    let mut rows: Vec<SlotRow> = v.iter().filter_map(SlotRow::from_json).collect();
-    rows.sort_by_key(|r| std::cmp::Reverse(r.pages));
-    rows.truncate(top);
-    rows
-}
-
-fn attribution(a: &Value, top: usize) -> Attribution {
-    Attribution {
-        by_activity: list(a, "by_activity")
-            .iter()
-            .filter_map(ActivityRow::from_json)
-            .collect(),
-        keys_cow: key_rows(list(a, "top_keys_cow"), top),
-        keys_swap_in: key_rows(list(a, "top_keys_swap_in"), top),
-        slots_cow: slot_rows(list(a, "top_slots_cow"), top),
-        slots_swap_in: slot_rows(list(a, "top_slots_swap_in"), top),
-    }
 }
 
 fn sum_opt(it: impl Iterator<Item = Option<u64>>) -> Option<u64> {
@@ -491,7 +384,7 @@ mod tests {
         assert_eq!(p.ts_ns, 3_000_000_000, "the sample with the largest child");
         assert_eq!(p.total(), (1u64 << 30) + (3u64 << 28));
         assert_eq!(m.mem_total(), Some(8 << 30));
-        assert_eq!(m.attribution.keys_cow[0].key, "k1");
+        assert_eq!(m.attribution.top_keys_cow[0].key, "k1");
         assert_eq!(m.swap.pswpin, Some(0));
         assert_eq!(m.last_info().unwrap().mem_fragmentation_ratio, Some(1.05));
     }

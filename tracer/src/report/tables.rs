@@ -174,10 +174,7 @@ pub fn epochs(m: &Model) -> Table {
             let start = if e.started_before_trace {
                 "before the run".to_string()
             } else {
-                opt(
-                    e.start_ns.and_then(|s| m.wall_ns(s)).and_then(rfc3339),
-                    |s| s,
-                )
+                opt(m.wall_ns(e.start_ns).and_then(rfc3339), |s| s)
             };
             let duration = opt(e.duration(), |(d, cut)| {
                 format!("{}{}", if cut { ">= " } else { "" }, duration_ns(d))
@@ -190,16 +187,18 @@ pub fn epochs(m: &Model) -> Table {
                 None => (NA.to_string(), NA.to_string()),
             };
             vec![
-                opt(e.id, |i| i.to_string()),
+                e.id.to_string(),
                 e.reason.clone().unwrap_or_else(|| NA.into()),
-                opt(e.child_pid, |p| p.to_string()),
+                opt(Some(e.child_pid).filter(|&p| p != 0), |p| p.to_string()),
                 start,
                 duration,
                 opt(e.fork_ns(), duration_ns),
-                opt(e.redis_fork_usec, |us| duration_ns(us.saturating_mul(1000))),
-                pages_mib(e.parent.cow_copy),
-                pages_mib(e.child.cow_copy),
-                opt(e.redis_cow_bytes, bytes),
+                opt(e.redis_fork_usec(), |us| {
+                    duration_ns(us.saturating_mul(1000))
+                }),
+                pages_mib(e.faults.parent.cow_copy),
+                pages_mib(e.faults.child.cow_copy),
+                opt(e.redis_cow_bytes(), bytes),
                 peak,
                 share,
             ]
@@ -513,7 +512,7 @@ mod tests {
         let t = activities(&m, Kind::Cow, 3);
         assert_eq!(t.rows.len(), 3);
         assert_eq!(t.rows[0], ["CMD29", "command", "30", "0.1 MiB", "6.5%"]);
-        let k = keys(&m.attribution.keys_cow, Kind::Cow);
+        let k = keys(&m.attribution.top_keys_cow, Kind::Cow);
         assert_eq!(k.rows.len(), 3);
         assert_eq!(k.rows[0][1], "k29");
         assert!(activities(&m, Kind::SwapIn, 3).rows.is_empty());

@@ -63,12 +63,12 @@ pub fn samples(b: &mut Builder, p: &Parsed) {
         }
     }
     for e in &p.epochs {
-        let Some(child) = e.child_pid.filter(|c| children.contains(c)) else {
+        let Some(child) = e.child().filter(|c| children.contains(c)) else {
             continue;
         };
-        if !e.open && e.end_reason != Some("trace_end") {
-            b.counter(child, RSS, e.end_ns, mib_arg(0));
-            b.counter(child, SWAP, e.end_ns, mib_arg(0));
+        if !e.open() && e.end_reason != Some("trace_end") {
+            b.counter(child, RSS, e.shown_end_ns, mib_arg(0));
+            b.counter(child, SWAP, e.shown_end_ns, mib_arg(0));
         }
     }
     b.metadata.insert(

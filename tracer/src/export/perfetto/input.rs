@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::timeline::read::Timeline;
-pub use crate::{classify::FaultKind, samples::Sample};
+pub use crate::{classify::FaultKind, fork_epochs::Epoch, samples::Sample};
 
 /// A `u64` field (absent, null, negative, fractional or textual: `None`).
 pub fn u64_of(v: &Value, key: &str) -> Option<u64> {
@@ -86,43 +86,33 @@ pub struct SwapLevel {
     pub swap_bytes: u64,
 }
 
-/// One fork epoch.
+/// One fork epoch placed on the trace: the epoch as recorded, and where its slices end.
 #[derive(Debug, Clone)]
-pub struct Epoch<'t> {
-    /// `id` (else the index in `epochs`).
-    pub id: u64,
-    /// The forking process.
-    pub parent_pid: u32,
-    /// The thread that forked.
-    pub parent_tid: u32,
-    /// The child.
-    pub child_pid: Option<u32>,
-    /// Fork time (or attach time for a child found running).
-    pub start_ns: u64,
+pub struct EpochSpan {
+    /// The epoch as recorded.
+    pub epoch: Epoch,
     /// Where the epoch ends in the trace: its `end_ns`, or the end of tracing when open
     /// (`end.monotonic_end_ns`, else the latest time in the timeline); never before the
     /// start.
-    pub end_ns: u64,
-    /// `end_ns` was null: the child outlived the trace.
-    pub open: bool,
-    /// The clone syscall in the parent.
-    pub fork_duration_ns: Option<u64>,
-    /// The libc `fork()` call in the parent.
-    pub fork_call_ns: Option<u64>,
-    /// Why Redis forked.
-    pub reason: Option<&'t str>,
-    /// The child was running before tracing began.
-    pub started_before_trace: bool,
-    /// `exit` or `trace_end`.
-    pub end_reason: Option<&'t str>,
-    /// The whole record, for optional args.
-    pub raw: &'t Value,
+    pub shown_end_ns: u64,
 }
 
-impl Epoch<'_> {
-    /// `bgsave`, `aof-rewrite` ... or `fork` when unknown.
-    pub fn reason_or_fork(&self) -> &str {
-        self.reason.unwrap_or("fork")
+impl EpochSpan {
+    /// The child outlived the trace (`end_ns` is null).
+    pub fn open(&self) -> bool {
+        self.epoch.end_ns.is_none()
+    }
+
+    /// The child's PID, when the timeline names it.
+    pub fn child(&self) -> Option<u32> {
+        Some(self.epoch.child_pid).filter(|&pid| pid != 0)
+    }
+}
+
+impl std::ops::Deref for EpochSpan {
+    type Target = Epoch;
+    fn deref(&self) -> &Epoch {
+        &self.epoch
     }
 }
 
@@ -152,7 +142,7 @@ pub struct Parsed<'t> {
     /// Number of `swap_write` events.
     pub swap_writes: u64,
     /// Epochs with a start time.
-    pub epochs: Vec<Epoch<'t>>,
+    pub epochs: Vec<EpochSpan>,
     /// Epochs without a start time.
     pub epochs_skipped: u64,
     /// Samples with a timestamp.
@@ -292,24 +282,11 @@ impl<'t> Parsed<'t> {
         self.samples.push(sample);
     }
 
-    fn epoch(&self, index: usize, e: &'t Value, open_end: u64) -> Option<Epoch<'t>> {
-        let start_ns = u64_of(e, "start_ns")?;
-        let end = u64_of(e, "end_ns");
-        let parent_pid = u32_of(e, "parent_pid").unwrap_or(self.target_pid);
-        Some(Epoch {
-            id: u64_of(e, "id").unwrap_or(index as u64),
-            parent_pid,
-            parent_tid: u32_of(e, "parent_tid").unwrap_or(parent_pid),
-            child_pid: u32_of(e, "child_pid"),
-            start_ns,
-            end_ns: end.unwrap_or(open_end).max(start_ns),
-            open: end.is_none(),
-            fork_duration_ns: u64_of(e, "fork_duration_ns"),
-            fork_call_ns: u64_of(e, "fork_call_ns"),
-            reason: str_of(e, "reason"),
-            started_before_trace: e["started_before_trace"].as_bool().unwrap_or(false),
-            end_reason: str_of(e, "end_reason"),
-            raw: e,
+    fn epoch(&self, index: usize, e: &Value, open_end: u64) -> Option<EpochSpan> {
+        let epoch = Epoch::from_json(e, index, self.target_pid)?;
+        Some(EpochSpan {
+            shown_end_ns: epoch.end_ns.unwrap_or(open_end).max(epoch.start_ns),
+            epoch,
         })
     }
 }

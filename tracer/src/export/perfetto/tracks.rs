@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Builder,
-    input::{Epoch, Parsed},
+    input::{EpochSpan, Parsed},
 };
 
 /// Each `fork` event as an instant on the forking thread.
@@ -26,7 +26,7 @@ pub fn fork_instants(b: &mut Builder, p: &Parsed) {
 pub fn epochs(b: &mut Builder, p: &Parsed) {
     b.name_process(b.target_pid, p.target_name.clone(), 0);
 
-    let mut order: Vec<&Epoch> = p.epochs.iter().collect();
+    let mut order: Vec<&EpochSpan> = p.epochs.iter().collect();
     order.sort_by_key(|e| (e.start_ns, e.id));
     // (parent pid, end of the lane's last epoch, lane tid)
     let mut lanes: Vec<(u32, u64, u32)> = Vec::new();
@@ -36,7 +36,7 @@ pub fn epochs(b: &mut Builder, p: &Parsed) {
             .find(|(pid, end, _)| *pid == e.parent_pid && *end <= e.start_ns);
         let lane = match free {
             Some(lane) => {
-                lane.1 = e.end_ns;
+                lane.1 = e.shown_end_ns;
                 lane.2
             }
             None => {
@@ -46,7 +46,7 @@ pub fn epochs(b: &mut Builder, p: &Parsed) {
                     n => format!("fork epochs (lane {})", n + 1),
                 };
                 let tid = b.synthetic_thread(e.parent_pid, name, 2 + n as i64);
-                lanes.push((e.parent_pid, e.end_ns, tid));
+                lanes.push((e.parent_pid, e.shown_end_ns, tid));
                 tid
             }
         };
@@ -58,10 +58,10 @@ pub fn epochs(b: &mut Builder, p: &Parsed) {
             "epoch",
             &format!("{reason} epoch {}", e.id),
             e.start_ns,
-            e.end_ns,
+            e.shown_end_ns,
             args.clone(),
         );
-        if let Some(child) = e.child_pid {
+        if let Some(child) = e.child() {
             b.name_process(
                 child,
                 format!("fork child {child} ({reason})"),
@@ -74,7 +74,7 @@ pub fn epochs(b: &mut Builder, p: &Parsed) {
                 "epoch_child",
                 &format!("{reason} child (epoch {})", e.id),
                 e.start_ns,
-                e.end_ns,
+                e.shown_end_ns,
                 args,
             );
         }
@@ -83,56 +83,60 @@ pub fn epochs(b: &mut Builder, p: &Parsed) {
 }
 
 /// Args shared by an epoch's parent and child slices.
-fn epoch_args(e: &Epoch) -> Map<String, Value> {
+fn epoch_args(e: &EpochSpan) -> Map<String, Value> {
     let mut a = Map::new();
     a.insert("epoch".into(), e.id.into());
-    if let Some(reason) = e.reason {
-        a.insert("reason".into(), reason.into());
+    if let Some(reason) = &e.reason {
+        a.insert("reason".into(), reason.as_str().into());
     }
-    if let Some(child) = e.child_pid {
+    if let Some(child) = e.child() {
         a.insert("child_pid".into(), child.into());
     }
     a.insert("parent_pid".into(), e.parent_pid.into());
     a.insert("parent_tid".into(), e.parent_tid.into());
     a.insert(
         "duration_ms".into(),
-        ((e.end_ns - e.start_ns) as f64 / 1e6).into(),
+        ((e.shown_end_ns - e.start_ns) as f64 / 1e6).into(),
     );
     a.insert(
         "end_reason".into(),
-        match (e.end_reason, e.open) {
+        match (e.end_reason, e.open()) {
             (Some(r), _) => r.into(),
             (None, true) => "open at trace end".into(),
             (None, false) => Value::Null,
         },
     );
     a.insert("started_before_trace".into(), e.started_before_trace.into());
-    let faults = &e.raw["faults"];
-    for (key, side) in [("cow_pages_parent", "parent"), ("cow_pages_child", "child")] {
-        if let Some(n) = faults[side]["cow_copy"].as_u64() {
-            a.insert(key.into(), n.into());
-        }
+    let faults = &e.faults;
+    for (key, side) in [
+        ("cow_pages_parent", &faults.parent),
+        ("cow_pages_child", &faults.child),
+    ] {
+        a.insert(key.into(), side.cow_copy.into());
     }
-    for (key, side) in [("faults_parent", "parent"), ("faults_child", "child")] {
-        if faults[side].is_object() {
-            a.insert(key.into(), faults[side].clone());
+    for (key, side) in [
+        ("faults_parent", &faults.parent),
+        ("faults_child", &faults.child),
+    ] {
+        if let Ok(v) = serde_json::to_value(side) {
+            a.insert(key.into(), v);
         }
     }
     let us = |ns: Option<u64>| ns.map(|ns| Value::from(ns as f64 / 1e3));
     for (key, val) in [
         ("fork_syscall_us", us(e.fork_duration_ns)),
         ("fork_call_us", us(e.fork_call_ns)),
-        (
-            "latest_fork_usec",
-            e.raw["redis"].get("latest_fork_usec").cloned(),
-        ),
+        ("latest_fork_usec", e.redis_fork_usec().map(Value::from)),
         (
             "fork_usec_difference",
-            e.raw["redis"].get("fork_usec_difference").cloned(),
+            e.redis
+                .as_ref()
+                .and_then(|r| r.fork_usec_difference)
+                .map(Value::from),
         ),
         (
             "redis_last_cow_size_bytes",
-            e.raw["redis"].get("last_cow_size").cloned(),
+            e.redis_cow_bytes().map(Value::from),
         ),
     ] {
         if let Some(v) = val.filter(|v| !v.is_null()) {
@@ -148,11 +152,11 @@ fn epoch_args(e: &Epoch) -> Map<String, Value> {
 /// (`fork_duration_ns`, or the `fork_return` event's own duration).
 /// Without a `fork_return` event it ends at the epoch start (`sched_process_fork`, near
 /// the end of the syscall). A child found running at attach has no known fork.
-fn fork_call(b: &mut Builder, p: &Parsed, e: &Epoch) {
+fn fork_call(b: &mut Builder, p: &Parsed, e: &EpochSpan) {
     if e.started_before_trace {
         return;
     }
-    let syscall = e.child_pid.and_then(|child| {
+    let syscall = e.child().and_then(|child| {
         let mine = |r: &&super::input::ForkReturn| {
             r.pid == e.parent_pid && r.ret == Some(i64::from(child))
         };
@@ -174,7 +178,7 @@ fn fork_call(b: &mut Builder, p: &Parsed, e: &Epoch) {
     };
     let mut args = Map::new();
     args.insert("epoch".into(), e.id.into());
-    if let Some(child) = e.child_pid {
+    if let Some(child) = e.child() {
         args.insert("child_pid".into(), child.into());
     }
     args.insert(
@@ -191,11 +195,8 @@ fn fork_call(b: &mut Builder, p: &Parsed, e: &Epoch) {
     if let Some(ns) = syscall_ns {
         args.insert("fork_syscall_us".into(), (ns as f64 / 1e3).into());
     }
-    if let Some(v) = e.raw["redis"]
-        .get("latest_fork_usec")
-        .filter(|v| !v.is_null())
-    {
-        args.insert("latest_fork_usec".into(), v.clone());
+    if let Some(v) = e.redis_fork_usec() {
+        args.insert("latest_fork_usec".into(), v.into());
     }
     b.slice(
         e.parent_pid,
