@@ -337,8 +337,10 @@ fn two_tracers_on_one_server_both_complete_and_agree() {
     server.populate(KEYS, "key", 256);
     let dir = tempfile::tempdir().unwrap();
     let (a_out, b_out) = (dir.path().join("a.json"), dir.path().join("b.json"));
-    let a = Recording::start(&server, &a_out, &["--top", "50"]);
-    let b = Recording::start(&server, &b_out, &["--top", "50"]);
+    // No INFO sampling during the run (it would be a command of the server's).
+    let opts = ["--top", "50", "--interval", "600s"];
+    let a = Recording::start(&server, &a_out, &opts);
+    let b = Recording::start(&server, &b_out, &opts);
     let mut con = server.client();
     let child = bgsave_stopped(&server, &mut con);
     for i in 0..50u64 {
@@ -348,7 +350,25 @@ fn two_tracers_on_one_server_both_complete_and_agree() {
         }
     }
     overwrite(&mut con, 10_000, 13_000);
+    // The epoch ends at the child's exit, which each tracer stamps with its own clock
+    // read: a parent fault within a microsecond of it can fall inside one tracer's epoch
+    // and after the other's. So nothing is sent to the server until the child has exited
+    // (a zombie or gone); Redis's own work on it (reaping, the save's completion) comes
+    // later, when its cron notices.
+    let pid = child.0;
     drop(child);
+    testkit::wait::wait_until(
+        "the BGSAVE child to exit",
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        },
+    );
     server.wait_bgsave_done(Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(200));
     let (a_err, b_err) = (a.stop(), b.stop());
