@@ -9,7 +9,12 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{attribution::aggregate::AggregateReport, classify::FaultKind, counts::KindCounts};
+use crate::{
+    attribution::aggregate::AggregateReport,
+    classify::FaultKind,
+    counts::KindCounts,
+    json_fields::{flag_at, u32_at, u64_at},
+};
 
 /// Which side of a fork a fault happened on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,16 +102,6 @@ impl EpochRedisInfo {
     }
 }
 
-/// Reading epochs back from a timeline (`report`, `export`), leniently: a missing or
-/// mistyped field is `None`, 0 or false, never an error.
-fn u64_at(v: &Value, k: &str) -> Option<u64> {
-    v.get(k)?.as_u64()
-}
-
-fn u32_at(v: &Value, k: &str) -> Option<u32> {
-    u32::try_from(u64_at(v, k)?).ok()
-}
-
 impl EpochFaults {
     fn from_json(f: &Value) -> EpochFaults {
         EpochFaults {
@@ -151,8 +146,7 @@ impl Epoch {
             end_ns: u64_at(e, "end_ns"),
             fork_call_ns: u64_at(e, "fork_call_ns"),
             fork_duration_ns: u64_at(e, "fork_duration_ns"),
-            started_before_trace: e.get("started_before_trace").and_then(Value::as_bool)
-                == Some(true),
+            started_before_trace: flag_at(e, "started_before_trace"),
             end_reason,
             faults: EpochFaults::from_json(&e["faults"]),
             reason: e.get("reason").and_then(Value::as_str).map(str::to_string),

@@ -15,6 +15,7 @@ pub mod event_cap;
 pub mod export;
 pub mod fork_epochs;
 pub mod host;
+pub mod json_fields;
 pub mod kernel;
 pub mod output_file;
 pub mod privileges;

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use crate::{
     clock,
+    json_fields::u64_at,
     redis::info::{Info, InfoError, RedisConn},
 };
 
@@ -211,10 +212,6 @@ pub struct Sample {
 
 // Reading samples back from a timeline (`report`, `export`), leniently: a missing or
 // mistyped field is `None`, never an error.
-
-fn u64_at(v: &Value, k: &str) -> Option<u64> {
-    v.get(k)?.as_u64()
-}
 
 impl ProcMem {
     /// A process's memory in a timeline sample; `None` without `rss_bytes` (a missing

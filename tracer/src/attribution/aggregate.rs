@@ -18,7 +18,11 @@ use super::{
     keys::{KeyBytes, escape_key},
     top_n::TopN,
 };
-use crate::{classify::FaultKind, counts::KindCounts};
+use crate::{
+    classify::FaultKind,
+    counts::KindCounts,
+    json_fields::{flag_at, u64_at},
+};
 
 /// Distinct activities kept before folding into `(other)`.
 const MAX_ACTIVITIES: usize = 1024;
@@ -77,14 +81,6 @@ pub struct SlotRow {
 
 // Reading the rows back (`report`), leniently: a row without its name or count is
 // skipped; other missing or mistyped fields read as 0, false or no slot.
-
-fn u64_at(v: &serde_json::Value, k: &str) -> Option<u64> {
-    v.get(k)?.as_u64()
-}
-
-fn flag_at(v: &serde_json::Value, k: &str) -> bool {
-    v.get(k).and_then(serde_json::Value::as_bool) == Some(true)
-}
 
 impl ActivityRow {
     /// One `by_activity` row of a timeline.
