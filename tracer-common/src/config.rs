@@ -35,8 +35,11 @@ pub struct Config {
     /// Entries of the `THREADS` map minus one (a power of two minus one): a thread's slot
     /// is `tid & thread_mask`.
     pub thread_mask: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Byte offset of `task_struct.pagefault_disabled` (from the kernel's BTF), or
+    /// [`FIELD_ABSENT`]: a fault taken with page faults disabled is a non-faulting read
+    /// (another eBPF program's `bpf_probe_read_user`, perf's user-stack copy), never
+    /// handled as a fault of the process, so it is not one.
+    pub task_pagefault_disabled: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 48);
 
@@ -54,6 +57,6 @@ impl Config {
         write_folio_pfn: FIELD_ABSENT,
         write_folio_flags: FIELD_ABSENT,
         thread_mask: 0,
-        _pad: 0,
+        task_pagefault_disabled: FIELD_ABSENT,
     };
 }

@@ -50,8 +50,8 @@ pub mod phase {
 
 /// Bits of [`Header::flags`] for [`crate::kind::CONTEXT`].
 pub mod context_flags {
-    /// The key argument is an integer-encoded object: `key_len` holds the value.
-    pub const KEY_INT: u32 = 1 << 0;
+    // Bit 0 is unused: it marked integer-encoded keys, which are no longer read as keys
+    // (arguments are always strings; see tracer-ebpf's `redis/args.rs`).
     /// The command has a key argument (`argc > 1`) and it was read.
     pub const HAS_KEY: u32 = 1 << 1;
     /// The user stack could not be read for phase detection.
@@ -169,7 +169,7 @@ pub struct ContextEvent {
     pub client: u64,
     /// `server.stat_numcommands` at the fault.
     pub seq: u64,
-    /// Original key length in bytes (or the integer value with `KEY_INT`).
+    /// Original key length in bytes.
     pub key_len: u64,
     /// Bytes of `key` that are valid.
     pub key_captured: u32,

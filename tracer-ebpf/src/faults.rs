@@ -5,14 +5,15 @@
 //! slot, the middle adds evidence bits, completion emits one [`FaultEvent`].
 
 use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
     macros::{perf_event, raw_tracepoint},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use tracer_common::{FaultEvent, ThreadSlot, counter, fault_flags as ff, kind};
+use tracer_common::{FIELD_ABSENT, FaultEvent, ThreadSlot, counter, fault_flags as ff, kind};
 
 use crate::{
     emit::{Wake, header, now_ns, output, pid_tgid},
-    maps::bump,
+    maps::{CONFIG, bump, cfg},
     threads::current_slot,
 };
 
@@ -47,6 +48,12 @@ fn fault_entry(addr: u64, error_code: u64, mode: u32, user_regs: u64) {
     if addr >= USER_TOP {
         return; // a kernel address: not this process's memory
     }
+    if mode != 0 && pagefaults_disabled() {
+        // A non-faulting read (an eBPF program's, ours or another tracer's, perf's
+        // user-stack copy): the kernel fixes it up without handling a fault, so there is
+        // no completion, and the thread's fault in progress, if any, must stay open.
+        return;
+    }
     let ts_ns = now_ns();
     // SAFETY: the slot belongs to the current thread; no other thread writes it.
     unsafe {
@@ -63,6 +70,26 @@ fn fault_entry(addr: u64, error_code: u64, mode: u32, user_regs: u64) {
             crate::redis::on_fault(slot, id, ts_ns, user_regs);
         }
     }
+}
+
+/// Whether the current task runs with page faults disabled (`pagefault_disable()`),
+/// from the offset the loader found in BTF; false when it is unknown.
+#[inline(always)]
+fn pagefaults_disabled() -> bool {
+    let off = cfg(&CONFIG.task_pagefault_disabled);
+    if off == FIELD_ABSENT {
+        return false;
+    }
+    // SAFETY: a helper with no arguments; the task pointer is only read through
+    // bpf_probe_read_kernel, which checks the access.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: bpf_probe_read_kernel reports a bad address instead of faulting.
+    let depth = unsafe { bpf_probe_read_kernel((task + u64::from(off)) as *const i32) };
+    // The helper itself copies inside pagefault_disable(), so it sees one more than the
+    // faulting code had (1 at every ordinary fault, seen on 6.18): only 2 or more means
+    // the fault came from a non-faulting read. On a kernel whose helper did not add one,
+    // a read at depth 1 would be counted, as before this check.
+    depth.is_ok_and(|n| n > 1)
 }
 
 #[inline(always)]

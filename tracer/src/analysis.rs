@@ -4,6 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
+use serde_json::Value;
 use tracer_common::{
     ContextEvent, ExitEvent, FaultEvent, ForkEvent, SwapLevelEvent, exit_flags, fault_flags as ff,
     swap_flags,
@@ -18,13 +19,15 @@ use crate::{
     classify::{Evidence, FaultKind, classify, classify_with, is_huge},
     counts::KindCounts,
     fork_epochs::{Epoch, ForkEpochs, Role},
+    json_fields::{i64_at, str_at, u32_at, u64_at},
     kernel::events::KernelEvent,
 };
 
 /// Page size used to turn byte counters into pages.
 pub const PAGE_SIZE: u64 = 4096;
 
-/// One line of the timeline, derived from one kernel event.
+/// One line of the timeline, derived from one kernel event. The kinds `export` reads back
+/// carry named types with a lenient `from_json` ([`Fork`], [`ForkReturn`], [`SwapLevel`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// A classified page fault.
@@ -53,33 +56,9 @@ pub enum Record {
         attribution: Option<Arc<Attribution>>,
     },
     /// The target or a child forked.
-    Fork {
-        /// Time of the fork.
-        ts_ns: u64,
-        /// Forking process.
-        pid: u32,
-        /// Forking thread.
-        tid: u32,
-        /// New process.
-        child_pid: u32,
-        /// Epoch opened by this fork (forks of the target only).
-        epoch: Option<u32>,
-    },
+    Fork(Fork),
     /// A libc `fork()` call returned in a traced process.
-    ForkReturn {
-        /// Call entry time.
-        ts_ns: u64,
-        /// Process.
-        pid: u32,
-        /// Thread.
-        tid: u32,
-        /// Return value (the child's pid in the caller's PID namespace, or -1).
-        ret: i64,
-        /// Call duration.
-        duration_ns: u64,
-        /// Epoch of the fork made inside this call.
-        epoch: Option<u32>,
-    },
+    ForkReturn(ForkReturn),
     /// A traced thread or process exited.
     Exit {
         /// Exit time.
@@ -94,18 +73,7 @@ pub enum Record {
         epoch: Option<u32>,
     },
     /// Pages in swap of a traced process changed.
-    SwapLevel {
-        /// Time of the change.
-        ts_ns: u64,
-        /// Owner of the memory.
-        pid: u32,
-        /// Thread that made the change.
-        tid: u32,
-        /// New amount in swap, bytes.
-        bytes: u64,
-        /// Change in pages, when the previous value is known.
-        delta_pages: Option<i64>,
-    },
+    SwapLevel(SwapLevel),
     /// Reclaim wrote an anonymous page to swap on a traced thread.
     SwapWrite {
         /// Time.
@@ -124,12 +92,120 @@ impl Record {
     pub fn ts_ns(&self) -> u64 {
         match self {
             Record::Fault { ts_ns, .. }
-            | Record::Fork { ts_ns, .. }
-            | Record::ForkReturn { ts_ns, .. }
+            | Record::Fork(Fork { ts_ns, .. })
+            | Record::ForkReturn(ForkReturn { ts_ns, .. })
             | Record::Exit { ts_ns, .. }
-            | Record::SwapLevel { ts_ns, .. }
+            | Record::SwapLevel(SwapLevel { ts_ns, .. })
             | Record::SwapWrite { ts_ns, .. } => *ts_ns,
         }
+    }
+}
+
+/// The target or a child forked (`"kind": "fork"` in a timeline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    /// Time of the fork (`sched_process_fork`).
+    pub ts_ns: u64,
+    /// Forking process.
+    pub pid: u32,
+    /// Forking thread.
+    pub tid: u32,
+    /// New process; 0 when a timeline read back does not name it (no child is PID 0).
+    pub child_pid: u32,
+    /// Epoch opened by this fork (forks of the target only).
+    pub epoch: Option<u32>,
+}
+
+/// A libc `fork()` call returned in a traced process (`"kind": "fork_return"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkReturn {
+    /// Call entry time.
+    pub ts_ns: u64,
+    /// Process.
+    pub pid: u32,
+    /// Thread.
+    pub tid: u32,
+    /// Return value (the child's pid in the caller's PID namespace, or -1); 0 when a
+    /// timeline read back does not give it (the parent never sees 0).
+    pub ret: i64,
+    /// Call duration; 0 when a timeline read back does not give it.
+    pub duration_ns: u64,
+    /// Epoch of the fork made inside this call.
+    pub epoch: Option<u32>,
+}
+
+/// Pages in swap of a traced process changed (`"kind": "swap_level"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapLevel {
+    /// Time of the change.
+    pub ts_ns: u64,
+    /// Owner of the memory.
+    pub pid: u32,
+    /// Thread that made the change.
+    pub tid: u32,
+    /// New amount in swap, bytes (`swap_bytes` in a timeline).
+    pub bytes: u64,
+    /// Change in pages, when the previous value is known.
+    pub delta_pages: Option<i64>,
+}
+
+/// Time, process and thread of an element of a timeline's `events` whose `kind` is
+/// `kind`; `None` for another kind or without `ts_ns` or `pid` (a missing `tid` is the
+/// pid: the process's main thread).
+fn event_head(v: &Value, kind: &str) -> Option<(u64, u32, u32)> {
+    if str_at(v, "kind") != Some(kind) {
+        return None;
+    }
+    let (ts_ns, pid) = (u64_at(v, "ts_ns")?, u32_at(v, "pid")?);
+    Some((ts_ns, pid, u32_at(v, "tid").unwrap_or(pid)))
+}
+
+impl Fork {
+    /// A `fork` element of a timeline's `events`, read leniently: `None` for another
+    /// kind or without `ts_ns` or `pid`; an absent, null or mistyped optional field is
+    /// unknown.
+    pub fn from_json(v: &Value) -> Option<Fork> {
+        let (ts_ns, pid, tid) = event_head(v, "fork")?;
+        Some(Fork {
+            ts_ns,
+            pid,
+            tid,
+            child_pid: u32_at(v, "child_pid").unwrap_or(0),
+            epoch: u32_at(v, "epoch"),
+        })
+    }
+}
+
+impl ForkReturn {
+    /// A `fork_return` element of a timeline's `events`, read leniently: `None` for
+    /// another kind or without `ts_ns` or `pid`; an absent, null or mistyped optional
+    /// field is unknown.
+    pub fn from_json(v: &Value) -> Option<ForkReturn> {
+        let (ts_ns, pid, tid) = event_head(v, "fork_return")?;
+        Some(ForkReturn {
+            ts_ns,
+            pid,
+            tid,
+            ret: i64_at(v, "ret").unwrap_or(0),
+            duration_ns: u64_at(v, "duration_ns").unwrap_or(0),
+            epoch: u32_at(v, "epoch"),
+        })
+    }
+}
+
+impl SwapLevel {
+    /// A `swap_level` element of a timeline's `events`, read leniently: `None` for
+    /// another kind or without `ts_ns`, `pid` or `swap_bytes` (a level is all it says);
+    /// an absent, null or mistyped `delta_pages` is unknown.
+    pub fn from_json(v: &Value) -> Option<SwapLevel> {
+        let (ts_ns, pid, tid) = event_head(v, "swap_level")?;
+        Some(SwapLevel {
+            ts_ns,
+            pid,
+            tid,
+            bytes: u64_at(v, "swap_bytes")?,
+            delta_pages: i64_at(v, "delta_pages"),
+        })
     }
 }
 
@@ -366,14 +442,14 @@ impl Analyzer {
                     c.ret,
                     c.duration_ns,
                 );
-                out.push(Record::ForkReturn {
+                out.push(Record::ForkReturn(ForkReturn {
                     ts_ns: c.header.ts_ns,
                     pid: c.header.tgid,
                     tid: c.header.tid,
                     ret: c.ret,
                     duration_ns: c.duration_ns,
                     epoch,
-                });
+                }));
             }
             KernelEvent::Exit(e) => out.push(self.exit(e)),
             KernelEvent::SwapLevel(s) => out.push(self.swap_level(s)),
@@ -432,13 +508,13 @@ impl Analyzer {
         if let Some(&b) = self.swap_bytes.get(&parent) {
             self.swap_bytes.insert(child, b);
         }
-        Record::Fork {
+        Record::Fork(Fork {
             ts_ns: f.header.ts_ns,
             pid: parent,
             tid: f.header.tid,
             child_pid: child,
             epoch,
-        }
+        })
     }
 
     fn exit(&mut self, e: &ExitEvent) -> Record {
@@ -557,13 +633,13 @@ impl Analyzer {
                 swap.pages_discarded += d.unsigned_abs();
             }
         }
-        Record::SwapLevel {
+        Record::SwapLevel(SwapLevel {
             ts_ns: ev.header.ts_ns,
             pid,
             tid: ev.header.tid,
             bytes,
             delta_pages,
-        }
+        })
     }
 
     /// Whether the target's whole process has exited.
@@ -779,7 +855,7 @@ mod tests {
         assert!(
             records
                 .iter()
-                .any(|r| matches!(r, Record::ForkReturn { epoch: Some(0), .. }))
+                .any(|r| matches!(r, Record::ForkReturn(ForkReturn { epoch: Some(0), .. })))
         );
         // the reuse after the child exited belongs to no epoch
         let reuse = records.iter().find(|r| {
@@ -814,18 +890,18 @@ mod tests {
         let first = run(&mut an, &[swap(1, 0, 8192)]);
         assert!(matches!(
             first[0],
-            Record::SwapLevel {
+            Record::SwapLevel(SwapLevel {
                 delta_pages: None,
                 ..
-            }
+            })
         ));
         let second = run(&mut an, &[swap(2, 0, 0)]);
         assert!(matches!(
             second[0],
-            Record::SwapLevel {
+            Record::SwapLevel(SwapLevel {
                 delta_pages: Some(-2),
                 ..
-            }
+            })
         ));
         assert_eq!(an.summary().swap.pages_discarded, 2);
     }
@@ -988,5 +1064,121 @@ mod tests {
         let (epochs, _) = an.finish(50);
         assert_eq!(epochs[0].end_ns, Some(50));
         assert_eq!(epochs[0].end_reason, Some("trace_end"));
+    }
+}
+
+#[cfg(test)]
+mod read_back {
+    use serde_json::json;
+
+    use super::*;
+    use crate::timeline::json::write_record;
+
+    /// `record` as the recorder writes it.
+    fn written(record: &Record) -> Value {
+        let mut out = Vec::new();
+        write_record(&mut out, record).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn written_records_read_back_whole() {
+        let fork = Fork {
+            ts_ns: 5,
+            pid: 7,
+            tid: 8,
+            child_pid: 9,
+            epoch: Some(2),
+        };
+        let call = ForkReturn {
+            ts_ns: 4,
+            pid: 7,
+            tid: 8,
+            ret: -1,
+            duration_ns: 300,
+            epoch: None,
+        };
+        let level = SwapLevel {
+            ts_ns: 6,
+            pid: 7,
+            tid: 8,
+            bytes: 8192,
+            delta_pages: Some(-2),
+        };
+        let back = Fork::from_json(&written(&Record::Fork(fork.clone())));
+        assert_eq!(back, Some(fork));
+        let back = ForkReturn::from_json(&written(&Record::ForkReturn(call.clone())));
+        assert_eq!(back, Some(call));
+        let back = SwapLevel::from_json(&written(&Record::SwapLevel(level.clone())));
+        assert_eq!(back, Some(level));
+    }
+
+    #[test]
+    fn records_without_time_or_pid_or_of_another_kind_are_not_read() {
+        for kind in ["fork", "fork_return", "swap_level"] {
+            let full = json!({"ts_ns": 1, "pid": 2, "kind": kind, "swap_bytes": 0});
+            let mut no_ts = full.clone();
+            no_ts["ts_ns"] = json!(null);
+            let mut no_pid = full.clone();
+            no_pid.as_object_mut().unwrap().remove("pid");
+            let mut big_pid = full.clone();
+            big_pid["pid"] = json!(1u64 << 32);
+            for v in [&no_ts, &no_pid, &big_pid] {
+                assert!(Fork::from_json(v).is_none(), "{v}");
+                assert!(ForkReturn::from_json(v).is_none(), "{v}");
+                assert!(SwapLevel::from_json(v).is_none(), "{v}");
+            }
+            let read = [
+                Fork::from_json(&full).is_some(),
+                ForkReturn::from_json(&full).is_some(),
+                SwapLevel::from_json(&full).is_some(),
+            ];
+            let expected = [kind == "fork", kind == "fork_return", kind == "swap_level"];
+            assert_eq!(read, expected, "{kind}");
+        }
+        // A level is all a `swap_level` says.
+        let v = json!({"ts_ns": 1, "pid": 2, "kind": "swap_level", "swap_bytes": "1"});
+        assert!(SwapLevel::from_json(&v).is_none());
+    }
+
+    #[test]
+    fn mistyped_optional_fields_read_as_unknown() {
+        let v = json!({"ts_ns": 1, "pid": 2, "tid": -3, "kind": "fork", "child_pid": "x",
+                       "epoch": 1u64 << 32});
+        assert_eq!(
+            Fork::from_json(&v),
+            Some(Fork {
+                ts_ns: 1,
+                pid: 2,
+                tid: 2,
+                child_pid: 0,
+                epoch: None,
+            })
+        );
+        let v = json!({"ts_ns": 1, "pid": 2, "kind": "fork_return", "ret": 1.5,
+                       "duration_ns": -3, "epoch": null});
+        assert_eq!(
+            ForkReturn::from_json(&v),
+            Some(ForkReturn {
+                ts_ns: 1,
+                pid: 2,
+                tid: 2,
+                ret: 0,
+                duration_ns: 0,
+                epoch: None,
+            })
+        );
+        let v = json!({"ts_ns": 1, "pid": 2, "tid": null, "kind": "swap_level",
+                       "swap_bytes": 4096, "delta_pages": "1"});
+        assert_eq!(
+            SwapLevel::from_json(&v),
+            Some(SwapLevel {
+                ts_ns: 1,
+                pid: 2,
+                tid: 2,
+                bytes: 4096,
+                delta_pages: None,
+            })
+        );
     }
 }

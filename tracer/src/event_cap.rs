@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::analysis::Record;
+use crate::analysis::{Record, SwapLevel};
 
 /// What was capped, for the trailer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -49,7 +49,7 @@ impl EventCap {
     pub fn admit(&mut self, record: &Record) -> bool {
         let ts = match record {
             Record::Fault { ts_ns, .. }
-            | Record::SwapLevel { ts_ns, .. }
+            | Record::SwapLevel(SwapLevel { ts_ns, .. })
             | Record::SwapWrite { ts_ns, .. } => *ts_ns,
             _ => return true,
         };
@@ -100,13 +100,13 @@ mod tests {
     }
 
     fn fork(ts_ns: u64) -> Record {
-        Record::Fork {
+        Record::Fork(crate::analysis::Fork {
             ts_ns,
             pid: 1,
             tid: 1,
             child_pid: 2,
             epoch: Some(0),
-        }
+        })
     }
 
     #[test]

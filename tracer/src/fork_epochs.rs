@@ -13,7 +13,7 @@ use crate::{
     attribution::aggregate::AggregateReport,
     classify::FaultKind,
     counts::KindCounts,
-    json_fields::{flag_at, u32_at, u64_at},
+    json_fields::{flag_at, i64_at, str_at, u32_at, u64_at},
 };
 
 /// Which side of a fork a fault happened on.
@@ -24,6 +24,23 @@ pub enum Role {
     Parent,
     /// A fork child of the target (or a descendant of one).
     Child,
+}
+
+impl Role {
+    /// The name used in timelines (`role` of a fault).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Parent => "parent",
+            Role::Child => "child",
+        }
+    }
+
+    /// The role a timeline names `name` (`None` for anything else).
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::Parent, Role::Child]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
 }
 
 /// Fault counts of one epoch, split by side.
@@ -114,13 +131,9 @@ impl EpochFaults {
 impl EpochRedisInfo {
     fn from_json(r: &Value) -> EpochRedisInfo {
         EpochRedisInfo {
-            reason_source: r
-                .get("reason_source")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            reason_source: str_at(r, "reason_source").unwrap_or_default().to_string(),
             latest_fork_usec: u64_at(r, "latest_fork_usec"),
-            fork_usec_difference: r.get("fork_usec_difference").and_then(Value::as_i64),
+            fork_usec_difference: i64_at(r, "fork_usec_difference"),
             last_cow_size: u64_at(r, "last_cow_size"),
         }
     }
@@ -132,7 +145,7 @@ impl Epoch {
     /// PID 0.
     pub fn from_json(e: &Value, index: usize, target_pid: u32) -> Option<Epoch> {
         let parent_pid = u32_at(e, "parent_pid").unwrap_or(target_pid);
-        let end_reason = match e.get("end_reason").and_then(Value::as_str) {
+        let end_reason = match str_at(e, "end_reason") {
             Some("exit") => Some("exit"),
             Some("trace_end") => Some("trace_end"),
             _ => None,
@@ -149,7 +162,7 @@ impl Epoch {
             started_before_trace: flag_at(e, "started_before_trace"),
             end_reason,
             faults: EpochFaults::from_json(&e["faults"]),
-            reason: e.get("reason").and_then(Value::as_str).map(str::to_string),
+            reason: str_at(e, "reason").map(str::to_string),
             redis: e
                 .get("redis")
                 .filter(|r| r.is_object())

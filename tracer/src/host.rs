@@ -5,6 +5,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::json_fields::{i64_at, str_at, u32_at, u64_at};
+
 /// Memory settings of the host at the start of a run.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct HostInfo {
@@ -48,14 +50,14 @@ pub struct SwapDevice {
 
 impl SwapDevice {
     fn from_json(d: &Value) -> SwapDevice {
-        let num = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let text = |k: &str, or: &str| d.get(k).and_then(Value::as_str).unwrap_or(or).to_string();
+        let num = |k: &str| u64_at(d, k).unwrap_or(0);
+        let text = |k: &str, or: &str| str_at(d, k).unwrap_or(or).to_string();
         SwapDevice {
             path: text("path", "?"),
             kind: text("kind", "?"),
             size_bytes: num("size_bytes"),
             used_bytes: num("used_bytes"),
-            priority: d.get("priority").and_then(Value::as_i64).unwrap_or(0),
+            priority: i64_at(d, "priority").unwrap_or(0),
         }
     }
 }
@@ -64,9 +66,8 @@ impl HostInfo {
     /// Reads `run.host` of a timeline back, leniently: a missing or mistyped field is
     /// `None` (a swap device's missing numbers 0, its path `?`), never an error.
     pub fn from_json(h: &Value) -> HostInfo {
-        let num = |k: &str| h.get(k).and_then(Value::as_u64);
-        let small = |k: &str| num(k).and_then(|n| u32::try_from(n).ok());
-        let text = |k: &str| h.get(k).and_then(Value::as_str).map(str::to_string);
+        let num = |k: &str| u64_at(h, k);
+        let text = |k: &str| str_at(h, k).map(str::to_string);
         let devices = h.get("swap_devices").and_then(Value::as_array);
         HostInfo {
             mem_total_bytes: num("mem_total_bytes"),
@@ -81,8 +82,8 @@ impl HostInfo {
                 .collect(),
             thp_enabled: text("thp_enabled"),
             thp_defrag: text("thp_defrag"),
-            overcommit_memory: small("overcommit_memory"),
-            swappiness: small("swappiness"),
+            overcommit_memory: u32_at(h, "overcommit_memory"),
+            swappiness: u32_at(h, "swappiness"),
             cpus: num("cpus").and_then(|n| usize::try_from(n).ok()),
         }
     }

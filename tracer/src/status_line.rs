@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{analysis::Record, classify::FaultKind};
+use crate::{
+    analysis::{Fork, Record},
+    classify::FaultKind,
+};
 
 /// What the line shows, updated from the records as they are written.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -34,11 +37,11 @@ impl Progress {
                 FaultKind::SwapIn => self.swap_in += 1,
                 _ => {}
             },
-            Record::Fork {
+            Record::Fork(Fork {
                 child_pid,
                 epoch: Some(id),
                 ..
-            } => {
+            }) => {
                 self.epoch = Some((*id, *child_pid));
                 self.forks += 1;
             }
@@ -155,13 +158,13 @@ mod tests {
         p.observe(&fault(FaultKind::CowCopy));
         p.observe(&fault(FaultKind::SwapIn));
         p.observe(&fault(FaultKind::FirstTouch));
-        p.observe(&Record::Fork {
+        p.observe(&Record::Fork(Fork {
             ts_ns: 2,
             pid: 1,
             tid: 1,
             child_pid: 9,
             epoch: Some(0),
-        });
+        }));
         assert_eq!((p.events, p.cow, p.swap_in, p.forks), (5, 2, 1, 1));
         assert_eq!(p.epoch, Some((0, 9)));
         let line = p.render(Duration::from_millis(2500), 12_345.0, 3);

@@ -111,9 +111,7 @@ pub fn fill(ev: &mut ContextEvent, args: Args, layout: &ServerLayout) {
         (read_user::<u64>(argv).unwrap_or(0), 0)
     };
     if let Some(s) = string(arg0, layout, ev.name.as_mut_ptr(), NAME_CAP as u32) {
-        if !s.int {
-            ev.name_len = s.captured;
-        }
+        ev.name_len = s.captured;
     }
     if argc < 2 {
         return;
@@ -129,20 +127,15 @@ pub fn fill(ev: &mut ContextEvent, args: Args, layout: &ServerLayout) {
         ev.key_len = s.len;
         ev.key_captured = s.captured;
         ev.header.flags |= context_flags::HAS_KEY;
-        if s.int {
-            ev.header.flags |= context_flags::KEY_INT;
-        }
     }
 }
 
 /// What [`string`] found.
 struct Str {
-    /// Length in bytes, or the value of an integer-encoded object.
+    /// Length in bytes.
     len: u64,
     /// Bytes copied.
     captured: u32,
-    /// Integer-encoded: nothing copied, `len` is the value.
-    int: bool,
 }
 
 /// Copies up to `cap` bytes of string object `obj` to `dst`.
@@ -175,11 +168,10 @@ fn string(obj: u64, layout: &ServerLayout, dst: *mut u8, cap: u32) -> Option<Str
         return Some(copy(obj + at + 3, len, dst, cap));
     }
     match (head >> 4) & 0xf {
-        OBJ_ENCODING_INT => Some(Str {
-            len: word,
-            captured: 0,
-            int: true,
-        }),
+        // The protocol parser makes every argument a raw or embedded string; an
+        // integer-encoded object in an argument slot is not an argument as parsed (seen
+        // once on Valkey 9.1 as the "key" 747575680 of a SET on `hot:*` keys): no key.
+        OBJ_ENCODING_INT => None,
         OBJ_ENCODING_EMBSTR => {
             // The sds follows the header (after an 8-byte expire in Valkey 8.1): an sdshdr8,
             // whose length byte is 3 bytes before the string.
@@ -211,11 +203,7 @@ fn copy(src: u64, len: u64, dst: *mut u8, cap: u32) -> Str {
     } else {
         0
     };
-    Str {
-        len,
-        captured,
-        int: false,
-    }
+    Str { len, captured }
 }
 
 /// Copies `min(len, cap)` bytes at `from` of the header already read, without another
@@ -239,7 +227,6 @@ fn copy_head(buf: &[u8; HEAD_READ], from: u64, len: u64, dst: *mut u8, cap: u32)
     Some(Str {
         len,
         captured: n as u32,
-        int: false,
     })
 }
 

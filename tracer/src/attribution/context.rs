@@ -437,14 +437,8 @@ impl Attributor {
         let keyed = ev.header.flags & context_flags::HAS_KEY != 0
             && !lower.is_empty()
             && !KEYLESS_FIRST_ARG.contains(&lower.as_str());
-        let int_text;
-        let (captured, len): (&[u8], u64) = if ev.header.flags & context_flags::KEY_INT != 0 {
-            int_text = (ev.key_len as i64).to_string().into_bytes();
-            (&int_text, int_text.len() as u64)
-        } else {
-            let n = (ev.key_captured as usize).min(ev.key.len());
-            (&ev.key[..n], ev.key_len)
-        };
+        let n = (ev.key_captured as usize).min(ev.key.len());
+        let (captured, len) = (&ev.key[..n], ev.key_len);
         // The slot comes from the real key, before it is hidden or cut to --key-bytes; a
         // slot of a key longer than the capture would be wrong.
         let whole = captured.len() as u64 >= len;
@@ -582,17 +576,6 @@ mod tests {
             context_flags::HAS_KEY,
         ));
         assert_eq!(ready(&a, 1).key.as_ref().unwrap().bytes, b"idx");
-
-        // Integer-encoded key.
-        a.on_context(&ctx(
-            1,
-            phase::COMMAND,
-            b"get",
-            b"",
-            12345,
-            context_flags::HAS_KEY | context_flags::KEY_INT,
-        ));
-        assert_eq!(ready(&a, 1).key.as_ref().unwrap().bytes, b"12345");
 
         // A multi-key command names its first key and how many it has.
         let mut del = ctx(1, phase::COMMAND, b"del", b"k1", 2, context_flags::HAS_KEY);

@@ -21,7 +21,10 @@ use tracer_common::{
 };
 
 use crate::classify::Evidence;
-use crate::kernel::tracefs::{self, Format, TracefsError};
+use crate::kernel::{
+    btf,
+    tracefs::{self, Format, TracefsError},
+};
 
 /// The eBPF object built from `tracer-ebpf`, embedded at compile time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -229,7 +232,7 @@ pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
         write_folio_pfn: optional(fmt("vmscan", "mm_vmscan_write_folio"), "pfn"),
         write_folio_flags: optional(fmt("vmscan", "mm_vmscan_write_folio"), "reclaim_flags"),
         thread_mask: thread_slots() - 1,
-        _pad: 0,
+        task_pagefault_disabled: btf::task_pagefault_disabled().unwrap_or(FIELD_ABSENT),
     })
 }
 
@@ -256,6 +259,15 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(LoadError::Load)?;
         let mut degraded = Vec::new();
+        if config.task_pagefault_disabled == FIELD_ABSENT {
+            degraded.push(format!(
+                "task_struct.pagefault_disabled not found in BTF ({}): a non-faulting read \
+                 of the target's memory by another eBPF program can be counted as a fault",
+                btf::task_pagefault_disabled()
+                    .err()
+                    .map_or_else(String::new, |e| e.to_string())
+            ));
+        }
         let mut evidence = Evidence::FULL;
         for hook in RAW_HOOKS.iter().chain(HOOKS) {
             if !tracefs::exists(&root, hook.category, hook.name) {

@@ -2,6 +2,7 @@
 //! need, draining the ring buffer and decoding its records. It moves bytes; meaning is
 //! given in `analysis` and `attribution`.
 
+pub mod btf;
 pub mod events;
 pub mod libc_fork;
 pub mod loader;

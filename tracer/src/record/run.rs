@@ -15,7 +15,7 @@ use super::{
     target::SERVER_INDEX,
 };
 use crate::{
-    analysis::Record,
+    analysis::{Fork, ForkReturn, Record},
     clock,
     kernel::events::KernelEvent,
     redis::{info::redact_spec, locate},
@@ -119,11 +119,11 @@ impl Recorder<'_> {
     fn react(&mut self, record: &Record, ev: &KernelEvent) {
         match (record, ev) {
             (
-                Record::Fork {
+                Record::Fork(Fork {
                     child_pid,
                     epoch: Some(id),
                     ..
-                },
+                }),
                 _,
             ) => {
                 if let Some(s) = self.target.session.as_mut() {
@@ -135,9 +135,9 @@ impl Recorder<'_> {
                 }
             }
             (
-                Record::ForkReturn {
+                Record::ForkReturn(ForkReturn {
                     epoch: Some(id), ..
-                },
+                }),
                 KernelEvent::ForkCall(call),
             ) => self.label_from_stack(*id, call),
             (

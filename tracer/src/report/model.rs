@@ -12,7 +12,11 @@ pub use crate::{
     host::HostInfo,
     samples::{InfoMem, Sample},
 };
-use crate::{classify::FaultKind, timeline::read::Timeline};
+use crate::{
+    classify::FaultKind,
+    json_fields::{str_at, u32_at, u64_at},
+    timeline::read::Timeline,
+};
 
 /// The Redis server the run traced.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -150,12 +154,8 @@ pub struct Model {
     pub span_ns: (u64, u64),
 }
 
-fn num(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
-}
-
 fn text(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
+    str_at(v, key).map(str::to_string)
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
@@ -179,35 +179,32 @@ impl Model {
             _ => event_faults,
         };
         let header = Header {
-            pid: num(&v["target"], "pid"),
+            pid: u64_at(&v["target"], "pid"),
             comm: text(&v["target"], "comm"),
             exe: text(&v["target"], "exe"),
             redis: v.get("redis").filter(|r| r.is_object()).map(|r| RedisInfo {
                 version: text(r, "version"),
                 role: text(r, "role"),
-                port: num(r, "port"),
+                port: u64_at(r, "port"),
                 product: text(r, "product"),
             }),
             kernel_release: text(run, "kernel_release"),
             tracer_version: text(run, "tracer_version"),
-            start_wall_ns: run
-                .get("monotonic_start_ns")
-                .and_then(Value::as_u64)
-                .and_then(|m| t.wall_ns(m)),
-            duration_ns: num(run, "monotonic_start_ns")
-                .zip(num(&v["end"], "monotonic_end_ns"))
+            start_wall_ns: u64_at(run, "monotonic_start_ns").and_then(|m| t.wall_ns(m)),
+            duration_ns: u64_at(run, "monotonic_start_ns")
+                .zip(u64_at(&v["end"], "monotonic_end_ns"))
                 .and_then(|(s, e)| e.checked_sub(s)),
             end_reason: text(&v["end"], "reason"),
-            lost_events: num(v, "lost_events"),
-            ring_buffer_full: num(&v["kernel"], "ring_buffer_full"),
-            threads_full: num(&v["kernel"], "threads_full")
-                .or_else(|| num(&v["kernel"], "inflight_map_full")),
+            lost_events: u64_at(v, "lost_events"),
+            ring_buffer_full: u64_at(&v["kernel"], "ring_buffer_full"),
+            threads_full: u64_at(&v["kernel"], "threads_full")
+                .or_else(|| u64_at(&v["kernel"], "inflight_map_full")),
             event_count: t.events().len(),
             attribution: run["options"].get("attribution").and_then(Value::as_bool),
             approximate_kinds: strings(&run["options"]["approximate_kinds"]),
             degraded: strings(&run["options"]["degraded"]),
         };
-        let target = num(&v["target"], "pid").and_then(|p| u32::try_from(p).ok());
+        let target = u32_at(&v["target"], "pid");
         let epochs = t
             .epochs()
             .iter()
@@ -226,7 +223,7 @@ impl Model {
                 .filter(|h| h.is_object())
                 .map(HostInfo::from_json),
             faults,
-            huge_faults: num(summary, "huge_faults"),
+            huge_faults: u64_at(summary, "huge_faults"),
             epochs,
             attribution: AggregateReport::from_json(&summary["attribution"]).truncated(top),
             swap,
@@ -267,13 +264,13 @@ fn scan_events(t: &Timeline) -> ((u64, u64), KindCounts, Option<u64>) {
     let mut swap_level: Option<u64> = None;
     let (mut lo, mut hi) = (u64::MAX, 0u64);
     for e in t.events() {
-        if let Some(ts) = num(e, "ts_ns") {
+        if let Some(ts) = u64_at(e, "ts_ns") {
             lo = lo.min(ts);
             hi = hi.max(ts);
         }
-        match e.get("kind").and_then(Value::as_str) {
+        match str_at(e, "kind") {
             Some("swap_level") => {
-                if let Some(b) = num(e, "swap_bytes") {
+                if let Some(b) = u64_at(e, "swap_bytes") {
                     swap_level = Some(swap_level.map_or(b, |m| m.max(b)));
                 }
             }
@@ -286,14 +283,15 @@ fn scan_events(t: &Timeline) -> ((u64, u64), KindCounts, Option<u64>) {
         }
     }
     for s in t.samples() {
-        if let Some(ts) = num(s, "ts_ns") {
+        if let Some(ts) = u64_at(s, "ts_ns") {
             lo = lo.min(ts);
             hi = hi.max(ts);
         }
     }
     let v = t.value();
-    let start = num(&v["run"], "monotonic_start_ns").unwrap_or(if lo == u64::MAX { 0 } else { lo });
-    let end = num(&v["end"], "monotonic_end_ns")
+    let start =
+        u64_at(&v["run"], "monotonic_start_ns").unwrap_or(if lo == u64::MAX { 0 } else { lo });
+    let end = u64_at(&v["end"], "monotonic_end_ns")
         .filter(|&e| e >= start)
         .unwrap_or(hi.max(start));
     ((start, end), counts, swap_level)
@@ -339,15 +337,15 @@ fn swap_state(v: &Value, samples: &[Sample], swap_level_max: Option<u64>) -> Swa
     let s = &v["summary"]["swap"];
     let raw = v["samples"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     SwapState {
-        pages_in: num(s, "pages_in"),
-        pages_out: num(s, "pages_out"),
-        pages_discarded: num(s, "pages_discarded"),
-        system_swap_writes: num(&v["kernel"], "system_swap_writes"),
+        pages_in: u64_at(s, "pages_in"),
+        pages_out: u64_at(s, "pages_out"),
+        pages_discarded: u64_at(s, "pages_discarded"),
+        system_swap_writes: u64_at(&v["kernel"], "system_swap_writes"),
         server_swap_max: samples.iter().filter_map(|p| p.server_swap()).max(),
         server_swap_last: samples.iter().rev().find_map(|p| p.server_swap()),
         swap_level_max,
-        pswpin: sum_opt(raw.iter().map(|r| num(r, "pswpin_delta"))),
-        pswpout: sum_opt(raw.iter().map(|r| num(r, "pswpout_delta"))),
+        pswpin: sum_opt(raw.iter().map(|r| u64_at(r, "pswpin_delta"))),
+        pswpout: sum_opt(raw.iter().map(|r| u64_at(r, "pswpout_delta"))),
     }
 }
 

@@ -2,9 +2,10 @@
 //! buckets across the run, for the HTML chart. The bucket count is bounded whatever the
 //! run length.
 
-use serde_json::Value;
-
-use crate::timeline::read::Timeline;
+use crate::{
+    json_fields::{str_at, u64_at},
+    timeline::read::Timeline,
+};
 
 /// Fault rates over time: counts per fixed-width bucket from the run's start.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -69,16 +70,12 @@ pub fn rates(t: &Timeline, (start, end): (u64, u64)) -> Rates {
         swap_in: vec![0; n],
     };
     for e in t.events() {
-        let series = match e.get("kind").and_then(Value::as_str) {
+        let series = match str_at(e, "kind") {
             Some("cow_copy") => &mut r.cow,
             Some("swap_in") => &mut r.swap_in,
             _ => continue,
         };
-        let Some(ts) = e
-            .get("ts_ns")
-            .and_then(Value::as_u64)
-            .filter(|ts| (start..=end).contains(ts))
-        else {
+        let Some(ts) = u64_at(e, "ts_ns").filter(|ts| (start..=end).contains(ts)) else {
             continue;
         };
         // The end instant itself belongs to the last bucket.

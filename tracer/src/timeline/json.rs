@@ -12,7 +12,11 @@ use std::{
 use serde::Serialize;
 
 use super::{RunInfo, SCHEMA_VERSION, TargetInfo, Trailer};
-use crate::{analysis::Record, attribution::context::Attribution, output_file::AtomicFile};
+use crate::{
+    analysis::{Fork, ForkReturn, Record, SwapLevel},
+    attribution::context::Attribution,
+    output_file::AtomicFile,
+};
 
 /// Streams one timeline to disk.
 pub struct JsonTimeline {
@@ -179,10 +183,6 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             flags,
             attribution,
         } => {
-            let role = match role {
-                crate::fork_epochs::Role::Parent => "parent",
-                crate::fork_epochs::Role::Child => "child",
-            };
             let b = |bit: u32| flags & bit != 0;
             w.write_all(b"{\"ts_ns\":")?;
             put_u64(w, *ts_ns)?;
@@ -195,7 +195,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             w.write_all(b"\",\"addr\":")?;
             put_u64(w, *addr)?;
             w.write_all(b",\"role\":\"")?;
-            w.write_all(role.as_bytes())?;
+            w.write_all(role.name().as_bytes())?;
             w.write_all(b"\",\"epoch\":")?;
             match epoch {
                 Some(e) => put_u64(w, u64::from(*e))?,
@@ -218,25 +218,25 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             }
             w.write_all(b"}")
         }
-        Record::Fork {
+        Record::Fork(Fork {
             ts_ns,
             pid,
             tid,
             child_pid,
             epoch,
-        } => write!(
+        }) => write!(
             w,
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"fork\",\"child_pid\":{child_pid},\"epoch\":{}}}",
             opt(*epoch)
         ),
-        Record::ForkReturn {
+        Record::ForkReturn(ForkReturn {
             ts_ns,
             pid,
             tid,
             ret,
             duration_ns,
             epoch,
-        } => write!(
+        }) => write!(
             w,
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"fork_return\",\"ret\":{ret},\"duration_ns\":{duration_ns},\"epoch\":{}}}",
             opt(*epoch)
@@ -252,13 +252,13 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"exit\",\"process_exit\":{process_exit},\"epoch\":{}}}",
             opt(*epoch)
         ),
-        Record::SwapLevel {
+        Record::SwapLevel(SwapLevel {
             ts_ns,
             pid,
             tid,
             bytes,
             delta_pages,
-        } => write!(
+        }) => write!(
             w,
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"swap_level\",\"swap_bytes\":{bytes},\"delta_pages\":{}}}",
             delta_pages.map_or_else(|| "null".to_string(), |d| d.to_string())
@@ -325,21 +325,21 @@ mod tests {
                 flags: tracer_common::fault_flags::MAJOR,
                 attribution: None,
             },
-            Record::Fork {
+            Record::Fork(Fork {
                 ts_ns: 1,
                 pid: 7,
                 tid: 7,
                 child_pid: 9,
                 epoch: None,
-            },
-            Record::ForkReturn {
+            }),
+            Record::ForkReturn(ForkReturn {
                 ts_ns: 1,
                 pid: 7,
                 tid: 7,
                 ret: -11,
                 duration_ns: 4,
                 epoch: None,
-            },
+            }),
             Record::Exit {
                 ts_ns: 1,
                 pid: 9,
@@ -347,13 +347,13 @@ mod tests {
                 process_exit: true,
                 epoch: Some(0),
             },
-            Record::SwapLevel {
+            Record::SwapLevel(SwapLevel {
                 ts_ns: 1,
                 pid: 7,
                 tid: 7,
                 bytes: 4096,
                 delta_pages: None,
-            },
+            }),
             Record::SwapWrite {
                 ts_ns: 1,
                 pid: 7,

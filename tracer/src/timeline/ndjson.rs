@@ -156,13 +156,13 @@ mod tests {
         )
         .unwrap();
         for i in 0..3 {
-            t.write_record(&Record::Fork {
+            t.write_record(&Record::Fork(crate::analysis::Fork {
                 ts_ns: 10 + i,
                 pid: 7,
                 tid: 7,
                 child_pid: 8,
                 epoch: Some(0),
-            })
+            }))
             .unwrap();
         }
         // Before finish: header on disk, records only after a flush.

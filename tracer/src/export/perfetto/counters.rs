@@ -83,9 +83,9 @@ pub fn swap_levels(b: &mut Builder, p: &Parsed) {
     for s in &p.swap_levels {
         let slot = last
             .entry((s.pid, b.clock.bucket(s.ts_ns)))
-            .or_insert((s.ts_ns, s.swap_bytes));
+            .or_insert((s.ts_ns, s.bytes));
         if s.ts_ns >= slot.0 {
-            *slot = (s.ts_ns, s.swap_bytes);
+            *slot = (s.ts_ns, s.bytes);
         }
     }
     for ((pid, _), (ts, bytes)) in last {

@@ -82,7 +82,7 @@ pub fn accumulate<'t>(b: &Builder, p: &Parsed<'t>) -> Acc<'t> {
     for (i, f) in p.faults.iter().enumerate() {
         // `bucket` is below `buckets`, which fits in the vectors just allocated.
         let bucket = b.clock.bucket(f.ts_ns);
-        let side = usize::from(f.child);
+        let side = usize::from(f.child());
         match f.kind {
             FaultKind::CowCopy => {
                 if let Some(c) = acc.cow_per_bucket.get_mut(bucket as usize) {
@@ -92,7 +92,7 @@ pub fn accumulate<'t>(b: &Builder, p: &Parsed<'t>) -> Acc<'t> {
                 let cell = acc.cells.entry((f.pid, activity, bucket)).or_default();
                 cell.add_time(f.ts_ns, f.ts_ns);
                 cell.pages += 1;
-                cell.child |= f.child;
+                cell.child |= f.child();
                 if let Some(key) = f.key {
                     cell.keyed += 1;
                     *cell.keys.entry(key).or_default() += 1;
@@ -251,10 +251,7 @@ pub fn swap_in_instants(b: &mut Builder, p: &Parsed, acc: &Acc) {
         if let Some(addr) = f.raw.get("addr").and_then(Value::as_u64) {
             a.insert("addr".into(), format!("{addr:#x}").into());
         }
-        a.insert(
-            "role".into(),
-            if f.child { "child" } else { "parent" }.into(),
-        );
+        a.insert("role".into(), f.role.name().into());
         b.instant(f.pid, f.tid, "swap_in", "swap-in", f.ts_ns, a);
     }
     b.metadata.insert(

@@ -4,27 +4,23 @@
 
 use serde_json::Value;
 
-use crate::timeline::read::Timeline;
-pub use crate::{classify::FaultKind, fork_epochs::Epoch, samples::Sample};
+pub use crate::{
+    analysis::{Fork, ForkReturn, SwapLevel},
+    classify::FaultKind,
+    fork_epochs::{Epoch, Role},
+    samples::Sample,
+};
+use crate::{
+    json_fields::{str_at, u32_at, u64_at},
+    timeline::read::Timeline,
+};
 
-/// A `u64` field (absent, null, negative, fractional or textual: `None`).
-pub fn u64_of(v: &Value, key: &str) -> Option<u64> {
-    v.get(key)?.as_u64()
-}
-
-/// A `u32` field (pids and tids; larger numbers are not ids).
-pub fn u32_of(v: &Value, key: &str) -> Option<u32> {
-    u32::try_from(u64_of(v, key)?).ok()
-}
-
-/// A string field.
-pub fn str_of<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
-    v.get(key)?.as_str()
-}
-
-/// One fault event.
+/// A borrowed view of a fault ([`Record::Fault`](crate::analysis::Record::Fault)) read
+/// back from a timeline: the fields the trace draws, with the activity and key borrowed
+/// from the document instead of rebuilt as an attribution per fault (a trace may hold
+/// millions), and the whole record for the optional args.
 #[derive(Debug, Clone)]
-pub struct Fault<'t> {
+pub struct FaultView<'t> {
     /// Start of the fault, monotonic ns.
     pub ts_ns: u64,
     /// Process.
@@ -33,57 +29,75 @@ pub struct Fault<'t> {
     pub tid: u32,
     /// Kind (the trace draws copies and swap-ins; the others are counted).
     pub kind: FaultKind,
-    /// The fault happened in a fork child (the `role` field, else pid != target).
-    pub child: bool,
+    /// Side of the fork: the `role` field, else a child when pid != target.
+    pub role: Role,
     /// Redis command or server phase.
     pub activity: Option<&'t str>,
-    /// Key the command was working on.
+    /// Key the command was working on, as the timeline escapes it.
     pub key: Option<&'t str>,
-    /// How long the fault took.
+    /// How long the fault took (`None` when the timeline does not say: unlike 0, no
+    /// `latency_us` arg).
     pub latency_ns: Option<u64>,
     /// The whole record, for optional args.
     pub raw: &'t Value,
 }
 
-/// A `fork` event.
-#[derive(Debug, Clone)]
-pub struct Fork {
-    /// Time of `sched_process_fork`.
-    pub ts_ns: u64,
-    /// Forking process.
-    pub pid: u32,
-    /// Forking thread.
-    pub tid: u32,
-    /// New process.
-    pub child_pid: Option<u32>,
-    /// Epoch it opened.
-    pub epoch: Option<u64>,
+impl<'t> FaultView<'t> {
+    /// A fault element of a timeline's `events` whose target is `target_pid`, read
+    /// leniently: `None` for another kind or without `ts_ns` or `pid`; an absent, null
+    /// or mistyped optional field is unknown.
+    pub fn from_json(e: &'t Value, target_pid: u32) -> Option<FaultView<'t>> {
+        let kind = FaultKind::from_name(str_at(e, "kind")?)?;
+        let (ts_ns, pid) = (u64_at(e, "ts_ns")?, u32_at(e, "pid")?);
+        let role = str_at(e, "role")
+            .and_then(Role::from_name)
+            .unwrap_or(if pid == target_pid {
+                Role::Parent
+            } else {
+                Role::Child
+            });
+        Some(FaultView {
+            ts_ns,
+            pid,
+            tid: u32_at(e, "tid").unwrap_or(pid),
+            kind,
+            role,
+            activity: str_at(e, "activity"),
+            key: str_at(e, "key"),
+            latency_ns: u64_at(e, "latency_ns"),
+            raw: e,
+        })
+    }
+
+    /// The fault happened in a fork child.
+    pub fn child(&self) -> bool {
+        self.role == Role::Child
+    }
 }
 
-/// A `fork_return` event: the parent's libc `fork()` call, timed from its start.
+/// A `fork_return` record on the trace: the recorder's [`ForkReturn`], and whether the
+/// timeline gave the call's duration (a 0 ns call is still drawn; a record without a
+/// duration does not time the `fork()` slice).
 #[derive(Debug, Clone)]
-pub struct ForkReturn {
-    /// When the call started.
-    pub ts_ns: u64,
-    /// Process.
-    pub pid: u32,
-    /// Thread.
-    pub tid: u32,
-    /// Return value: the child pid, or -errno.
-    pub ret: Option<i64>,
-    /// How long the call took.
-    pub duration_ns: Option<u64>,
+pub struct ForkCall {
+    /// The record as read.
+    pub call: ForkReturn,
+    /// `duration_ns` was present.
+    pub timed: bool,
 }
 
-/// A `swap_level` event: how much of a process is in swap.
-#[derive(Debug, Clone)]
-pub struct SwapLevel {
-    /// Time of the change.
-    pub ts_ns: u64,
-    /// Owner of the memory.
-    pub pid: u32,
-    /// New amount in swap.
-    pub swap_bytes: u64,
+impl ForkCall {
+    /// The call's duration, when the timeline gave it.
+    pub fn duration_ns(&self) -> Option<u64> {
+        self.timed.then_some(self.call.duration_ns)
+    }
+}
+
+impl std::ops::Deref for ForkCall {
+    type Target = ForkReturn;
+    fn deref(&self) -> &ForkReturn {
+        &self.call
+    }
 }
 
 /// One fork epoch placed on the trace: the epoch as recorded, and where its slices end.
@@ -132,11 +146,11 @@ pub struct Parsed<'t> {
     /// Events without a timestamp or pid, or of an unknown kind.
     pub skipped_events: u64,
     /// Fault events.
-    pub faults: Vec<Fault<'t>>,
+    pub faults: Vec<FaultView<'t>>,
     /// `fork` events.
     pub forks: Vec<Fork>,
     /// `fork_return` events.
-    pub fork_returns: Vec<ForkReturn>,
+    pub fork_returns: Vec<ForkCall>,
     /// `swap_level` events.
     pub swap_levels: Vec<SwapLevel>,
     /// Number of `swap_write` events.
@@ -169,11 +183,11 @@ impl<'t> Parsed<'t> {
             epochs_skipped: 0,
             samples: Vec::new(),
         };
-        p.target_pid = u32_of(&v["target"], "pid")
-            .or_else(|| t.epochs().iter().find_map(|e| u32_of(e, "parent_pid")))
+        p.target_pid = u32_at(&v["target"], "pid")
+            .or_else(|| t.epochs().iter().find_map(|e| u32_at(e, "parent_pid")))
             .unwrap_or(0);
-        let comm = str_of(&v["target"], "comm").unwrap_or("target");
-        p.target_name = match str_of(&v["redis"], "version") {
+        let comm = str_at(&v["target"], "comm").unwrap_or("target");
+        p.target_name = match str_at(&v["redis"], "version") {
             Some(version) => format!("{comm} (Redis {version})"),
             None => comm.to_string(),
         };
@@ -185,13 +199,13 @@ impl<'t> Parsed<'t> {
         for s in t.samples() {
             p.sample(s);
         }
-        let trace_end = u64_of(&v["end"], "monotonic_end_ns");
+        let trace_end = u64_at(&v["end"], "monotonic_end_ns");
         p.see(trace_end);
         // Epoch ends need the latest time of the other records (for open epochs when the
         // timeline has no `end`), and are themselves part of it.
         for e in t.epochs() {
-            p.see(u64_of(e, "start_ns"));
-            p.see(u64_of(e, "end_ns"));
+            p.see(u64_at(e, "start_ns"));
+            p.see(u64_at(e, "end_ns"));
         }
         let open_end = trace_end.or(p.last_ns).unwrap_or(0);
         for (i, e) in t.epochs().iter().enumerate() {
@@ -213,57 +227,35 @@ impl<'t> Parsed<'t> {
 
     /// Reads one event; false when it is skipped.
     fn event(&mut self, e: &'t Value) -> bool {
-        let (Some(ts_ns), Some(pid), Some(kind)) =
-            (u64_of(e, "ts_ns"), u32_of(e, "pid"), str_of(e, "kind"))
+        let (Some(ts_ns), Some(_), Some(kind)) =
+            (u64_at(e, "ts_ns"), u32_at(e, "pid"), str_at(e, "kind"))
         else {
             return false;
         };
-        let tid = u32_of(e, "tid").unwrap_or(pid);
         self.see(Some(ts_ns));
-        if let Some(kind) = FaultKind::from_name(kind) {
-            let child = match str_of(e, "role") {
-                Some("child") => true,
-                Some("parent") => false,
-                _ => pid != self.target_pid,
-            };
-            self.faults.push(Fault {
-                ts_ns,
-                pid,
-                tid,
-                kind,
-                child,
-                activity: str_of(e, "activity"),
-                key: str_of(e, "key"),
-                latency_ns: u64_of(e, "latency_ns"),
-                raw: e,
-            });
+        if let Some(fault) = FaultView::from_json(e, self.target_pid) {
+            self.faults.push(fault);
             return true;
         }
         match kind {
-            "fork" => self.forks.push(Fork {
-                ts_ns,
-                pid,
-                tid,
-                child_pid: u32_of(e, "child_pid"),
-                epoch: u64_of(e, "epoch"),
-            }),
-            "fork_return" => {
-                let duration_ns = u64_of(e, "duration_ns");
-                self.see(duration_ns.map(|d| ts_ns.saturating_add(d)));
-                self.fork_returns.push(ForkReturn {
-                    ts_ns,
-                    pid,
-                    tid,
-                    ret: e.get("ret").and_then(Value::as_i64),
-                    duration_ns,
-                });
-            }
-            "swap_level" => match u64_of(e, "swap_bytes") {
-                Some(swap_bytes) => self.swap_levels.push(SwapLevel {
-                    ts_ns,
-                    pid,
-                    swap_bytes,
-                }),
+            "fork" => match Fork::from_json(e) {
+                Some(fork) => self.forks.push(fork),
+                None => return false,
+            },
+            "fork_return" => match ForkReturn::from_json(e) {
+                Some(call) => {
+                    let call = ForkCall {
+                        timed: u64_at(e, "duration_ns").is_some(),
+                        call,
+                    };
+                    self.see(call.duration_ns().map(|d| ts_ns.saturating_add(d)));
+                    self.fork_returns.push(call);
+                }
+                None => return false,
+            },
+            // A level without `swap_bytes` says nothing.
+            "swap_level" => match SwapLevel::from_json(e) {
+                Some(level) => self.swap_levels.push(level),
                 None => return false,
             },
             "swap_write" => self.swap_writes += 1,
@@ -288,5 +280,53 @@ impl<'t> Parsed<'t> {
             shown_end_ns: epoch.end_ns.unwrap_or(open_end).max(epoch.start_ns),
             epoch,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_written_fault_reads_back_as_a_view() {
+        let v = json!({"ts_ns": 5, "pid": 7, "tid": 8, "kind": "swap_in", "addr": 4096,
+                       "role": "child", "epoch": 0, "error_code": 4, "latency_ns": 900,
+                       "activity": "SET", "key": "k\\n"});
+        let f = FaultView::from_json(&v, 7).unwrap();
+        assert_eq!((f.ts_ns, f.pid, f.tid), (5, 7, 8));
+        assert_eq!((f.kind, f.role), (FaultKind::SwapIn, Role::Child));
+        assert_eq!((f.activity, f.key), (Some("SET"), Some("k\\n")));
+        assert_eq!(f.latency_ns, Some(900));
+        assert!(f.child() && std::ptr::eq(f.raw, &v));
+    }
+
+    #[test]
+    fn faults_without_time_or_pid_or_of_another_kind_are_not_read() {
+        for v in [
+            json!({"ts_ns": null, "pid": 1, "kind": "cow_copy"}),
+            json!({"ts_ns": 1, "kind": "cow_copy"}),
+            json!({"ts_ns": 1, "pid": -1, "kind": "cow_copy"}),
+            json!({"ts_ns": 1, "pid": 1, "kind": "fork"}),
+            json!({"ts_ns": 1, "pid": 1}),
+        ] {
+            assert!(FaultView::from_json(&v, 1).is_none(), "{v}");
+        }
+    }
+
+    #[test]
+    fn mistyped_optional_fault_fields_read_as_unknown() {
+        // No usable role: the side follows the pid.
+        let v = json!({"ts_ns": 1, "pid": 2, "tid": "x", "kind": "cow_copy", "role": 3,
+                       "activity": {}, "key": [1], "latency_ns": -1});
+        let f = FaultView::from_json(&v, 2).unwrap();
+        assert_eq!((f.tid, f.role), (2, Role::Parent));
+        assert_eq!((f.activity, f.key, f.latency_ns), (None, None, None));
+        let f = FaultView::from_json(&v, 9).unwrap();
+        assert_eq!(f.role, Role::Child);
+        let v = json!({"ts_ns": 1, "pid": 2, "kind": "cow_copy", "role": "sibling"});
+        assert_eq!(FaultView::from_json(&v, 9).unwrap().role, Role::Child);
+        assert_eq!(Role::from_name("parent"), Some(Role::Parent));
     }
 }

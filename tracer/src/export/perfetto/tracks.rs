@@ -4,15 +4,16 @@ use serde_json::{Map, Value};
 
 use super::{
     Builder,
-    input::{EpochSpan, Parsed},
+    input::{EpochSpan, ForkCall, Parsed},
 };
 
 /// Each `fork` event as an instant on the forking thread.
 pub fn fork_instants(b: &mut Builder, p: &Parsed) {
     for f in &p.forks {
         let mut args = Map::new();
-        if let Some(child) = f.child_pid {
-            args.insert("child_pid".into(), child.into());
+        // A timeline without the child reads as PID 0, which no child has.
+        if f.child_pid != 0 {
+            args.insert("child_pid".into(), f.child_pid.into());
         }
         if let Some(epoch) = f.epoch {
             args.insert("epoch".into(), epoch.into());
@@ -157,9 +158,7 @@ fn fork_call(b: &mut Builder, p: &Parsed, e: &EpochSpan) {
         return;
     }
     let syscall = e.child().and_then(|child| {
-        let mine = |r: &&super::input::ForkReturn| {
-            r.pid == e.parent_pid && r.ret == Some(i64::from(child))
-        };
+        let mine = |r: &&ForkCall| r.pid == e.parent_pid && r.ret == i64::from(child);
         p.fork_returns
             .iter()
             .filter(mine)
@@ -168,7 +167,7 @@ fn fork_call(b: &mut Builder, p: &Parsed, e: &EpochSpan) {
     });
     let syscall_ns = e
         .fork_duration_ns
-        .or_else(|| syscall.and_then(|r| r.duration_ns));
+        .or_else(|| syscall.and_then(ForkCall::duration_ns));
     let Some(dur) = e.fork_call_ns.or(syscall_ns) else {
         return;
     };
