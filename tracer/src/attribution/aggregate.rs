@@ -19,8 +19,8 @@ use super::{
     top_n::TopN,
 };
 use crate::{
-    classify::FaultKind,
-    counts::KindCounts,
+    analysis::classify::FaultKind,
+    analysis::counts::KindCounts,
     json_fields::{flag_at, u64_at},
 };
 

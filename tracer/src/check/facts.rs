@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 
 use super::verdicts::{self, Check};
 use crate::{
-    host::HostInfo,
+    kernel::host::HostInfo,
     kernel::loader::{self, ProbeOptions, Probes},
     kernel::tracefs,
     redis::{
@@ -22,7 +22,10 @@ pub fn gather(pid: Option<u32>, redis: Option<&str>) -> anyhow::Result<Vec<Check
     let mut checks = Vec::new();
     let euid = nix::unistd::geteuid().as_raw();
     let privileged = euid == 0;
-    checks.push(verdicts::privileges(euid, crate::privileges::effective()));
+    checks.push(verdicts::privileges(
+        euid,
+        crate::kernel::privileges::effective(),
+    ));
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -162,7 +165,7 @@ fn load_everything() -> Vec<Check> {
 /// Checks of one server process.
 fn server(pid: u32, conn: Option<RedisConn>, ram: u64) -> anyhow::Result<Vec<Check>> {
     let mut out = Vec::new();
-    let (info, _) = crate::target::describe(pid)?;
+    let (info, _) = crate::kernel::target::describe(pid)?;
     out.push(Check::pass(
         "target",
         format!("pid {pid} ({}, {})", info.comm, info.exe),
@@ -185,7 +188,7 @@ fn server(pid: u32, conn: Option<RedisConn>, ram: u64) -> anyhow::Result<Vec<Che
             "faults are counted without attribution",
         ),
     });
-    match crate::samples::read_proc_mem(pid) {
+    match crate::analysis::samples::read_proc_mem(pid) {
         Ok(m) => {
             let huge = m.anon_huge_bytes.unwrap_or(0);
             if huge > 0 {
@@ -275,8 +278,8 @@ fn attribution(pid: u32, redis: Option<&str>) -> Check {
             let i = &session.info;
             let mut detail = format!(
                 "{} {} ({} allocator): layout discovered and verified; phases: {}",
-                i.product,
-                i.version,
+                i.server.product,
+                i.server.version,
                 i.allocator.as_deref().unwrap_or("unknown"),
                 i.phases.join(", ")
             );

@@ -1,6 +1,6 @@
 //! Pure verdicts: facts in, [`Check`] out. Unit-tested without a kernel or a Redis.
 
-use crate::privileges::cap;
+use crate::kernel::privileges::cap;
 
 /// How a check came out. Ordered: the worst decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -20,7 +20,7 @@ use tracer_common::{
     ThreadSlot, counter, maps,
 };
 
-use crate::classify::Evidence;
+use crate::analysis::classify::Evidence;
 use crate::kernel::{
     btf,
     tracefs::{self, Format, TracefsError},

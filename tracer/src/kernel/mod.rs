@@ -4,7 +4,10 @@
 
 pub mod btf;
 pub mod events;
+pub mod host;
 pub mod libc_fork;
 pub mod loader;
+pub mod privileges;
 pub mod reader;
+pub mod target;
 pub mod tracefs;

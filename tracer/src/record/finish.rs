@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use super::{RecordOutcome, decide::EndReason, setup::Recorder};
 use crate::{
-    clock,
+    analysis::clock,
     timeline::{EndInfo, Trailer},
 };
 
@@ -111,8 +111,10 @@ impl Recorder<'_> {
             }
             self.warnings.push(w);
         }
-        let analyzer =
-            std::mem::replace(&mut self.analyzer, crate::analysis::Analyzer::new(0, None));
+        let analyzer = std::mem::replace(
+            &mut self.analyzer,
+            crate::analysis::stream::Analyzer::new(0, None),
+        );
         let (mut epochs, summary) = analyzer.finish(end_mono);
         for e in &mut epochs {
             if let (Some(r), Some(ours)) = (e.redis.as_mut(), e.fork_call_ns)

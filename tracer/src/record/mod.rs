@@ -12,13 +12,15 @@ pub mod decide;
 mod finish;
 mod run;
 mod setup;
+mod signals;
+pub mod status_line;
 mod target;
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
 
-use crate::{analysis::Summary, fork_epochs::Epoch};
+use crate::{analysis::fork_epochs::Epoch, analysis::stream::Summary};
 
 /// What to trace.
 #[derive(Debug, Clone)]
@@ -118,7 +120,7 @@ pub struct RecordOutcome {
 
 /// Runs one recording.
 pub fn record(opts: &RecordOptions) -> Result<RecordOutcome> {
-    crate::privileges::require().map_err(anyhow::Error::msg)?;
+    crate::kernel::privileges::require().map_err(anyhow::Error::msg)?;
     opts.validate()?;
     let mut recorder = setup::Recorder::setup(opts)?;
     let reason = recorder.run()?;

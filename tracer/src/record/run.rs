@@ -15,11 +15,11 @@ use super::{
     target::SERVER_INDEX,
 };
 use crate::{
-    analysis::{Fork, ForkReturn, Record},
-    clock,
+    analysis::clock,
+    analysis::stream::{Fork, ForkReturn, TimelineEvent},
     kernel::events::KernelEvent,
+    kernel::target::{self, ProcessId},
     redis::{info::redact_spec, locate},
-    target::{self, ProcessId},
     timeline::TargetInfo,
 };
 
@@ -106,7 +106,7 @@ impl Recorder<'_> {
     }
 
     /// Writes `record` unless `--max-events` / `--max-rate` leave it out.
-    pub(super) fn write(&mut self, record: &Record) -> Result<()> {
+    pub(super) fn write(&mut self, record: &TimelineEvent) -> Result<()> {
         if self.cap.admit(record)
             && let Some(t) = self.timeline.as_mut()
         {
@@ -116,10 +116,10 @@ impl Recorder<'_> {
     }
 
     /// Labels forks and tracks exits.
-    fn react(&mut self, record: &Record, ev: &KernelEvent) {
+    fn react(&mut self, record: &TimelineEvent, ev: &KernelEvent) {
         match (record, ev) {
             (
-                Record::Fork(Fork {
+                TimelineEvent::Fork(Fork {
                     child_pid,
                     epoch: Some(id),
                     ..
@@ -135,13 +135,13 @@ impl Recorder<'_> {
                 }
             }
             (
-                Record::ForkReturn(ForkReturn {
+                TimelineEvent::ForkReturn(ForkReturn {
                     epoch: Some(id), ..
                 }),
                 KernelEvent::ForkCall(call),
             ) => self.label_from_stack(*id, call),
             (
-                Record::Exit {
+                TimelineEvent::Exit {
                     pid,
                     process_exit: true,
                     ..
@@ -165,7 +165,7 @@ impl Recorder<'_> {
         match s.fork_reason(call) {
             Some((reason, source)) => {
                 s.expect_cow_size(child, &reason);
-                let info = crate::fork_epochs::EpochRedisInfo {
+                let info = crate::analysis::fork_epochs::EpochRedisInfo {
                     reason_source: source.into(),
                     ..Default::default()
                 };

@@ -21,9 +21,10 @@ use super::{
     target::{ForkProbe, SERVER_INDEX, Target},
 };
 use crate::{
-    analysis::{Analyzer, Record},
-    clock,
-    event_cap::EventCap,
+    analysis::clock,
+    analysis::event_cap::EventCap,
+    analysis::stream::{Analyzer, TimelineEvent},
+    kernel::target::{self, Launched, ProcessId},
     kernel::{
         events::KernelEvent,
         libc_fork,
@@ -31,9 +32,8 @@ use crate::{
         reader::{self, ReaderStats},
     },
     output_file::AtomicFile,
+    record::status_line::{Progress, StatusLine},
     redis::{info::parse_target, locate, session::Kernel},
-    status_line::{Progress, StatusLine},
-    target::{self, Launched, ProcessId},
     timeline::{RunInfo, TargetInfo, Writer},
 };
 
@@ -59,7 +59,7 @@ pub struct Recorder<'o> {
     /// Kernel records received while calibrating, to process before the next batch.
     pub(super) stash: Vec<KernelEvent>,
     /// Scratch: records yielded by one kernel event.
-    pub(super) records: Vec<Record>,
+    pub(super) records: Vec<TimelineEvent>,
     pub(super) cap: EventCap,
     pub(super) progress: Progress,
     pub(super) status: StatusLine,
@@ -99,7 +99,7 @@ impl<'o> Recorder<'o> {
         if let Some(p) = &opts.perfetto {
             temp_files.push(crate::output_file::temp_path(p));
         }
-        crate::signals::install(Arc::clone(&signalled), &temp_files)
+        crate::record::signals::install(Arc::clone(&signalled), &temp_files)
             .context("installing signal handlers")?;
         let mut probes = match Probes::attach(ProbeOptions {
             ring_buffer_bytes: opts.ring_buffer_mb << 20,
@@ -295,12 +295,12 @@ impl Drop for Recorder<'_> {
 pub(super) fn announce_attribution(s: &crate::redis::session::RedisSession) {
     eprintln!(
         "redis-memtrace: {} {} attribution on (layout discovered and verified; {} phases{})",
-        if s.info.product == "valkey" {
+        if s.info.server.product == "valkey" {
             "Valkey"
         } else {
             "Redis"
         },
-        s.info.version,
+        s.info.server.version,
         s.info.phases.len(),
         if s.info.client_search {
             ", parse-stage client search"
@@ -369,7 +369,7 @@ fn run_info(opts: &RecordOptions, probes: &Probes, start_mono: u64) -> RunInfo {
                 .evidence
                 .approximate_kinds()
                 .into_iter()
-                .map(crate::classify::FaultKind::name)
+                .map(crate::analysis::classify::FaultKind::name)
                 .collect::<Vec<_>>(),
             "attribution": opts.attribution,
             "key_max_bytes": opts.key_max,
@@ -380,6 +380,6 @@ fn run_info(opts: &RecordOptions, probes: &Probes, start_mono: u64) -> RunInfo {
             "max_rate": opts.max_rate,
             "key_salt_fingerprint": opts.keys.fingerprint(),
         }),
-        host: crate::host::HostInfo::read(),
+        host: crate::kernel::host::HostInfo::read(),
     }
 }

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    analysis::Analyzer,
+    analysis::samples::{Sample, Sampler},
+    analysis::stream::Analyzer,
+    kernel::target::{self, ProcessId},
     kernel::{
         libc_fork::{self, AfterExec},
         loader::Probes,
@@ -13,8 +15,6 @@ use crate::{
         info::{ConnSpec, RedisConn},
         session::{Kernel, RedisSession, SessionError},
     },
-    samples::{Sample, Sampler},
-    target::{self, ProcessId},
     timeline::{Segment, TargetInfo},
 };
 

@@ -37,7 +37,7 @@ use tracer_common::CalibrationTarget;
 use super::{
     info::{InfoError, RedisConn},
     objects::{ValueLayout, string_object},
-    remote::Memory,
+    process_memory::Memory,
     symbols::Symbol,
 };
 use crate::kernel::{events::KernelEvent, loader::Probes};
@@ -552,7 +552,11 @@ impl Calibration<'_> {
         let mut admin = open().ok_or(DiscoveryError::NoConnection)?;
         let windows = self.counter_windows(&mut admin)?;
         let seq = stat_numcommands_offset(&windows)?;
-        let tag = format!("{}:{}", std::process::id(), crate::clock::monotonic_ns());
+        let tag = format!(
+            "{}:{}",
+            std::process::id(),
+            crate::analysis::clock::monotonic_ns()
+        );
         let plans: [Vec<Vec<u8>>; 2] = [
             vec![
                 b"BLPOP".to_vec(),

@@ -841,7 +841,7 @@ mod tests {
         let _: String = ::redis::cmd("BGSAVE").query(conn.raw()).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let child = loop {
-            let kids = crate::target::children(server.pid);
+            let kids = crate::kernel::target::children(server.pid);
             if let Some(&k) = kids.first() {
                 break k;
             }

@@ -6,6 +6,6 @@ pub mod info;
 pub mod locate;
 pub mod objects;
 pub mod phases;
-pub mod remote;
+pub mod process_memory;
 pub mod session;
 pub mod symbols;

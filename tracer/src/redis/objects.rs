@@ -4,7 +4,7 @@
 
 use std::io;
 
-use super::remote::Memory;
+use super::process_memory::Memory;
 
 const OBJ_STRING: u32 = 0;
 const OBJ_ENCODING_RAW: u32 = 0;

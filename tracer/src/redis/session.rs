@@ -9,18 +9,20 @@ use std::{
 };
 
 use serde::Serialize;
+use serde_json::Value;
 use tracer_common::{ForkCallEvent, KEY_CAP, PHASE_RANGES, ServerLayout, features};
 
 use super::{
     discover::{Calibration, Discovered, DiscoveryError, walk_list},
     info::{ConnSpec, RedisConn},
     phases::{self, Range},
-    remote::{Memory, RemoteMemory},
+    process_memory::{Memory, ProcessMemory},
     symbols::{ServerSymbols, SymbolError},
 };
 use crate::{
-    analysis::AttributionOptions,
-    fork_epochs::EpochRedisInfo,
+    analysis::fork_epochs::EpochRedisInfo,
+    analysis::stream::AttributionOptions,
+    json_fields::{str_at, u64_at},
     kernel::{events::KernelEvent, loader::Probes},
 };
 
@@ -52,21 +54,44 @@ pub enum SessionError {
     Probe(#[from] crate::kernel::loader::LoadError),
 }
 
-/// What the timeline records about the Redis side of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct RedisRunInfo {
+/// Which server a run traced: the part of the timeline's `redis` object that every
+/// reader shows (written flattened into it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RedisIdentity {
     /// `redis` or `valkey` (from INFO).
     pub product: String,
-    /// The server's version (`valkey_version` for Valkey, else `redis_version`).
+    /// The server's version (`valkey_version` for Valkey, else `redis_version`); empty
+    /// when a file does not say.
     pub version: String,
-    /// The offsets attribution reads, as discovered and proved on this process.
-    pub layout: Discovered,
-    /// INFO `mem_allocator`.
-    pub allocator: Option<String>,
     /// INFO `role` at start.
     pub role: Option<String>,
     /// TCP port INFO was read on.
     pub port: Option<u16>,
+}
+
+impl RedisIdentity {
+    /// Reads a timeline's `redis` object leniently: absent or mistyped fields are
+    /// unknown (`product` is absent in files from before Valkey support: `redis`).
+    pub fn from_json(r: &Value) -> RedisIdentity {
+        RedisIdentity {
+            product: str_at(r, "product").unwrap_or("redis").to_string(),
+            version: str_at(r, "version").unwrap_or_default().to_string(),
+            role: str_at(r, "role").map(str::to_string),
+            port: u64_at(r, "port").and_then(|p| u16::try_from(p).ok()),
+        }
+    }
+}
+
+/// What the timeline records about the Redis side of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisRunInfo {
+    /// Product, version, role and port.
+    #[serde(flatten)]
+    pub server: RedisIdentity,
+    /// The offsets attribution reads, as discovered and proved on this process.
+    pub layout: Discovered,
+    /// INFO `mem_allocator`.
+    pub allocator: Option<String>,
     /// Observations that proved the layout.
     pub checks: Vec<String>,
     /// True when INFO was reachable.
@@ -96,7 +121,7 @@ impl std::fmt::Debug for RedisSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSession")
             .field("pid", &self.pid)
-            .field("version", &self.info.version)
+            .field("version", &self.info.server.version)
             .finish()
     }
 }
@@ -143,7 +168,7 @@ impl RedisSession {
                 None => "the server listens on no TCP port (pass --redis)".into(),
             })
         })?;
-        let mem = RemoteMemory::open(pid)?;
+        let mem = ProcessMemory::open(pid)?;
         let (discovered, _) = Calibration {
             pid,
             exe: symbols.exe.clone(),
@@ -187,11 +212,13 @@ impl RedisSession {
         kernel.probes.set_server(server, layout)?;
         let (product, version, allocator, role) = describe(&mut conn);
         let info = RedisRunInfo {
-            product: product.into(),
-            version,
+            server: RedisIdentity {
+                product: product.into(),
+                version,
+                role,
+                port: spec.as_ref().and_then(|s| s.tcp()).map(|(_, p)| p),
+            },
             allocator,
-            role,
-            port: spec.as_ref().and_then(|s| s.tcp()).map(|(_, p)| p),
             checks: discovered.checks.clone(),
             layout: discovered,
             info_reachable: true,
@@ -380,7 +407,7 @@ fn kernel_layout(
 /// table, where its reused memory would pass for a client.
 fn seed_live_clients(
     probes: &mut Probes,
-    mem: &RemoteMemory,
+    mem: &ProcessMemory,
     pid: u32,
     list_field: u64,
 ) -> Result<(), SessionError> {
@@ -436,5 +463,43 @@ fn child_title_reason(child: u32) -> Option<&'static str> {
         Some("module")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::RedisIdentity;
+
+    #[test]
+    fn the_identity_reads_back_what_it_writes() {
+        let id = RedisIdentity {
+            product: "valkey".into(),
+            version: "9.1.2".into(),
+            role: Some("master".into()),
+            port: Some(6379),
+        };
+        let written = serde_json::to_value(&id).unwrap();
+        assert_eq!(RedisIdentity::from_json(&written), id);
+    }
+
+    #[test]
+    fn the_identity_is_read_leniently() {
+        // A file from before Valkey support has no product; a hand-made one may have
+        // anything.
+        let old = RedisIdentity::from_json(&json!({"version": "7.0.15", "port": 6379}));
+        assert_eq!(
+            (old.product.as_str(), old.version.as_str(), old.port),
+            ("redis", "7.0.15", Some(6379))
+        );
+        let odd = RedisIdentity::from_json(&json!({"version": 7, "role": 1, "port": 70000}));
+        assert_eq!(
+            odd,
+            RedisIdentity {
+                product: "redis".into(),
+                ..RedisIdentity::default()
+            }
+        );
     }
 }

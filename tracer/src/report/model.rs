@@ -5,31 +5,19 @@
 use serde_json::Value;
 
 use super::rates::{Rates, rates};
-pub use crate::{
-    attribution::aggregate::{ActivityRow, AggregateReport, KeyRow, SlotRow},
-    counts::KindCounts,
-    fork_epochs::Epoch,
-    host::HostInfo,
-    samples::{InfoMem, Sample},
-};
 use crate::{
-    classify::FaultKind,
+    analysis::classify::FaultKind,
     json_fields::{str_at, u32_at, u64_at},
+    redis::session::RedisIdentity,
     timeline::read::Timeline,
 };
-
-/// The Redis server the run traced.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RedisInfo {
-    /// `redis_version`.
-    pub version: Option<String>,
-    /// `master` or `slave`.
-    pub role: Option<String>,
-    /// TCP port.
-    pub port: Option<u64>,
-    /// `redis` or `valkey` (absent in earlier files).
-    pub product: Option<String>,
-}
+pub use crate::{
+    analysis::counts::KindCounts,
+    analysis::fork_epochs::Epoch,
+    analysis::samples::{InfoMem, Sample},
+    attribution::aggregate::{ActivityRow, AggregateReport, KeyRow, SlotRow},
+    kernel::host::HostInfo,
+};
 
 /// Who, what and when: the report's header.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -41,7 +29,7 @@ pub struct Header {
     /// Its executable.
     pub exe: Option<String>,
     /// The Redis server, when the target was one.
-    pub redis: Option<RedisInfo>,
+    pub redis: Option<RedisIdentity>,
     /// `uname -r` of the recording host.
     pub kernel_release: Option<String>,
     /// Version of the recorder.
@@ -182,12 +170,10 @@ impl Model {
             pid: u64_at(&v["target"], "pid"),
             comm: text(&v["target"], "comm"),
             exe: text(&v["target"], "exe"),
-            redis: v.get("redis").filter(|r| r.is_object()).map(|r| RedisInfo {
-                version: text(r, "version"),
-                role: text(r, "role"),
-                port: u64_at(r, "port"),
-                product: text(r, "product"),
-            }),
+            redis: v
+                .get("redis")
+                .filter(|r| r.is_object())
+                .map(RedisIdentity::from_json),
             kernel_release: text(run, "kernel_release"),
             tracer_version: text(run, "tracer_version"),
             start_wall_ns: u64_at(run, "monotonic_start_ns").and_then(|m| t.wall_ns(m)),

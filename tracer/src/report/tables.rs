@@ -63,10 +63,10 @@ pub fn header(m: &Model, source: &str) -> Pairs {
         "redis",
         match &h.redis {
             Some(r) => {
-                let product = r.product.as_deref().unwrap_or("redis");
-                let mut s = match &r.version {
-                    Some(v) => format!("{product} {v}"),
-                    None => format!("{product}, version unknown"),
+                let mut s = if r.version.is_empty() {
+                    format!("{}, version unknown", r.product)
+                } else {
+                    format!("{} {}", r.product, r.version)
                 };
                 if let Some(role) = &r.role {
                     s.push_str(&format!(", {role}"));

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{RunInfo, SCHEMA_VERSION, TargetInfo, Trailer};
 use crate::{
-    analysis::{Fork, ForkReturn, Record, SwapLevel},
+    analysis::stream::{Fork, ForkReturn, SwapLevel, TimelineEvent},
     attribution::context::Attribution,
     output_file::AtomicFile,
 };
@@ -45,7 +45,7 @@ impl JsonTimeline {
     }
 
     /// Appends one record to `events`.
-    pub fn write_record(&mut self, record: &Record) -> io::Result<()> {
+    pub fn write_record(&mut self, record: &TimelineEvent) -> io::Result<()> {
         let out = self.file.writer();
         if !self.first {
             out.write_all(b",\n")?;
@@ -167,10 +167,10 @@ fn put_attribution<W: Write>(w: &mut W, at: &Attribution) -> io::Result<()> {
 }
 
 /// Writes one record as a JSON object. Hand-formatted: this runs for every event.
-pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
+pub fn write_record<W: Write>(w: &mut W, record: &TimelineEvent) -> io::Result<()> {
     use tracer_common::fault_flags as ff;
     match record {
-        Record::Fault {
+        TimelineEvent::Fault {
             ts_ns,
             pid,
             tid,
@@ -218,7 +218,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             }
             w.write_all(b"}")
         }
-        Record::Fork(Fork {
+        TimelineEvent::Fork(Fork {
             ts_ns,
             pid,
             tid,
@@ -229,7 +229,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"fork\",\"child_pid\":{child_pid},\"epoch\":{}}}",
             opt(*epoch)
         ),
-        Record::ForkReturn(ForkReturn {
+        TimelineEvent::ForkReturn(ForkReturn {
             ts_ns,
             pid,
             tid,
@@ -241,7 +241,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"fork_return\",\"ret\":{ret},\"duration_ns\":{duration_ns},\"epoch\":{}}}",
             opt(*epoch)
         ),
-        Record::Exit {
+        TimelineEvent::Exit {
             ts_ns,
             pid,
             tid,
@@ -252,7 +252,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"exit\",\"process_exit\":{process_exit},\"epoch\":{}}}",
             opt(*epoch)
         ),
-        Record::SwapLevel(SwapLevel {
+        TimelineEvent::SwapLevel(SwapLevel {
             ts_ns,
             pid,
             tid,
@@ -263,7 +263,7 @@ pub fn write_record<W: Write>(w: &mut W, record: &Record) -> io::Result<()> {
             "{{\"ts_ns\":{ts_ns},\"pid\":{pid},\"tid\":{tid},\"kind\":\"swap_level\",\"swap_bytes\":{bytes},\"delta_pages\":{}}}",
             delta_pages.map_or_else(|| "null".to_string(), |d| d.to_string())
         ),
-        Record::SwapWrite {
+        TimelineEvent::SwapWrite {
             ts_ns,
             pid,
             tid,
@@ -280,9 +280,9 @@ mod tests {
     use super::*;
     use crate::output_file::temp_path;
     use crate::{
-        analysis::{Analyzer, Summary},
-        classify::FaultKind,
-        fork_epochs::Role,
+        analysis::classify::FaultKind,
+        analysis::fork_epochs::Role,
+        analysis::stream::{Analyzer, Summary},
         timeline::{EndInfo, KernelCounters},
     };
     use std::fs;
@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn every_record_kind_is_valid_json_with_required_fields() {
         let records = [
-            Record::Fault {
+            TimelineEvent::Fault {
                 ts_ns: 5,
                 pid: 7,
                 tid: 8,
@@ -325,14 +325,14 @@ mod tests {
                 flags: tracer_common::fault_flags::MAJOR,
                 attribution: None,
             },
-            Record::Fork(Fork {
+            TimelineEvent::Fork(Fork {
                 ts_ns: 1,
                 pid: 7,
                 tid: 7,
                 child_pid: 9,
                 epoch: None,
             }),
-            Record::ForkReturn(ForkReturn {
+            TimelineEvent::ForkReturn(ForkReturn {
                 ts_ns: 1,
                 pid: 7,
                 tid: 7,
@@ -340,21 +340,21 @@ mod tests {
                 duration_ns: 4,
                 epoch: None,
             }),
-            Record::Exit {
+            TimelineEvent::Exit {
                 ts_ns: 1,
                 pid: 9,
                 tid: 9,
                 process_exit: true,
                 epoch: Some(0),
             },
-            Record::SwapLevel(SwapLevel {
+            TimelineEvent::SwapLevel(SwapLevel {
                 ts_ns: 1,
                 pid: 7,
                 tid: 7,
                 bytes: 4096,
                 delta_pages: None,
             }),
-            Record::SwapWrite {
+            TimelineEvent::SwapWrite {
                 ts_ns: 1,
                 pid: 7,
                 tid: 7,
@@ -387,7 +387,7 @@ mod tests {
         tl.write_header(&run(), &target()).unwrap();
         let an = Analyzer::new(7, None);
         for i in 0..3 {
-            tl.write_record(&Record::Exit {
+            tl.write_record(&TimelineEvent::Exit {
                 ts_ns: i,
                 pid: 7,
                 tid: 7,
@@ -442,12 +442,12 @@ mod tests {
 mod encoding {
     use super::*;
     use crate::{
+        analysis::classify::FaultKind,
+        analysis::fork_epochs::Role,
         attribution::{
             context::Attribution,
             keys::{KeyBytes, escape_key},
         },
-        classify::FaultKind,
-        fork_epochs::Role,
     };
     use proptest::prelude::*;
     use std::sync::Arc;
@@ -470,7 +470,7 @@ mod encoding {
             keys_in_command: Some(3),
             ..Attribution::phase("SET")
         });
-        let r = Record::Fault {
+        let r = TimelineEvent::Fault {
             ts_ns: u64::MAX,
             pid: 7,
             tid: 8,

@@ -7,7 +7,7 @@ pub mod read;
 
 use serde::Serialize;
 
-use crate::{analysis::Summary, fork_epochs::Epoch};
+use crate::{analysis::fork_epochs::Epoch, analysis::stream::Summary};
 
 /// A timeline being written, in the format the user chose.
 pub enum Writer {
@@ -36,7 +36,10 @@ impl Writer {
     }
 
     /// Writes one record.
-    pub fn write_record(&mut self, record: &crate::analysis::Record) -> std::io::Result<()> {
+    pub fn write_record(
+        &mut self,
+        record: &crate::analysis::stream::TimelineEvent,
+    ) -> std::io::Result<()> {
         match self {
             Writer::Json(w) => w.write_record(record),
             Writer::Ndjson(w) => w.write_record(record),
@@ -67,7 +70,7 @@ impl Writer {
     }
 }
 
-pub use crate::{kernel::loader::KernelCounters, target::TargetInfo};
+pub use crate::{kernel::loader::KernelCounters, kernel::target::TargetInfo};
 
 /// Version of the timeline format; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -88,7 +91,7 @@ pub struct RunInfo {
     /// Options the run was started with.
     pub options: serde_json::Value,
     /// RAM, swap, THP and VM settings of the host at start.
-    pub host: crate::host::HostInfo,
+    pub host: crate::kernel::host::HostInfo,
 }
 
 /// How the run ended.
@@ -118,12 +121,12 @@ pub struct Trailer {
     /// The Redis server, when the target is one.
     pub redis: Option<crate::redis::session::RedisRunInfo>,
     /// Memory samples (RSS, swap, INFO, vmstat) every `--interval`.
-    pub samples: Vec<crate::samples::Sample>,
+    pub samples: Vec<crate::analysis::samples::Sample>,
     /// Warnings printed during the run.
     pub warnings: Vec<String>,
     /// Fault records left out of `events` by `--max-events` / `--max-rate` (counts,
     /// epochs and aggregates still include them).
-    pub event_cap: crate::event_cap::CapReport,
+    pub event_cap: crate::analysis::event_cap::CapReport,
     /// The processes traced as the target, in order: one, or several with `--follow`
     /// when the server restarted.
     pub segments: Vec<Segment>,

@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{RunInfo, SCHEMA_VERSION, TargetInfo, Trailer, json};
-use crate::analysis::Record;
+use crate::analysis::stream::TimelineEvent;
 
 /// Where the lines go.
 enum Sink {
@@ -72,7 +72,7 @@ impl NdjsonTimeline {
     }
 
     /// Queues one record line.
-    pub fn write_record(&mut self, record: &Record) -> io::Result<()> {
+    pub fn write_record(&mut self, record: &TimelineEvent) -> io::Result<()> {
         json::write_record(&mut self.pending, record)?;
         self.pending.push(b'\n');
         if self.pending.len() >= FLUSH_AT {
@@ -156,7 +156,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..3 {
-            t.write_record(&Record::Fork(crate::analysis::Fork {
+            t.write_record(&TimelineEvent::Fork(crate::analysis::stream::Fork {
                 ts_ns: 10 + i,
                 pid: 7,
                 tid: 7,

@@ -5,17 +5,17 @@
 use serde_json::Value;
 
 pub use crate::{
-    analysis::{Fork, ForkReturn, SwapLevel},
-    classify::FaultKind,
-    fork_epochs::{Epoch, Role},
-    samples::Sample,
+    analysis::classify::FaultKind,
+    analysis::fork_epochs::{Epoch, Role},
+    analysis::samples::Sample,
+    analysis::stream::{Fork, ForkReturn, SwapLevel},
 };
 use crate::{
     json_fields::{str_at, u32_at, u64_at},
     timeline::read::Timeline,
 };
 
-/// A borrowed view of a fault ([`Record::Fault`](crate::analysis::Record::Fault)) read
+/// A borrowed view of a fault ([`TimelineEvent::Fault`](crate::analysis::stream::TimelineEvent::Fault)) read
 /// back from a timeline: the fields the trace draws, with the activity and key borrowed
 /// from the document instead of rebuilt as an attribution per fault (a trace may hold
 /// millions), and the whole record for the optional args.

@@ -2,7 +2,7 @@
 //! /proc/PID/smaps_rollup, Redis's own view from `INFO`, and machine-wide swap traffic
 //! from /proc/vmstat, taken by a background thread at a fixed interval.
 //!
-//! Every `ts_ns` is CLOCK_MONOTONIC ([`crate::clock::monotonic_ns`]), the clock of the
+//! Every `ts_ns` is CLOCK_MONOTONIC ([`crate::analysis::clock::monotonic_ns`]), the clock of the
 //! fault events, so samples and events share one time axis.
 //!
 //! Cost on the target: reading smaps_rollup walks the process's page tables under its
@@ -25,7 +25,7 @@ use procfs::process::{Process, SmapsRollup};
 use serde_json::Value;
 
 use crate::{
-    clock,
+    analysis::clock,
     json_fields::u64_at,
     redis::info::{Info, InfoError, RedisConn},
 };
@@ -308,7 +308,7 @@ impl Sample {
 /// something else.
 fn redis_child(pid: u32, server_comm: Option<&str>, have_children_file: bool) -> Option<u32> {
     let kids = if have_children_file {
-        crate::target::children(pid)
+        crate::kernel::target::children(pid)
     } else {
         // Without CONFIG_PROC_CHILDREN: find processes whose parent is `pid`.
         procfs::process::all_processes()

@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
+    analysis::classify::FaultKind,
+    analysis::counts::KindCounts,
     attribution::aggregate::AggregateReport,
-    classify::FaultKind,
-    counts::KindCounts,
     json_fields::{flag_at, i64_at, str_at, u32_at, u64_at},
 };
 

@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::analysis::{Record, SwapLevel};
+use crate::analysis::stream::{SwapLevel, TimelineEvent};
 
 /// What was capped, for the trailer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -46,11 +46,11 @@ impl EventCap {
     }
 
     /// Whether `record` is written.
-    pub fn admit(&mut self, record: &Record) -> bool {
+    pub fn admit(&mut self, record: &TimelineEvent) -> bool {
         let ts = match record {
-            Record::Fault { ts_ns, .. }
-            | Record::SwapLevel(SwapLevel { ts_ns, .. })
-            | Record::SwapWrite { ts_ns, .. } => *ts_ns,
+            TimelineEvent::Fault { ts_ns, .. }
+            | TimelineEvent::SwapLevel(SwapLevel { ts_ns, .. })
+            | TimelineEvent::SwapWrite { ts_ns, .. } => *ts_ns,
             _ => return true,
         };
         if self.report.max_events.is_some_and(|m| self.written >= m) {
@@ -81,10 +81,10 @@ impl EventCap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{classify::FaultKind, fork_epochs::Role};
+    use crate::{analysis::classify::FaultKind, analysis::fork_epochs::Role};
 
-    fn fault(ts_ns: u64) -> Record {
-        Record::Fault {
+    fn fault(ts_ns: u64) -> TimelineEvent {
+        TimelineEvent::Fault {
             ts_ns,
             pid: 1,
             tid: 1,
@@ -99,8 +99,8 @@ mod tests {
         }
     }
 
-    fn fork(ts_ns: u64) -> Record {
-        Record::Fork(crate::analysis::Fork {
+    fn fork(ts_ns: u64) -> TimelineEvent {
+        TimelineEvent::Fork(crate::analysis::stream::Fork {
             ts_ns,
             pid: 1,
             tid: 1,

@@ -3,7 +3,7 @@
 
 use std::{fs::File, os::unix::fs::FileExt};
 
-/// Reads of some process's memory: the live one ([`RemoteMemory`]) or, in tests, a
+/// Reads of some process's memory: the live one ([`ProcessMemory`]) or, in tests, a
 /// recorded image.
 pub trait Memory {
     /// Reads `buf.len()` bytes at `addr`.
@@ -33,20 +33,20 @@ pub trait Memory {
 
 /// Read access to a process's address space through `/proc/PID/mem`.
 #[derive(Debug)]
-pub struct RemoteMemory {
+pub struct ProcessMemory {
     file: File,
 }
 
-impl Memory for RemoteMemory {
+impl Memory for ProcessMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.file.read_exact_at(buf, addr)
     }
 }
 
-impl RemoteMemory {
+impl ProcessMemory {
     /// Opens `pid`'s memory (needs the same privileges as ptrace-attach; root has them).
-    pub fn open(pid: u32) -> std::io::Result<RemoteMemory> {
-        Ok(RemoteMemory {
+    pub fn open(pid: u32) -> std::io::Result<ProcessMemory> {
+        Ok(ProcessMemory {
             file: File::open(format!("/proc/{pid}/mem"))?,
         })
     }
@@ -61,7 +61,7 @@ mod tests {
     #[test]
     fn proc_mem_is_opened_read_only() {
         let target = 0x5a5a_5a5a_u64;
-        let m = RemoteMemory::open(std::process::id()).unwrap();
+        let m = ProcessMemory::open(std::process::id()).unwrap();
         assert_eq!(m.u64(std::ptr::addr_of!(target) as u64).unwrap(), target);
         let e = m
             .file

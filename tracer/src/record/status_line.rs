@@ -8,8 +8,8 @@ use std::{
 };
 
 use crate::{
-    analysis::{Fork, Record},
-    classify::FaultKind,
+    analysis::classify::FaultKind,
+    analysis::stream::{Fork, TimelineEvent},
 };
 
 /// What the line shows, updated from the records as they are written.
@@ -29,15 +29,15 @@ pub struct Progress {
 
 impl Progress {
     /// Counts one record.
-    pub fn observe(&mut self, record: &Record) {
+    pub fn observe(&mut self, record: &TimelineEvent) {
         self.events += 1;
         match record {
-            Record::Fault { kind, .. } => match kind {
+            TimelineEvent::Fault { kind, .. } => match kind {
                 FaultKind::CowCopy => self.cow += 1,
                 FaultKind::SwapIn => self.swap_in += 1,
                 _ => {}
             },
-            Record::Fork(Fork {
+            TimelineEvent::Fork(Fork {
                 child_pid,
                 epoch: Some(id),
                 ..
@@ -45,7 +45,7 @@ impl Progress {
                 self.epoch = Some((*id, *child_pid));
                 self.forks += 1;
             }
-            Record::Exit {
+            TimelineEvent::Exit {
                 pid,
                 process_exit: true,
                 ..
@@ -133,10 +133,10 @@ impl StatusLine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fork_epochs::Role;
+    use crate::analysis::fork_epochs::Role;
 
-    fn fault(kind: FaultKind) -> Record {
-        Record::Fault {
+    fn fault(kind: FaultKind) -> TimelineEvent {
+        TimelineEvent::Fault {
             ts_ns: 1,
             pid: 1,
             tid: 1,
@@ -158,7 +158,7 @@ mod tests {
         p.observe(&fault(FaultKind::CowCopy));
         p.observe(&fault(FaultKind::SwapIn));
         p.observe(&fault(FaultKind::FirstTouch));
-        p.observe(&Record::Fork(Fork {
+        p.observe(&TimelineEvent::Fork(Fork {
             ts_ns: 2,
             pid: 1,
             tid: 1,
@@ -174,7 +174,7 @@ mod tests {
         );
         // Another process's exit does not close the epoch; the child's does.
         for (pid, open) in [(8, true), (9, false)] {
-            p.observe(&Record::Exit {
+            p.observe(&TimelineEvent::Exit {
                 ts_ns: 3,
                 pid,
                 tid: pid,

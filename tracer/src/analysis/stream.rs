@@ -11,14 +11,14 @@ use tracer_common::{
 };
 
 use crate::{
+    analysis::classify::{Evidence, FaultKind, classify, classify_with, is_huge},
+    analysis::counts::KindCounts,
+    analysis::fork_epochs::{Epoch, ForkEpochs, Role},
     attribution::{
         aggregate::{AggregateReport, Aggregates},
         context::{Attribution, Attributor, PhaseRange, ThreadContext},
         pending::PendingFaults,
     },
-    classify::{Evidence, FaultKind, classify, classify_with, is_huge},
-    counts::KindCounts,
-    fork_epochs::{Epoch, ForkEpochs, Role},
     json_fields::{i64_at, str_at, u32_at, u64_at},
     kernel::events::KernelEvent,
 };
@@ -29,7 +29,7 @@ pub const PAGE_SIZE: u64 = 4096;
 /// One line of the timeline, derived from one kernel event. The kinds `export` reads back
 /// carry named types with a lenient `from_json` ([`Fork`], [`ForkReturn`], [`SwapLevel`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record {
+pub enum TimelineEvent {
     /// A classified page fault.
     Fault {
         /// Start of the fault (monotonic ns).
@@ -87,16 +87,16 @@ pub enum Record {
     },
 }
 
-impl Record {
+impl TimelineEvent {
     /// Timestamp of the record.
     pub fn ts_ns(&self) -> u64 {
         match self {
-            Record::Fault { ts_ns, .. }
-            | Record::Fork(Fork { ts_ns, .. })
-            | Record::ForkReturn(ForkReturn { ts_ns, .. })
-            | Record::Exit { ts_ns, .. }
-            | Record::SwapLevel(SwapLevel { ts_ns, .. })
-            | Record::SwapWrite { ts_ns, .. } => *ts_ns,
+            TimelineEvent::Fault { ts_ns, .. }
+            | TimelineEvent::Fork(Fork { ts_ns, .. })
+            | TimelineEvent::ForkReturn(ForkReturn { ts_ns, .. })
+            | TimelineEvent::Exit { ts_ns, .. }
+            | TimelineEvent::SwapLevel(SwapLevel { ts_ns, .. })
+            | TimelineEvent::SwapWrite { ts_ns, .. } => *ts_ns,
         }
     }
 }
@@ -295,7 +295,7 @@ struct AttributionState {
 
 #[derive(Debug)]
 struct PendingFault {
-    record: Record,
+    record: TimelineEvent,
     kind: FaultKind,
     epoch: Option<u32>,
 }
@@ -348,7 +348,12 @@ impl Analyzer {
     /// Epochs and totals so far are kept; the new server's attribution starts off until
     /// [`Analyzer::enable_attribution`] is called for it. The old server's waiting faults
     /// are written out.
-    pub fn retarget(&mut self, target: u32, target_swap_bytes: Option<u64>, out: &mut Vec<Record>) {
+    pub fn retarget(
+        &mut self,
+        target: u32,
+        target_swap_bytes: Option<u64>,
+        out: &mut Vec<TimelineEvent>,
+    ) {
         self.flush_pending(out);
         self.target = target;
         self.epochs.retarget(target);
@@ -383,7 +388,7 @@ impl Analyzer {
     }
 
     /// Writes out faults still waiting for their client's command (end of the run).
-    pub fn flush_pending(&mut self, out: &mut Vec<Record>) {
+    pub fn flush_pending(&mut self, out: &mut Vec<TimelineEvent>) {
         if let Some(a) = self.attribution.as_mut() {
             let released = a.pending.drain_all();
             a.release(released, out);
@@ -395,7 +400,7 @@ impl Analyzer {
         &mut self,
         id: u32,
         reason: Option<String>,
-        redis: Option<crate::fork_epochs::EpochRedisInfo>,
+        redis: Option<crate::analysis::fork_epochs::EpochRedisInfo>,
     ) {
         if let Some(e) = self.epochs.epochs_mut().get_mut(id as usize) {
             if reason.is_some() {
@@ -417,7 +422,7 @@ impl Analyzer {
     pub fn epoch_redis_mut(
         &mut self,
         child: u32,
-    ) -> Option<&mut crate::fork_epochs::EpochRedisInfo> {
+    ) -> Option<&mut crate::analysis::fork_epochs::EpochRedisInfo> {
         let e = self.epochs.epoch_of_child_mut(child)?;
         Some(e.redis.get_or_insert_with(Default::default))
     }
@@ -429,7 +434,7 @@ impl Analyzer {
 
     /// Processes one kernel event; appends the records it yields to `out` (none, one, or
     /// several when it releases faults that waited for a command).
-    pub fn process(&mut self, ev: &KernelEvent, out: &mut Vec<Record>) {
+    pub fn process(&mut self, ev: &KernelEvent, out: &mut Vec<TimelineEvent>) {
         self.summary.events_received += 1;
         self.last_ts = self.last_ts.max(ev.header().ts_ns);
         match ev {
@@ -442,7 +447,7 @@ impl Analyzer {
                     c.ret,
                     c.duration_ns,
                 );
-                out.push(Record::ForkReturn(ForkReturn {
+                out.push(TimelineEvent::ForkReturn(ForkReturn {
                     ts_ns: c.header.ts_ns,
                     pid: c.header.tgid,
                     tid: c.header.tid,
@@ -455,7 +460,7 @@ impl Analyzer {
             KernelEvent::SwapLevel(s) => out.push(self.swap_level(s)),
             KernelEvent::SwapWrite(w) => {
                 self.summary.swap.writes_on_traced_threads += 1;
-                out.push(Record::SwapWrite {
+                out.push(TimelineEvent::SwapWrite {
                     ts_ns: w.header.ts_ns,
                     pid: w.header.tgid,
                     tid: w.header.tid,
@@ -476,7 +481,7 @@ impl Analyzer {
         }
     }
 
-    fn context(&mut self, ev: &ContextEvent, out: &mut Vec<Record>) {
+    fn context(&mut self, ev: &ContextEvent, out: &mut Vec<TimelineEvent>) {
         self.summary.context_events += 1;
         let Some(a) = self.attribution.as_mut() else {
             return;
@@ -495,7 +500,7 @@ impl Analyzer {
         }
     }
 
-    fn fork(&mut self, f: &ForkEvent) -> Record {
+    fn fork(&mut self, f: &ForkEvent) -> TimelineEvent {
         self.retire_epoch_tables(f.header.ts_ns);
         let (parent, child) = (f.header.tgid, f.child_pid);
         let epoch = self
@@ -508,7 +513,7 @@ impl Analyzer {
         if let Some(&b) = self.swap_bytes.get(&parent) {
             self.swap_bytes.insert(child, b);
         }
-        Record::Fork(Fork {
+        TimelineEvent::Fork(Fork {
             ts_ns: f.header.ts_ns,
             pid: parent,
             tid: f.header.tid,
@@ -517,7 +522,7 @@ impl Analyzer {
         })
     }
 
-    fn exit(&mut self, e: &ExitEvent) -> Record {
+    fn exit(&mut self, e: &ExitEvent) -> TimelineEvent {
         let (pid, tid) = (e.header.tgid, e.header.tid);
         let process_exit = e.header.flags & exit_flags::GROUP_DEAD != 0;
         if pid == self.target
@@ -533,7 +538,7 @@ impl Analyzer {
         } else {
             None
         };
-        Record::Exit {
+        TimelineEvent::Exit {
             ts_ns: e.header.ts_ns,
             pid,
             tid,
@@ -542,7 +547,7 @@ impl Analyzer {
         }
     }
 
-    fn fault(&mut self, ev: &FaultEvent, out: &mut Vec<Record>) {
+    fn fault(&mut self, ev: &FaultEvent, out: &mut Vec<TimelineEvent>) {
         let (pid, tid, ts, flags) = (
             ev.header.tgid,
             ev.header.tid,
@@ -557,7 +562,7 @@ impl Analyzer {
         };
         let (role, epoch) = self.epochs.assign(pid, ts, kind);
         self.count(kind, role, flags);
-        let record = Record::Fault {
+        let record = TimelineEvent::Fault {
             ts_ns: ts,
             pid,
             tid,
@@ -619,7 +624,7 @@ impl Analyzer {
         s.faults_with_reclaim += count(ff::RECLAIM);
     }
 
-    fn swap_level(&mut self, ev: &SwapLevelEvent) -> Record {
+    fn swap_level(&mut self, ev: &SwapLevelEvent) -> TimelineEvent {
         let (pid, bytes) = (ev.header.tgid, ev.bytes);
         let previous = self.swap_bytes.insert(pid, bytes);
         let delta_pages = previous.map(|p| (bytes as i64 - p as i64) / PAGE_SIZE as i64);
@@ -633,7 +638,7 @@ impl Analyzer {
                 swap.pages_discarded += d.unsigned_abs();
             }
         }
-        Record::SwapLevel(SwapLevel {
+        TimelineEvent::SwapLevel(SwapLevel {
             ts_ns: ev.header.ts_ns,
             pid,
             tid: ev.header.tid,
@@ -706,11 +711,11 @@ impl AttributionState {
     /// Counts a fault and attaches its attribution.
     fn attribute(
         &mut self,
-        mut record: Record,
+        mut record: TimelineEvent,
         kind: FaultKind,
         epoch: Option<u32>,
         at: Option<Arc<Attribution>>,
-    ) -> Record {
+    ) -> TimelineEvent {
         self.total.add(kind, at.as_deref());
         // A fault of an epoch whose tables are retired (it began before the epoch ended
         // and completed after the next fork, RETIRE_AFTER_NS later) counts in the run's
@@ -722,14 +727,18 @@ impl AttributionState {
                 .or_insert_with(|| Aggregates::new(cap))
                 .add(kind, at.as_deref());
         }
-        if let Record::Fault { attribution, .. } = &mut record {
+        if let TimelineEvent::Fault { attribution, .. } = &mut record {
             *attribution = at;
         }
         record
     }
 
     /// Writes out released waiting faults with the attribution each got.
-    fn release(&mut self, released: Vec<(PendingFault, Arc<Attribution>)>, out: &mut Vec<Record>) {
+    fn release(
+        &mut self,
+        released: Vec<(PendingFault, Arc<Attribution>)>,
+        out: &mut Vec<TimelineEvent>,
+    ) {
         for (p, at) in released {
             out.push(self.attribute(p.record, p.kind, p.epoch, Some(at)));
         }
@@ -788,7 +797,7 @@ mod tests {
         })
     }
 
-    fn run(an: &mut Analyzer, events: &[KernelEvent]) -> Vec<Record> {
+    fn run(an: &mut Analyzer, events: &[KernelEvent]) -> Vec<TimelineEvent> {
         let mut out = Vec::new();
         for e in events {
             an.process(e, &mut out);
@@ -852,16 +861,15 @@ mod tests {
         assert_eq!(e.fork_call_ns, Some(77));
         assert_eq!(e.faults.parent.cow_copy, 1);
         assert_eq!(e.faults.child.cow_copy, 1);
-        assert!(
-            records
-                .iter()
-                .any(|r| matches!(r, Record::ForkReturn(ForkReturn { epoch: Some(0), .. })))
-        );
+        assert!(records.iter().any(|r| matches!(
+            r,
+            TimelineEvent::ForkReturn(ForkReturn { epoch: Some(0), .. })
+        )));
         // the reuse after the child exited belongs to no epoch
         let reuse = records.iter().find(|r| {
             matches!(
                 r,
-                Record::Fault {
+                TimelineEvent::Fault {
                     kind: FaultKind::WpReuse,
                     ..
                 }
@@ -869,7 +877,7 @@ mod tests {
         });
         assert!(matches!(
             reuse,
-            Some(Record::Fault {
+            Some(TimelineEvent::Fault {
                 epoch: None,
                 role: Role::Parent,
                 ..
@@ -890,7 +898,7 @@ mod tests {
         let first = run(&mut an, &[swap(1, 0, 8192)]);
         assert!(matches!(
             first[0],
-            Record::SwapLevel(SwapLevel {
+            TimelineEvent::SwapLevel(SwapLevel {
                 delta_pages: None,
                 ..
             })
@@ -898,7 +906,7 @@ mod tests {
         let second = run(&mut an, &[swap(2, 0, 0)]);
         assert!(matches!(
             second[0],
-            Record::SwapLevel(SwapLevel {
+            TimelineEvent::SwapLevel(SwapLevel {
                 delta_pages: Some(-2),
                 ..
             })
@@ -944,8 +952,8 @@ mod tests {
         KernelEvent::Context(Box::new(c))
     }
 
-    fn key_of(r: &Record) -> (String, Option<Vec<u8>>, Option<&'static str>) {
-        let Record::Fault {
+    fn key_of(r: &TimelineEvent) -> (String, Option<Vec<u8>>, Option<&'static str>) {
+        let TimelineEvent::Fault {
             attribution: Some(at),
             ..
         } = r
@@ -1075,7 +1083,7 @@ mod read_back {
     use crate::timeline::json::write_record;
 
     /// `record` as the recorder writes it.
-    fn written(record: &Record) -> Value {
+    fn written(record: &TimelineEvent) -> Value {
         let mut out = Vec::new();
         write_record(&mut out, record).unwrap();
         serde_json::from_slice(&out).unwrap()
@@ -1105,11 +1113,11 @@ mod read_back {
             bytes: 8192,
             delta_pages: Some(-2),
         };
-        let back = Fork::from_json(&written(&Record::Fork(fork.clone())));
+        let back = Fork::from_json(&written(&TimelineEvent::Fork(fork.clone())));
         assert_eq!(back, Some(fork));
-        let back = ForkReturn::from_json(&written(&Record::ForkReturn(call.clone())));
+        let back = ForkReturn::from_json(&written(&TimelineEvent::ForkReturn(call.clone())));
         assert_eq!(back, Some(call));
-        let back = SwapLevel::from_json(&written(&Record::SwapLevel(level.clone())));
+        let back = SwapLevel::from_json(&written(&TimelineEvent::SwapLevel(level.clone())));
         assert_eq!(back, Some(level));
     }
 

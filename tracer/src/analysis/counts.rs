@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::classify::FaultKind;
+use crate::analysis::classify::FaultKind;
 
 /// Number of faults of each kind. Serialized with the exact names other tools read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
