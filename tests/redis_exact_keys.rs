@@ -6,7 +6,7 @@
 //! while it reads and parses the overwrites (most of their copy-on-write) must go to the
 //! overwrite clients' own commands, never to a SETRANGE key; the SETRANGE keys must get
 //! exactly their P pages (+1 for the client's own reply and query buffers), within the
-//! allocator's bar (see [`Bar`]).
+//! bar (see [`MIN_EXACT`]), on every build.
 //!
 //! One recording per build; each combination of pipeline depth (1, 16, 1,000 commands)
 //! and overwrite clients (1, 10, 50) is one BGSAVE epoch of it. Valkey 9 parses a whole
@@ -30,8 +30,12 @@ const BIG_BYTES: usize = 16 * 4096;
 const OVERWRITES: usize = 20_000;
 const VALUE_BYTES: usize = 1024;
 
-/// What a build must reach.
-///
+/// What every build must reach: at least 294 of the 300 SETRANGE keys (98%) with exactly
+/// their pages (+1), precision of their page counts at least 0.99, recall at least
+/// [`MIN_RECALL`], and no overwritten key over [`MAX_PAGES_PER_OVERWRITE`].
+const MIN_EXACT: usize = 294;
+const MIN_PRECISION: f64 = 0.99;
+
 /// A SET of a 1 KiB value writes, of its own, at most: its three argument objects (short
 /// name and key, one page each at most; the value spans at most two), the argument array
 /// (1), the dict entry whose value pointer changes (1), the freed old value's allocator
@@ -42,35 +46,17 @@ const VALUE_BYTES: usize = 1024;
 /// - jemalloc refills or flushes a whole thread-cache bin at once, writing the metadata of
 ///   every slab involved (measured: bursts of up to 13 pages in one command);
 /// - glibc leaves chunks freed by one command in its unsorted bin until a later `malloc`
-///   sorts them, writing into their bin neighbours (measured: bursts of 6-13 scattered
-///   pages inside one command's parse, on up to 2% of the SETRANGE keys; the command
-///   table page that holds SETRANGE's call counters is copied by the epoch's first
-///   SETRANGE);
+///   sorts them, writing into each of them (bursts of 6-13 scattered pages inside one
+///   command). The tracer marks those faults `in_allocator` and keeps them off the key
+///   (this test counts keys as the key tables do). Without the marking, precision went
+///   down to 0.9875 on these builds and an overwritten key got up to 14 pages; with it,
+///   over 54 combinations, at least 0.9980 and 5 pages;
 /// - Valkey 9 grows a pipeline's command queue while it parses it.
 ///
 /// So an overwrite may carry its 10 pages plus one such burst; anything near a
-/// pipeline's worth (hundreds) is misattribution.
-#[derive(Debug, Clone, Copy)]
-struct Bar {
-    min_exact: usize,
-    min_precision: f64,
-    max_pages_per_overwrite: u64,
-}
-
-fn bar(build: &Build) -> Bar {
-    match build.allocator {
-        Allocator::Jemalloc => Bar {
-            min_exact: 294, // 98%
-            min_precision: 0.99,
-            max_pages_per_overwrite: 24,
-        },
-        Allocator::Libc => Bar {
-            min_exact: 285, // 95%
-            min_precision: 0.95,
-            max_pages_per_overwrite: 32,
-        },
-    }
-}
+/// pipeline's worth (hundreds) is misattribution. (The epoch's first SETRANGE also copies
+/// the command table page that holds SETRANGE's call counters: one key with 6 pages.)
+const MAX_PAGES_PER_OVERWRITE: u64 = 24;
 
 #[derive(Debug, Clone, Copy)]
 struct Combo {
@@ -163,19 +149,26 @@ fn run_combo(server: &Server, combo: usize, c: Combo) {
     server.wait_bgsave_done(Duration::from_secs(120));
 }
 
-/// Parent copy-on-write pages per key in epoch `epoch`.
-fn cow_pages_by_key(t: &Value, epoch: usize) -> BTreeMap<String, u64> {
+/// Parent copy-on-write pages per key in epoch `epoch`, as the key tables count them (a
+/// fault inside the allocator is its command's, not its key's), and how many faults
+/// inside the allocator were left out.
+fn cow_pages_by_key(t: &Value, epoch: usize) -> (BTreeMap<String, u64>, u64) {
     let mut out = BTreeMap::new();
+    let mut in_allocator = 0;
     for e in t["events"].as_array().unwrap() {
         if e["kind"] == "cow_copy"
             && e["role"] == "parent"
             && e["epoch"].as_u64() == Some(epoch as u64)
             && let Some(k) = e["key"].as_str()
         {
-            *out.entry(k.to_string()).or_default() += 1;
+            if e["in_allocator"] == true {
+                in_allocator += 1;
+            } else {
+                *out.entry(k.to_string()).or_default() += 1;
+            }
         }
     }
-    out
+    (out, in_allocator)
 }
 
 /// The faults of `key`, for a failure message: (kind, stage, kernel mode, page).
@@ -187,11 +180,12 @@ fn faults_of(t: &Value, key: &str) -> Vec<String> {
         .filter(|e| e["key"] == key)
         .map(|e| {
             format!(
-                "{} {} {} kernel_mode={} page={:x}",
+                "{} {} {} kernel_mode={} in_allocator={} page={:x}",
                 e["kind"],
                 e["activity"],
                 e["stage"],
                 e["kernel_mode"],
+                e["in_allocator"],
                 e["addr"].as_u64().unwrap_or(0) >> 12
             )
         })
@@ -274,13 +268,57 @@ fn score(pages: &BTreeMap<String, u64>, combo: usize) -> Score {
     }
 }
 
+/// The run's key and slot tables count `cow_copy` faults except those `in_allocator`,
+/// which only glibc builds have (the overwrites' allocations under the wrappers give
+/// hundreds to thousands). Slot counts are exact; a key row is exact within its `error`
+/// (the key sketch holds fewer keys than the run wrote).
+fn tables_leave_out_allocator_faults(t: &Value, build: &Build) {
+    let label = &build.label;
+    let events = t["events"].as_array().unwrap();
+    let in_allocator = events.iter().filter(|e| e["in_allocator"] == true).count();
+    match build.allocator {
+        Allocator::Libc => assert!(in_allocator > 0, "[{label}] no fault in the allocator"),
+        Allocator::Jemalloc => assert_eq!(in_allocator, 0, "[{label}]"),
+    }
+    let cow = |field: &str, value: &Value, allocator: bool| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "cow_copy" && &e[field] == value)
+            .filter(|e| allocator || e["in_allocator"] != true)
+            .count() as u64
+    };
+    let tables = &t["summary"]["attribution"];
+    for row in tables["top_slots_cow"].as_array().unwrap() {
+        let (counted, all) = (
+            cow("slot", &row["slot"], false),
+            cow("slot", &row["slot"], true),
+        );
+        assert_eq!(
+            row["pages"].as_u64(),
+            Some(counted),
+            "[{label}] slot {} ({all} with the allocator's)",
+            row["slot"]
+        );
+    }
+    for row in tables["top_keys_cow"].as_array().unwrap() {
+        let (pages, error) = (
+            row["pages"].as_u64().unwrap(),
+            row["error"].as_u64().unwrap(),
+        );
+        let counted = cow("key", &row["key"], false);
+        assert!(
+            (pages - error..=pages).contains(&counted),
+            "[{label}] {row}: {counted} pages outside the allocator"
+        );
+    }
+}
+
 #[test]
 fn setrange_keys_get_exactly_their_pages_while_others_pipeline_overwrites() {
     require_root();
     let mut failures = Vec::new();
     for build in attribution_builds() {
         let label = &build.label;
-        let bar = bar(&build);
         // The slow log copies a slow command's arguments (a preempted SETRANGE on this
         // busy 2-CPU machine can take 10 ms): real pages, but not the key's.
         let server = Server::start(&build, &["--slowlog-log-slower-than", "-1"]);
@@ -295,6 +333,7 @@ fn setrange_keys_get_exactly_their_pages_while_others_pipeline_overwrites() {
         let stderr = rec.stop();
         let t = read_timeline(&out);
         assert_eq!(t["lost_events"], 0, "[{label}] {stderr}");
+        tables_leave_out_allocator_faults(&t, &build);
         let epochs = t["epochs"].as_array().unwrap();
         assert_eq!(
             epochs.len(),
@@ -302,12 +341,13 @@ fn setrange_keys_get_exactly_their_pages_while_others_pipeline_overwrites() {
             "[{label}] one epoch per combination"
         );
         for (combo, c) in COMBOS.iter().enumerate() {
-            let s = score(&cow_pages_by_key(&t, combo), combo);
+            let (pages, in_allocator) = cow_pages_by_key(&t, combo);
+            let s = score(&pages, combo);
             eprintln!(
-                "[{label}] pipeline {:4}, {:2} clients: {}/{} SETRANGE keys exact, precision {:.4}, recall {:.4}, most pages on an overwritten key {:?}",
+                "[{label}] pipeline {:4}, {:2} clients: {}/{} SETRANGE keys exact, precision {:.4}, recall {:.4}, most pages on an overwritten key {:?}, {in_allocator} in the allocator",
                 c.pipeline, c.clients, s.exact, BIG_KEYS, s.precision, s.recall, s.worst_overwrite
             );
-            if s.exact < bar.min_exact || s.precision < bar.min_precision || s.recall < MIN_RECALL {
+            if s.exact < MIN_EXACT || s.precision < MIN_PRECISION || s.recall < MIN_RECALL {
                 let over: Vec<Vec<String>> = (0..BIG_KEYS)
                     .map(|i| big_key(combo, i))
                     .filter(|k| faults_of(&t, k).len() as u64 > PAGES_PER_KEY + 1)
@@ -327,7 +367,7 @@ fn setrange_keys_get_exactly_their_pages_while_others_pipeline_overwrites() {
                     "[{label}] {c:?}: {s:?}; keys with extra pages: {over:#?}; keys short of pages, with what took their other pages: {short:#?}"
                 ));
             }
-            if s.worst_overwrite.1 > bar.max_pages_per_overwrite {
+            if s.worst_overwrite.1 > MAX_PAGES_PER_OVERWRITE {
                 failures.push(format!(
                     "[{label}] {c:?}: {:?} has more pages than one overwrite can write: {:?}",
                     s.worst_overwrite,

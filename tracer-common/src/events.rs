@@ -47,6 +47,10 @@ pub mod fault_flags {
     pub const RECLAIM: u32 = 1 << 8;
     /// Internal: reclaim is running right now on the faulting thread.
     pub const IN_RECLAIM: u32 = 1 << 9;
+    /// A Redis server's fault taken inside its C library allocator (`malloc`, `free`,
+    /// ...) under a call from the server's allocator wrappers: the allocator's own
+    /// bookkeeping, or the block it was handing out.
+    pub const IN_ALLOCATOR: u32 = 1 << 10;
     /// Internal: a fault is in progress on the thread.
     pub const ACTIVE: u32 = 1 << 31;
     /// Bits that never leave the kernel.

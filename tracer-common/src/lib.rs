@@ -13,10 +13,10 @@ pub mod threads;
 pub use config::{CONFIG_GLOBAL, Config, FIELD_ABSENT};
 pub use events::*;
 pub use redis::{
-    CALIBRATION_CLIENT_CAP, CALIBRATION_SERVER_CAP, CLIENT_PROBES, CLIENT_SLOTS, CalibrationTarget,
-    ClientSlot, KEY_CAP, MAX_SERVERS, NAME_CAP, PHASE_CELL_BYTES, PHASE_CELLS_PER_WORD,
-    PHASE_RANGES, PHASE_TABLE_WORDS, STACK_WORDS, ServerLayout, client_home, client_slot_state,
-    context_flags, features, phase, phase_table_words,
+    ALLOCATOR_CELL, CALIBRATION_CLIENT_CAP, CALIBRATION_SERVER_CAP, CLIENT_PROBES, CLIENT_SLOTS,
+    CalibrationTarget, ClientSlot, KEY_CAP, MAX_SERVERS, NAME_CAP, PHASE_CELL_BYTES,
+    PHASE_CELLS_PER_WORD, PHASE_RANGES, PHASE_TABLE_WORDS, STACK_WORDS, ServerLayout, client_home,
+    client_slot_state, context_flags, features, phase, phase_table_words,
 };
 pub use threads::ThreadSlot;
 

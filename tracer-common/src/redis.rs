@@ -9,8 +9,12 @@ pub const KEY_CAP: usize = 256;
 /// Longest command or thread name the kernel copies.
 pub const NAME_CAP: usize = 32;
 /// Code ranges (functions) a [`ServerLayout`] can name as phases (a 4-bit cell holds the
-/// index plus one).
-pub const PHASE_RANGES: usize = 15;
+/// index plus one; [`ALLOCATOR_CELL`] is taken).
+pub const PHASE_RANGES: usize = 14;
+/// The phase-table cell value of the server's allocator wrappers (`zmalloc`, `zfree`, ...,
+/// the functions that call the C library's allocator): not a phase, but what tells a
+/// fault taken inside `malloc`/`free` from one in the code that called it.
+pub const ALLOCATOR_CELL: u64 = 0xf;
 /// Stack words scanned for return addresses when the main thread is outside a command.
 pub const STACK_WORDS: usize = 64;
 /// Entries of the client table (a power of two).
@@ -74,6 +78,10 @@ pub mod features {
     /// The client table is maintained (`linkClient`/`unlinkClient` probed): parse-stage
     /// faults look for their client.
     pub const CLIENT_SEARCH: u32 = 1 << 1;
+    /// The allocator is the C library's (outside the executable): a user-mode fault
+    /// whose instruction is outside the executable, under a frame of the allocator
+    /// wrappers ([`super::ALLOCATOR_CELL`]), is marked `IN_ALLOCATOR`.
+    pub const ALLOCATOR: u32 = 1 << 2;
 }
 
 /// Where a running Redis server keeps what attribution needs, in its own address space.
@@ -265,18 +273,26 @@ pub struct CalibrationTarget {
 const _: () = assert!(core::mem::size_of::<CalibrationTarget>() == 24);
 
 /// The phase table words of one binary, `(word offset, bits)` for the non-zero words:
-/// `ranges[i]` (run-time addresses, end exclusive) marks its cells with `i + 1`.
-pub fn phase_table_words(
+/// `ranges[i]` (run-time addresses, end exclusive) marks its cells with `i + 1`, each
+/// span of `allocator` with [`ALLOCATOR_CELL`].
+pub fn phase_table_words<'a>(
     text_lo: u64,
-    ranges: &[(u64, u64)],
-) -> impl Iterator<Item = (u64, u64)> + '_ {
-    ranges.iter().enumerate().flat_map(move |(i, &(lo, hi))| {
+    ranges: &'a [(u64, u64)],
+    allocator: &'a [(u64, u64)],
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    let phases = ranges
+        .iter()
+        .take(PHASE_RANGES)
+        .enumerate()
+        .map(|(i, &span)| (span, i as u64 + 1));
+    let wrappers = allocator.iter().map(|&span| (span, ALLOCATOR_CELL));
+    phases.chain(wrappers).flat_map(move |((lo, hi), value)| {
         let first = lo.saturating_sub(text_lo) / PHASE_CELL_BYTES;
         let last = hi.saturating_sub(1).saturating_sub(text_lo) / PHASE_CELL_BYTES;
         (first..=last).filter(move |_| hi > lo).map(move |cell| {
             let word = cell / PHASE_CELLS_PER_WORD;
             let shift = (cell % PHASE_CELLS_PER_WORD) * 4;
-            (word, ((i as u64 + 1) & 0xf) << shift)
+            (word, (value & 0xf) << shift)
         })
     })
 }

@@ -567,7 +567,7 @@ fn run_phases(b: &Bench, rounds: usize, seconds: f64) -> Result<(Vec<Series>, Ve
 }
 
 /// Runs the benchmark and prints the tables; writes `target/bench-fork.json`.
-pub fn bench_fork(rounds: usize, seconds: f64) -> Result<()> {
+pub fn bench_fork(rounds: usize, seconds: f64, build: &str) -> Result<()> {
     if !is_root() {
         bail!("bench-fork loads eBPF programs: run as root");
     }
@@ -577,7 +577,7 @@ pub fn bench_fork(rounds: usize, seconds: f64) -> Result<()> {
     interrupt::install();
     let stats = BpfStats::enable()?;
     let dir = scratch_dir("memtrace-bench-fork-")?;
-    let result = run_all(rounds, seconds, dir.path(), &stats);
+    let result = run_all(rounds, seconds, build, dir.path(), &stats);
     if interrupt::happened() {
         eprintln!("bench-fork: interrupted; server, fork child and tracer stopped");
     }
@@ -585,8 +585,8 @@ pub fn bench_fork(rounds: usize, seconds: f64) -> Result<()> {
 }
 
 /// Starts and fills the server, checks it can fork as planned.
-fn start_server() -> Result<Server> {
-    let server = Server::try_start(&servers::installed_build("redis-7.0")?, None, &[])?;
+fn start_server(build: &str) -> Result<Server> {
+    let server = Server::try_start(&servers::installed_build(build)?, None, &[])?;
     progress(&format!(
         "filling redis-server {} (pid {}) with {KEYS} keys of {VALUE_SIZE} B",
         server.build.version, server.pid
@@ -599,10 +599,10 @@ fn start_server() -> Result<Server> {
     Ok(server)
 }
 
-fn run_all(rounds: usize, seconds: f64, dir: &Path, stats: &BpfStats) -> Result<()> {
+fn run_all(rounds: usize, seconds: f64, build: &str, dir: &Path, stats: &BpfStats) -> Result<()> {
     let started = Instant::now();
     let mut b = Bench {
-        server: start_server()?,
+        server: start_server(build)?,
         timeline: dir.join("t.json"),
     };
     let (series, requests) = run_phases(&b, rounds, seconds)?;

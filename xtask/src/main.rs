@@ -77,6 +77,9 @@ enum Cmd {
         /// Seconds per window (sets each kind's request count from a warm-up run).
         #[arg(long, default_value_t = bench_fork::DEFAULT_SECONDS)]
         seconds: f64,
+        /// The server build to measure, by its label in the setup manifest.
+        #[arg(long, default_value = "redis-7.0")]
+        build: String,
     },
     /// The soak test for longer: redis-benchmark and a BGSAVE every 5 s under the tracer
     /// (the test suite runs it for 60 s).
@@ -223,9 +226,13 @@ fn main() -> Result<()> {
             build()?;
             bench_overhead::bench_overhead(requests, rounds, clients)
         }
-        Cmd::BenchFork { rounds, seconds } => {
+        Cmd::BenchFork {
+            rounds,
+            seconds,
+            build: label,
+        } => {
             build()?;
-            bench_fork::bench_fork(rounds, seconds)
+            bench_fork::bench_fork(rounds, seconds, &label)
         }
         Cmd::Soak { minutes } => {
             build()?;

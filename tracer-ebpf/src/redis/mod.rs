@@ -62,6 +62,12 @@ pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64, user_regs: u6
     let (client, seq) = client_and_seq(layout);
     match (client, seq) {
         (Some(c), Some(s)) if c != 0 => {
+            if user_regs != 0
+                && layout.features & tracer_common::features::ALLOCATOR != 0
+                && phase::in_allocator_at(layout, user_regs)
+            {
+                slot.flags |= tracer_common::fault_flags::IN_ALLOCATOR;
+            }
             // A new `argv` is a new command even with the same client and counter: EXEC
             // runs its first queued command before counting itself.
             let args = args::own(c, layout);

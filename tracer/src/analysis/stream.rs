@@ -716,7 +716,9 @@ impl AttributionState {
         epoch: Option<u32>,
         at: Option<Arc<Attribution>>,
     ) -> TimelineEvent {
-        self.total.add(kind, at.as_deref());
+        let in_allocator =
+            matches!(record, TimelineEvent::Fault { flags, .. } if flags & ff::IN_ALLOCATOR != 0);
+        self.total.add(kind, at.as_deref(), in_allocator);
         // A fault of an epoch whose tables are retired (it began before the epoch ended
         // and completed after the next fork, RETIRE_AFTER_NS later) counts in the run's
         // tables only.
@@ -725,7 +727,7 @@ impl AttributionState {
             self.per_epoch
                 .entry(id)
                 .or_insert_with(|| Aggregates::new(cap))
-                .add(kind, at.as_deref());
+                .add(kind, at.as_deref(), in_allocator);
         }
         if let TimelineEvent::Fault { attribution, .. } = &mut record {
             *attribution = at;

@@ -197,8 +197,10 @@ impl Aggregates {
         }
     }
 
-    /// Adds one fault.
-    pub fn add(&mut self, kind: FaultKind, at: Option<&Attribution>) {
+    /// Adds one fault. A fault taken inside the allocator (`in_allocator`) counts for its
+    /// activity only: its page is the allocator's bookkeeping or the block it was
+    /// handing out, not the key's data.
+    pub fn add(&mut self, kind: FaultKind, at: Option<&Attribution>, in_allocator: bool) {
         let Some(at) = at else {
             self.unattributed.add(kind);
             return;
@@ -219,6 +221,7 @@ impl Aggregates {
         };
         entry.1.add(kind);
         let (keys, slots) = match kind {
+            _ if in_allocator => return,
             FaultKind::CowCopy => (&mut self.keys_cow, &mut self.slots_cow),
             FaultKind::SwapIn => (&mut self.keys_swap_in, &mut self.slots_swap_in),
             _ => return,
@@ -308,13 +311,17 @@ mod tests {
     fn counts_keys_slots_and_activities() {
         let mut agg = Aggregates::new(100);
         for _ in 0..5 {
-            agg.add(FaultKind::CowCopy, Some(&set("hot:1")));
+            agg.add(FaultKind::CowCopy, Some(&set("hot:1")), false);
         }
-        agg.add(FaultKind::CowCopy, Some(&set("{tag}a")));
-        agg.add(FaultKind::CowCopy, Some(&set("{tag}b")));
-        agg.add(FaultKind::SwapIn, Some(&set("cold")));
-        agg.add(FaultKind::FirstTouch, Some(&Attribution::phase("cron")));
-        agg.add(FaultKind::CowCopy, None);
+        agg.add(FaultKind::CowCopy, Some(&set("{tag}a")), false);
+        agg.add(FaultKind::CowCopy, Some(&set("{tag}b")), false);
+        agg.add(FaultKind::SwapIn, Some(&set("cold")), false);
+        agg.add(
+            FaultKind::FirstTouch,
+            Some(&Attribution::phase("cron")),
+            false,
+        );
+        agg.add(FaultKind::CowCopy, None, false);
         let r = agg.report(10);
         assert_eq!(r.by_activity[0].activity, "SET");
         assert_eq!(r.by_activity[0].faults.cow_copy, 7);
@@ -339,12 +346,27 @@ mod tests {
     }
 
     #[test]
+    fn allocator_faults_count_for_the_command_not_the_key() {
+        let mut agg = Aggregates::new(100);
+        agg.add(FaultKind::CowCopy, Some(&set("big")), false);
+        for _ in 0..9 {
+            agg.add(FaultKind::CowCopy, Some(&set("big")), true);
+        }
+        let r = agg.report(10);
+        assert_eq!(r.by_activity[0].faults.cow_copy, 10);
+        assert_eq!(r.top_keys_cow.len(), 1);
+        assert_eq!(r.top_keys_cow[0].pages, 1);
+        assert_eq!(r.top_slots_cow[0].pages, 1);
+    }
+
+    #[test]
     fn activities_are_bounded() {
         let mut agg = Aggregates::new(10);
         for i in 0..(MAX_ACTIVITIES + 50) {
             agg.add(
                 FaultKind::Other,
                 Some(&Attribution::phase(&format!("p{i}"))),
+                false,
             );
         }
         let r = agg.report(5);

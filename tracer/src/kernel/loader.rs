@@ -387,6 +387,7 @@ impl Probes {
         id: (u64, u64),
         text: (u64, u64),
         ranges: &[(u64, u64)],
+        allocator: &[(u64, u64)],
     ) -> Result<u32, LoadError> {
         use tracer_common::{PHASE_CELL_BYTES, PHASE_CELLS_PER_WORD, PHASE_TABLE_WORDS};
         if let Some(&(_, base)) = self.phase_binaries.iter().find(|(b, _)| *b == id) {
@@ -402,7 +403,7 @@ impl Probes {
             ));
         }
         let mut merged: std::collections::BTreeMap<u64, u64> = Default::default();
-        for (word, bits) in tracer_common::phase_table_words(text.0, ranges) {
+        for (word, bits) in tracer_common::phase_table_words(text.0, ranges, allocator) {
             *merged.entry(word).or_default() |= bits;
         }
         let mut table: Array<_, u64> = map_mut(&mut self.ebpf, maps::PHASE_TABLE)?;

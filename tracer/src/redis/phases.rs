@@ -81,6 +81,79 @@ pub fn ranges(symbols: &ServerSymbols) -> Vec<Range> {
     out
 }
 
+/// The server's allocator wrappers: every function of `zmalloc.c` that calls the C
+/// library's `malloc`, `calloc`, `realloc` or `free` (names of Redis 6.2 to 8 and
+/// Valkey 7 to 9; compiler clones such as `zmalloc_usable.constprop.0` included).
+const ALLOCATOR_WRAPPERS: &[&str] = &[
+    "zmalloc",
+    "ztrymalloc",
+    "zmalloc_usable",
+    "ztrymalloc_usable",
+    "ztrymalloc_usable_internal",
+    "zmalloc_no_tcache",
+    "zmalloc_cache_aligned",
+    "zcalloc",
+    "ztrycalloc",
+    "zcalloc_usable",
+    "ztrycalloc_usable",
+    "zcalloc_num",
+    "zrealloc",
+    "ztryrealloc",
+    "zrealloc_usable",
+    "ztryrealloc_usable",
+    "ztryrealloc_usable_internal",
+    "zfree",
+    "zfree_usable",
+    "zfree_with_size",
+    "zfree_no_tcache",
+    "zlibc_free",
+    "zstrdup",
+    "valkey_malloc",
+    "valkey_malloc_cache_aligned",
+    "valkey_calloc",
+    "valkey_realloc",
+    "valkey_free",
+];
+
+/// The C library's allocator functions, whose PLT stubs count as wrappers: a build that
+/// inlines `zfree` (Valkey 9) calls `free` from everywhere, through its stub.
+const LIBC_ALLOCATOR: &[&str] = &[
+    "malloc",
+    "calloc",
+    "realloc",
+    "free",
+    "posix_memalign",
+    "aligned_alloc",
+    "memalign",
+];
+
+/// The code that counts as the allocator's in `symbols`: its wrappers and the PLT stubs
+/// of the C library's allocator.
+pub fn allocator_code(symbols: &ServerSymbols) -> Vec<(u64, u64)> {
+    let mut spans = allocator_wrappers(symbols.functions());
+    spans.extend(
+        LIBC_ALLOCATOR
+            .iter()
+            .filter_map(|n| symbols.plt_stub(n))
+            .map(|s| (s.addr, s.addr + s.size)),
+    );
+    spans
+}
+
+/// The code of the allocator wrappers in `functions` (run-time start, size, name), as
+/// spans for the phase table.
+pub fn allocator_wrappers<'a>(
+    functions: impl IntoIterator<Item = (u64, u64, &'a str)>,
+) -> Vec<(u64, u64)> {
+    functions
+        .into_iter()
+        .filter(|(_, size, name)| {
+            *size > 0 && ALLOCATOR_WRAPPERS.contains(&name.split('.').next().unwrap_or(name))
+        })
+        .map(|(addr, size, _)| (addr, addr + size))
+        .collect()
+}
+
 /// Why Redis forked, from the return addresses on the stack of its `fork()` call (the
 /// functions that call `redisFork`/`serverFork` are named for what they do).
 pub fn fork_reason<'a>(functions: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
@@ -112,6 +185,22 @@ pub fn fork_reason<'a>(functions: impl IntoIterator<Item = &'a str>) -> Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocator_wrappers_are_the_zmalloc_functions_and_their_clones() {
+        let functions = [
+            (0x100, 0x40, "ztrymalloc_usable"),
+            (0x140, 0x20, "zfree"),
+            (0x160, 0x30, "createPidFile"),
+            (0x190, 0x10, "zmalloc_usable.constprop.0"),
+            (0x1a0, 0x10, "zmalloc_used_memory"),
+            (0x1b0, 0, "zcalloc"),
+        ];
+        assert_eq!(
+            allocator_wrappers(functions),
+            vec![(0x100, 0x140), (0x140, 0x160), (0x190, 0x1a0)]
+        );
+    }
 
     #[test]
     fn fork_callers_name_the_reason() {

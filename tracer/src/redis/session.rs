@@ -193,12 +193,14 @@ impl RedisSession {
                 false
             }
         };
+        let (product, version, allocator, role) = describe(&mut conn);
         let ranges = phases::ranges(&symbols);
         let spans: Vec<(u64, u64)> = ranges.iter().map(|r| (r.lo, r.hi)).collect();
+        let wrappers = phases::allocator_code(&symbols);
         let phase_base =
             kernel
                 .probes
-                .load_phase_table(symbols.identity()?, symbols.text, &spans)?;
+                .load_phase_table(symbols.identity()?, symbols.text, &spans, &wrappers)?;
         let mut layout = kernel_layout(
             pid,
             server_sym.addr,
@@ -209,8 +211,12 @@ impl RedisSession {
             client_search,
         );
         layout.phase_base = phase_base;
+        // Only an allocator outside the executable is told apart (by where the faulting
+        // instruction is); jemalloc builds link theirs in.
+        if allocator.as_deref().is_some_and(|a| a.starts_with("libc")) && !wrappers.is_empty() {
+            layout.features |= features::ALLOCATOR;
+        }
         kernel.probes.set_server(server, layout)?;
-        let (product, version, allocator, role) = describe(&mut conn);
         let info = RedisRunInfo {
             server: RedisIdentity {
                 product: product.into(),

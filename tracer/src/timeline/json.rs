@@ -215,6 +215,9 @@ pub fn write_record<W: Write>(w: &mut W, record: &TimelineEvent) -> io::Result<(
             put_bool(w, b(ff::RECLAIM))?;
             if let Some(at) = attribution {
                 put_attribution(w, at)?;
+                if b(ff::IN_ALLOCATOR) {
+                    w.write_all(b",\"in_allocator\":true")?;
+                }
             }
             w.write_all(b"}")
         }
