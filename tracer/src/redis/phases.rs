@@ -115,31 +115,6 @@ const ALLOCATOR_WRAPPERS: &[&str] = &[
     "valkey_free",
 ];
 
-/// The C library's allocator functions, whose PLT stubs count as wrappers: a build that
-/// inlines `zfree` (Valkey 9) calls `free` from everywhere, through its stub.
-const LIBC_ALLOCATOR: &[&str] = &[
-    "malloc",
-    "calloc",
-    "realloc",
-    "free",
-    "posix_memalign",
-    "aligned_alloc",
-    "memalign",
-];
-
-/// The code that counts as the allocator's in `symbols`: its wrappers and the PLT stubs
-/// of the C library's allocator.
-pub fn allocator_code(symbols: &ServerSymbols) -> Vec<(u64, u64)> {
-    let mut spans = allocator_wrappers(symbols.functions());
-    spans.extend(
-        LIBC_ALLOCATOR
-            .iter()
-            .filter_map(|n| symbols.plt_stub(n))
-            .map(|s| (s.addr, s.addr + s.size)),
-    );
-    spans
-}
-
 /// The code of the allocator wrappers in `functions` (run-time start, size, name), as
 /// spans for the phase table.
 pub fn allocator_wrappers<'a>(

@@ -196,7 +196,7 @@ impl RedisSession {
         let (product, version, allocator, role) = describe(&mut conn);
         let ranges = phases::ranges(&symbols);
         let spans: Vec<(u64, u64)> = ranges.iter().map(|r| (r.lo, r.hi)).collect();
-        let wrappers = phases::allocator_code(&symbols);
+        let wrappers = phases::allocator_wrappers(symbols.functions());
         let phase_base =
             kernel
                 .probes

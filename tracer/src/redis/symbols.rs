@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf};
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable};
+use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// Errors reading a server's symbols.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +52,6 @@ pub struct ServerSymbols {
     symbols: HashMap<String, Symbol>,
     /// Function symbols by run-time address, for naming return addresses.
     by_addr: Vec<(u64, u64, String)>,
-    /// PLT stubs by the name of the library function they jump to.
-    plt: HashMap<String, Symbol>,
 }
 
 impl ServerSymbols {
@@ -113,20 +111,13 @@ impl ServerSymbols {
         }
         by_addr.sort();
         by_addr.dedup_by_key(|s| s.0);
-        let plt = plt_stubs(&file, bias);
         Ok(ServerSymbols {
             exe,
             bias,
             text: if text.0 < text.1 { text } else { (0, 0) },
             symbols,
             by_addr,
-            plt,
         })
-    }
-
-    /// The PLT stub through which the executable calls library function `name`.
-    pub fn plt_stub(&self, name: &str) -> Option<Symbol> {
-        self.plt.get(name).copied()
     }
 
     /// (device, inode) of the executable: the same build in two processes is one binary.
@@ -163,83 +154,5 @@ impl ServerSymbols {
     /// True when the binary exports nothing usable.
     pub fn is_empty(&self) -> bool {
         self.symbols.is_empty()
-    }
-}
-
-/// Bytes of a PLT entry (`.plt`, `.plt.sec`; `.plt.got` entries are 8 or 16).
-const PLT_ENTRY: u64 = 16;
-
-/// The PLT stubs of `file` by the library function they jump to, at run-time addresses.
-/// A stub is an indirect jump through a GOT slot (`ff 25 disp32`, after an optional
-/// `endbr64` and `bnd` prefix); the dynamic relocation of that slot names the function.
-/// Stubs have no symbols of their own.
-fn plt_stubs(file: &object::File, bias: u64) -> HashMap<String, Symbol> {
-    let mut slots = HashMap::new();
-    if let (Some(relocs), Some(dynsym)) = (file.dynamic_relocations(), file.dynamic_symbol_table())
-    {
-        for (slot, reloc) in relocs {
-            if let object::RelocationTarget::Symbol(i) = reloc.target()
-                && let Ok(name) = dynsym.symbol_by_index(i).and_then(|s| s.name())
-            {
-                slots.insert(slot, name.to_string());
-            }
-        }
-    }
-    let mut out = HashMap::new();
-    for section in file.sections() {
-        if !section.name().is_ok_and(|n| n.starts_with(".plt")) {
-            continue;
-        }
-        let (Ok(data), base) = (section.data(), section.address()) else {
-            continue;
-        };
-        let entry = if section.name() == Ok(".plt.got") {
-            8
-        } else {
-            PLT_ENTRY
-        };
-        for start in (0..data.len() as u64).step_by(entry as usize) {
-            let bytes = &data[start as usize..data.len().min((start + entry) as usize)];
-            let Some(at) = bytes.windows(2).position(|w| w == [0xff, 0x25]) else {
-                continue;
-            };
-            let Some(disp) = bytes.get(at + 2..at + 6) else {
-                continue;
-            };
-            let disp = i32::from_le_bytes([disp[0], disp[1], disp[2], disp[3]]);
-            let next = base + start + at as u64 + 6;
-            if let Some(name) = slots.get(&next.wrapping_add_signed(i64::from(disp))) {
-                out.entry(name.clone()).or_insert(Symbol {
-                    addr: (base + start).wrapping_add(bias),
-                    size: entry,
-                });
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Any dynamically linked system binary calls `malloc` and `free` through its PLT.
-    #[test]
-    fn plt_stubs_jump_through_the_slot_of_their_function() {
-        let data = std::fs::read("/usr/bin/ls").unwrap();
-        let file = object::File::parse(&*data).unwrap();
-        let stubs = plt_stubs(&file, 0);
-        let (free, malloc) = (stubs["free"], stubs["malloc"]);
-        assert_ne!(free.addr, malloc.addr);
-        for stub in [free, malloc] {
-            let section = file
-                .sections()
-                .find(|s| (s.address()..s.address() + s.size()).contains(&stub.addr))
-                .unwrap();
-            assert!(section.name().unwrap().starts_with(".plt"), "{stub:?}");
-            let at = (stub.addr - section.address()) as usize;
-            let bytes = &section.data().unwrap()[at..at + stub.size as usize];
-            assert!(bytes.windows(2).any(|w| w == [0xff, 0x25]), "{bytes:x?}");
-        }
     }
 }
