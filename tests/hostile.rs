@@ -73,11 +73,15 @@ fn wait_gone(pid: u32, limit: Duration) -> bool {
     true
 }
 
-/// The faults of one timeline that the other has not, each as tid, address, error code,
-/// kind and entry time: what tells two tracers' disagreement apart (a missed completion,
-/// an evidence hook skipped, a boundary).
+/// One fault as [`fault_differences`] compares it: tid, address, error code, kind, and
+/// entry time (which is not compared: two tracers stamp the same fault differently).
+type Fault = (u64, u64, u64, String, u64);
+
+/// The faults of one timeline that the other has not, each as a [`Fault`]: what tells
+/// two tracers' disagreement apart (a missed completion, an evidence hook skipped, a
+/// boundary).
 fn fault_differences(a: &Value, b: &Value) -> String {
-    let faults = |t: &Value| -> Vec<(u64, u64, u64, String, u64)> {
+    let faults = |t: &Value| -> Vec<Fault> {
         let mut v: Vec<_> = t["events"]
             .as_array()
             .into_iter()
@@ -93,8 +97,8 @@ fn fault_differences(a: &Value, b: &Value) -> String {
         v
     };
     let (fa, fb) = (faults(a), faults(b));
-    let key = |f: &(u64, u64, u64, String, u64)| (f.0, f.1, f.2, f.3.clone());
-    let only = |x: &[(u64, u64, u64, String, u64)], y: &[(u64, u64, u64, String, u64)]| {
+    let key = |f: &Fault| (f.0, f.1, f.2, f.3.clone());
+    let only = |x: &[Fault], y: &[Fault]| {
         let mut rest: Vec<_> = y.iter().map(key).collect();
         x.iter()
             .filter(|f| match rest.iter().position(|r| *r == key(f)) {

@@ -27,20 +27,21 @@ const USER_TOP: u64 = 0x0100_0000_0000_0000;
 
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(ctx: RawTracePointContext) -> i32 {
-    // For a user-mode fault `regs` are the user registers: Redis attribution reads them.
-    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), 0, ctx.arg::<u64>(1));
+    // `regs` are the task's saved user registers here; Redis attribution reads them
+    // through the typed `task_pt_regs` pointer instead (plain loads, no helper copy).
+    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), 0);
     0
 }
 
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 pub fn page_fault_kernel(ctx: RawTracePointContext) -> i32 {
     // `regs` are kernel registers here; the user ones are looked up only if needed.
-    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), ff::KERNEL_MODE, 0);
+    fault_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(2), ff::KERNEL_MODE);
     0
 }
 
 #[inline(always)]
-fn fault_entry(addr: u64, error_code: u64, mode: u32, user_regs: u64) {
+fn fault_entry(addr: u64, error_code: u64, mode: u32) {
     let id = pid_tgid();
     let Some(slot) = current_slot(id) else {
         return;
@@ -67,7 +68,7 @@ fn fault_entry(addr: u64, error_code: u64, mode: u32, user_regs: u64) {
         (*slot).error_code = error_code as u16;
         (*slot).flags = mode | ff::ACTIVE;
         if (*slot).server != 0 {
-            crate::redis::on_fault(slot, id, ts_ns, user_regs);
+            crate::redis::on_fault(slot, id, ts_ns);
         }
     }
 }

@@ -12,14 +12,14 @@ use testkit::{Recording, recording::Launch};
 
 use crate::root;
 
-/// `redis-memtrace record --pid PID -o OUT`, returned once it printed `ready` (a
-/// `testkit::recording` marker); SIGINTed (then SIGKILLed) when dropped.
-pub fn attach(pid: u32, out: &Path, ready: &str) -> Result<Recording> {
+/// `redis-memtrace record --pid PID -o OUT EXTRA...`, returned once it printed `ready`
+/// (a `testkit::recording` marker); SIGINTed (then SIGKILLed) when dropped.
+pub fn attach(pid: u32, out: &Path, ready: &str, extra: &[&str]) -> Result<Recording> {
     let pid = pid.to_string();
     Ok(Recording::launch(&Launch {
         target: &["--pid", &pid],
         out,
-        extra: &[],
+        extra,
         ready,
         echo: false,
     })?)

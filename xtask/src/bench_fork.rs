@@ -256,9 +256,11 @@ struct TracerCost {
 }
 
 impl Tracer {
-    /// `record --pid PID -o OUT`, once Redis attribution is on (an error if it is not).
-    fn attach(server_pid: u32, out: &Path) -> Result<Tracer> {
-        let rec = attach(server_pid, out, ATTRIBUTION_ON)?;
+    /// `record --pid PID -o OUT EXTRA...`, once Redis attribution is on (an error if it
+    /// is not).
+    fn attach(server_pid: u32, out: &Path, extra: &[String]) -> Result<Tracer> {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let rec = attach(server_pid, out, ATTRIBUTION_ON, &extra)?;
         let tracer_pid = rec.pid();
         Ok(Tracer {
             names: prog_names()?,
@@ -412,6 +414,8 @@ struct Window {
 struct Bench {
     server: Server,
     timeline: PathBuf,
+    /// Passed to `record` after its own arguments (`--tracer-arg`).
+    tracer_args: Vec<String>,
 }
 
 /// One window: tracer attached first when `traced`, then a fresh fork for a fork kind,
@@ -419,7 +423,7 @@ struct Bench {
 fn run_window(b: &Bench, kind: &Kind, traced: bool, requests: u64) -> Result<Window> {
     interrupt::check()?;
     let tracer = if traced {
-        Some(Tracer::attach(b.server.pid, &b.timeline)?)
+        Some(Tracer::attach(b.server.pid, &b.timeline, &b.tracer_args)?)
     } else {
         None
     };
@@ -567,7 +571,7 @@ fn run_phases(b: &Bench, rounds: usize, seconds: f64) -> Result<(Vec<Series>, Ve
 }
 
 /// Runs the benchmark and prints the tables; writes `target/bench-fork.json`.
-pub fn bench_fork(rounds: usize, seconds: f64, build: &str) -> Result<()> {
+pub fn bench_fork(rounds: usize, seconds: f64, build: &str, tracer_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("bench-fork loads eBPF programs: run as root");
     }
@@ -577,7 +581,7 @@ pub fn bench_fork(rounds: usize, seconds: f64, build: &str) -> Result<()> {
     interrupt::install();
     let stats = BpfStats::enable()?;
     let dir = scratch_dir("memtrace-bench-fork-")?;
-    let result = run_all(rounds, seconds, build, dir.path(), &stats);
+    let result = run_all(rounds, seconds, build, tracer_args, dir.path(), &stats);
     if interrupt::happened() {
         eprintln!("bench-fork: interrupted; server, fork child and tracer stopped");
     }
@@ -599,11 +603,19 @@ fn start_server(build: &str) -> Result<Server> {
     Ok(server)
 }
 
-fn run_all(rounds: usize, seconds: f64, build: &str, dir: &Path, stats: &BpfStats) -> Result<()> {
+fn run_all(
+    rounds: usize,
+    seconds: f64,
+    build: &str,
+    tracer_args: &[String],
+    dir: &Path,
+    stats: &BpfStats,
+) -> Result<()> {
     let started = Instant::now();
     let mut b = Bench {
         server: start_server(build)?,
         timeline: dir.join("t.json"),
+        tracer_args: tracer_args.to_vec(),
     };
     let (series, requests) = run_phases(&b, rounds, seconds)?;
     if !b.server.is_running() {
@@ -618,6 +630,7 @@ fn run_all(rounds: usize, seconds: f64, build: &str, dir: &Path, stats: &BpfStat
         rounds,
         seconds,
         requests,
+        tracer_args: tracer_args.to_vec(),
         elapsed_s: started.elapsed().as_secs_f64(),
         stats: match stats {
             BpfStats::Fd(_) => "BPF_ENABLE_STATS",
@@ -637,6 +650,7 @@ struct RunInfo {
     rounds: usize,
     seconds: f64,
     requests: Vec<u64>,
+    tracer_args: Vec<String>,
     elapsed_s: f64,
     stats: &'static str,
 }
@@ -785,7 +799,8 @@ fn print_header(info: &RunInfo) {
         "{KEYS} keys of {VALUE_SIZE} B; `redis-benchmark -t set -c {CLIENTS} -r {KEYS} -d {VALUE_SIZE}`, \
          -P 1 or -P 16, {:.1} s windows of a fixed request count (warm-up calibrated: {}); \
          {} rounds, ABBA; fork = a fresh BGSAVE per window, child kept alive by \
-         `rdb-key-save-delay {SAVE_DELAY_US}`; BPF stats via {}. Took {:.0} s.",
+         `rdb-key-save-delay {SAVE_DELAY_US}`; BPF stats via {}; tracer arguments added: [{}]. \
+         Took {:.0} s.",
         info.seconds,
         info.requests
             .iter()
@@ -794,6 +809,7 @@ fn print_header(info: &RunInfo) {
             .join("/"),
         info.rounds,
         info.stats,
+        info.tracer_args.join(" "),
         info.elapsed_s
     );
     println!();
@@ -976,6 +992,7 @@ fn write_json(info: &RunInfo, rows: &[Row], series: &[Series]) -> Result<()> {
         "redis_version": info.redis,
         "redis_server": info.redis_server,
         "tracer": bin("redis-memtrace"),
+        "tracer_args": info.tracer_args,
         "clock_tick_ns": tick_ns(),
         "keys": KEYS,
         "value_size": VALUE_SIZE,

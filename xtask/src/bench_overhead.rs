@@ -170,7 +170,7 @@ fn run_rounds(
             for traced in [round % 2 == 1, round % 2 == 0] {
                 let run = load(w, clients, requests);
                 let sample = if traced {
-                    let tracer = attach(server.pid, timeline, ATTRIBUTION_ON)?;
+                    let tracer = attach(server.pid, timeline, ATTRIBUTION_ON, &[])?;
                     let sample = run.run(server.port)?;
                     let stats = stop_and_read(tracer, timeline)?;
                     r.events += stats.events;

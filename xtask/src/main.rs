@@ -80,6 +80,10 @@ enum Cmd {
         /// The server build to measure, by its label in the setup manifest.
         #[arg(long, default_value = "redis-7.0")]
         build: String,
+        /// An argument added to the tracer's `record` command line (repeatable), e.g.
+        /// `--tracer-arg=--ring-buffer-mb --tracer-arg=2`.
+        #[arg(long = "tracer-arg", allow_hyphen_values = true)]
+        tracer_args: Vec<String>,
     },
     /// The soak test for longer: redis-benchmark and a BGSAVE every 5 s under the tracer
     /// (the test suite runs it for 60 s).
@@ -230,9 +234,10 @@ fn main() -> Result<()> {
             rounds,
             seconds,
             build: label,
+            tracer_args,
         } => {
             build()?;
-            bench_fork::bench_fork(rounds, seconds, &label)
+            bench_fork::bench_fork(rounds, seconds, &label, &tracer_args)
         }
         Cmd::Soak { minutes } => {
             build()?;

@@ -40,7 +40,7 @@ pub fn read_user<T>(addr: u64) -> Option<T> {
 /// # Safety
 /// `slot` is the current thread's own slot.
 #[inline(always)]
-pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64, user_regs: u64) {
+pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64) {
     // SAFETY: the caller's slot, read only here.
     let Some(layout) = SERVERS.get(u32::from(unsafe { (*slot).server })) else {
         return;
@@ -62,9 +62,9 @@ pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64, user_regs: u6
     let (client, seq) = client_and_seq(layout);
     match (client, seq) {
         (Some(c), Some(s)) if c != 0 => {
-            if user_regs != 0
+            if slot.flags & tracer_common::fault_flags::KERNEL_MODE == 0
                 && layout.features & tracer_common::features::ALLOCATOR != 0
-                && phase::in_allocator_at(layout, user_regs)
+                && phase::in_allocator_at(layout)
             {
                 slot.flags |= tracer_common::fault_flags::IN_ALLOCATOR;
             }
@@ -97,7 +97,7 @@ pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64, user_regs: u6
                 layout,
             );
         }
-        (Some(_), Some(s)) => phase::outside_command(slot, layout, id, ts_ns, s, user_regs),
+        (Some(_), Some(s)) => phase::outside_command(slot, layout, id, ts_ns, s),
         _ => {
             if slot.ctx_phase != ph::UNREADABLE + 1 {
                 slot.ctx_phase = ph::UNREADABLE + 1;

@@ -8,9 +8,7 @@
 //! 7.0: `rbx` at every `createStringObject` call from `processMultibulkBuffer`) or, once
 //! a callee has saved it, in a stack word below that function's return address.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs, generated,
-};
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_task_pt_regs, generated};
 use tracer_common::{
     ALLOCATOR_CELL, PHASE_CELL_BYTES, PHASE_CELLS_PER_WORD, STACK_WORDS, ServerLayout, ThreadSlot,
     context_flags as cf, fault_flags as ff, features, phase as ph,
@@ -45,30 +43,20 @@ pub fn outside_command(
     id: u64,
     ts_ns: u64,
     seq: u64,
-    user_regs: u64,
 ) {
-    let mut flags = if slot.flags & ff::KERNEL_MODE != 0 {
-        cf::KERNEL_MODE
-    } else {
-        0
-    };
-    let regs = if user_regs != 0 {
-        user_regs
-    } else {
-        // SAFETY: helpers without preconditions; the result is only read through
-        // bpf_probe_read_kernel.
-        unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as u64 }
-    };
+    let user_mode = slot.flags & ff::KERNEL_MODE == 0;
+    let mut flags = if user_mode { 0 } else { cf::KERNEL_MODE };
     let tgid = (id >> 32) as u32;
-    // One read of the registers serves the stack scan, the client search and the system
-    // call (each read of memory is a helper call).
-    let regs = read_regs(regs);
+    // One copy of the registers serves the stack scan, the client search and the system
+    // call.
+    let regs = read_regs();
     let (range, below) = match scan_stack(regs, layout) {
         Some(found) => {
-            if user_regs != 0
+            if user_mode
                 && layout.features & features::ALLOCATOR != 0
-                && let (Some(r), Some(words)) = (regs, STACK.get(0))
-                && in_allocator(layout, r[PT_REGS_IP], words)
+                && let Some(r) = regs
+                // The stack scan just filled the scratch.
+                && in_allocator(layout, r[PT_REGS_IP], || STACK.get(0))
             {
                 slot.flags |= ff::IN_ALLOCATOR;
             }
@@ -207,14 +195,25 @@ fn find_client(regs: Option<&[u64; PT_REGS_WORDS]>, below: usize, tgid: u32) -> 
     Some(())
 }
 
-/// The faulting thread's user registers `r15` to `sp`, read once into per-CPU scratch.
+/// The current thread's saved user registers (`task_pt_regs`: at a user-mode fault, the
+/// registers it faulted with; at a kernel-mode one, those of its system call). The
+/// pointer is typed (BTF), so the verifier lets fields be loaded directly, each load
+/// guarded against faults like a probe read, with no helper call.
 #[inline(always)]
-fn read_regs(regs: u64) -> Option<&'static [u64; PT_REGS_WORDS]> {
+fn user_regs() -> *const [u64; PT_REGS_WORDS] {
+    // SAFETY: helpers without preconditions; they return a valid, non-null pointer.
+    unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as *const [u64; PT_REGS_WORDS] }
+}
+
+/// The faulting thread's user registers `r15` to `sp`, copied once into per-CPU scratch.
+#[inline(always)]
+fn read_regs() -> Option<&'static [u64; PT_REGS_WORDS]> {
     let out = REGS.get_ptr_mut(0)?;
-    // SAFETY: probe read of a kernel pointer into our per-CPU scratch, exclusively ours
-    // while the program runs; failure is handled.
+    // SAFETY: loads at constant offsets of the typed `pt_regs` pointer (the verifier
+    // checks each against the struct and turns it into a guarded load) into our per-CPU
+    // scratch, exclusively ours while the program runs.
     unsafe {
-        *out = bpf_probe_read_kernel(regs as *const [u64; PT_REGS_WORDS]).ok()?;
+        *out = *user_regs();
         Some(&*out)
     }
 }
@@ -233,21 +232,7 @@ const SAVE_AREA: usize = 6;
 /// equivalent states.
 #[inline(always)]
 fn scan_stack(regs: Option<&[u64; PT_REGS_WORDS]>, layout: &ServerLayout) -> Option<(u32, usize)> {
-    let sp = regs?[PT_REGS_SP];
-    let words = STACK.get_ptr_mut(0)?;
-    // SAFETY: bounded copy into our per-CPU scratch; a short stack fails cleanly.
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            (*words).as_mut_ptr().cast(),
-            (STACK_WORDS * 8) as u32,
-            sp as *const core::ffi::c_void,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
-    let words = unsafe { &*words };
+    let words = read_stack(regs?[PT_REGS_SP], STACK_WORDS)?;
     let found = FOUND.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, exclusively ours while the program runs.
     unsafe { *found = [NONE, STACK_WORDS as u32] };
@@ -282,20 +267,46 @@ fn cell_of(layout: &ServerLayout, w: u64) -> u64 {
     (bits >> ((cell % PHASE_CELLS_PER_WORD) * 4)) & 0xf
 }
 
-/// Whether a user-mode fault at instruction `ip`, with user stack `words`, is inside the
-/// C library's allocator on behalf of the server: `ip` is in an allocator wrapper, or
-/// outside the executable with a return address into a wrapper among the innermost
-/// [`ALLOCATOR_WINDOW`] stack words (the library's frames). A `free` reached through a
-/// tail call (`zfree` ends in `jmp free`) is not seen: the return address is then the
-/// caller's. (Also decoding the call before the innermost code address, to see those,
-/// cost about 200 ns more per server fault on Redis 6.2 in `bench-fork`, and the
-/// exact-keys test's worst precision on the glibc builds was 0.9984 with it, 0.9980
-/// without, one run each.)
+/// The innermost `n` (at most [`STACK_WORDS`]) words of the user stack at `sp`, copied
+/// into per-CPU scratch ([`STACK`]; the words beyond `n` are stale). `None` when the
+/// stack could not be read.
 #[inline(always)]
-pub fn in_allocator(layout: &ServerLayout, ip: u64, words: &[u64; STACK_WORDS]) -> bool {
+fn read_stack(sp: u64, n: usize) -> Option<&'static [u64; STACK_WORDS]> {
+    let words = STACK.get_ptr_mut(0)?;
+    // SAFETY: bounded copy into our per-CPU scratch, exclusively ours while the program
+    // runs; a short stack fails cleanly.
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            (*words).as_mut_ptr().cast(),
+            (n.min(STACK_WORDS) * 8) as u32,
+            sp as *const core::ffi::c_void,
+        )
+    };
+    // SAFETY: as above.
+    (rc == 0).then(|| unsafe { &*words })
+}
+
+/// Whether a user-mode fault at instruction `ip` is inside the C library's allocator on
+/// behalf of the server: `ip` is in an allocator wrapper, or outside the executable with
+/// a return address into a wrapper among the innermost [`ALLOCATOR_WINDOW`] words of
+/// the user stack, which `stack` provides (only called in that second case). A `free`
+/// reached through a tail call (`zfree` ends in `jmp free`) is not seen: the return
+/// address is then the caller's. (Also decoding the call before the innermost code
+/// address, to see those, cost about 200 ns more per server fault on Redis 6.2 in
+/// `bench-fork`, and the exact-keys test's worst precision on the glibc builds was 0.9984
+/// with it, 0.9980 without, one run each.)
+#[inline(always)]
+pub fn in_allocator(
+    layout: &ServerLayout,
+    ip: u64,
+    stack: impl FnOnce() -> Option<&'static [u64; STACK_WORDS]>,
+) -> bool {
     if within(ip, layout.text_lo, layout.text_hi) {
         return cell_of(layout, ip) == ALLOCATOR_CELL;
     }
+    let Some(words) = stack() else {
+        return false;
+    };
     let mut i = 0;
     while i < ALLOCATOR_WINDOW {
         let w = words[i];
@@ -314,35 +325,15 @@ pub fn in_allocator(layout: &ServerLayout, ip: u64, words: &[u64; STACK_WORDS]) 
 /// `setCommand+116` 3 words above the stack pointer in `_int_malloc`).
 const ALLOCATOR_WINDOW: usize = 24;
 
-/// [`in_allocator`] for a fault inside a command: reads the instruction pointer and the
-/// stack from the user registers at `user_regs` (only when the instruction is outside
-/// the executable).
+/// [`in_allocator`] for a user-mode fault inside a command, from the saved user
+/// registers; the stack is read (only its window) when the instruction is outside the
+/// executable.
 #[inline(always)]
-pub fn in_allocator_at(layout: &ServerLayout, user_regs: u64) -> bool {
-    // SAFETY: probe read of the kernel's saved user registers; failure is handled.
-    let Ok(tail) = (unsafe {
-        bpf_probe_read_kernel((user_regs + (PT_REGS_IP * 8) as u64) as *const [u64; 4])
-    }) else {
-        return false;
-    };
-    let (ip, sp) = (tail[0], tail[PT_REGS_SP - PT_REGS_IP]);
-    if within(ip, layout.text_lo, layout.text_hi) {
-        return cell_of(layout, ip) == ALLOCATOR_CELL;
-    }
-    let Some(words) = STACK.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: bounded copy into our per-CPU scratch (only the window is looked at); a
-    // short stack fails cleanly.
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            (*words).as_mut_ptr().cast(),
-            (ALLOCATOR_WINDOW * 8) as u32,
-            sp as *const core::ffi::c_void,
-        )
-    };
-    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
-    rc == 0 && in_allocator(layout, ip, unsafe { &*words })
+pub fn in_allocator_at(layout: &ServerLayout) -> bool {
+    let regs = user_regs();
+    // SAFETY: loads at constant offsets of the typed `pt_regs` pointer (see `user_regs`).
+    let (ip, sp) = unsafe { ((*regs)[PT_REGS_IP], (*regs)[PT_REGS_SP]) };
+    in_allocator(layout, ip, || read_stack(sp, ALLOCATOR_WINDOW))
 }
 
 /// Per-CPU scratch: what [`scan_stack`] found, `[range, word index]`.

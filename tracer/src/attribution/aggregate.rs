@@ -229,7 +229,14 @@ impl Aggregates {
         if let Some(key) = &at.key {
             // The slot rides along: it was computed from the real key, which a hashed
             // or cut key no longer shows.
-            keys.add((Arc::clone(key), at.slot), 1);
+            // Hashed as the stored `(Arc, slot)` is; the `Arc` is cloned only if the key
+            // enters the table.
+            keys.add_with(
+                &(&**key, at.slot),
+                |(k, slot)| *slot == at.slot && (Arc::ptr_eq(k, key) || **k == **key),
+                || (Arc::clone(key), at.slot),
+                1,
+            );
         }
         if let Some(slot) = at.slot {
             *slots.entry(slot).or_default() += 1;

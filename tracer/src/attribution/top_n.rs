@@ -12,18 +12,26 @@
 //! `total / capacity` is guaranteed to be reported; and the counts are exact while the
 //! number of distinct keys is at most `capacity`.
 //!
-//! The minimum is found with an indexed binary min-heap over the counters (positions kept
-//! in a side vector, so moving an entry never re-hashes its key): `O(log capacity)` per
-//! [`TopN::add`], memory fixed at `capacity` entries.
+//! The counters are kept as Metwally et al.'s "Stream-Summary": buckets of equal counts
+//! in a list sorted by count, each holding a list of its entries. The usual add has
+//! weight 1, and moves an entry to the next bucket or a new one after its own: constant
+//! time, where a binary heap walked its whole depth for each newcomer of a full table
+//! (every count equal, the common case with millions of distinct keys). Each key is
+//! hashed once per add: the index stores slots under their keys' hashes, kept with the
+//! entries, so an evicted key is found without hashing it again. Memory fixed at
+//! `capacity` entries and as many buckets.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 
+use hashbrown::HashTable;
 use serde::Serialize;
 
 /// Most entries allocated up front: a huge requested capacity must not allocate (or
 /// abort on allocation failure) before any key is seen.
 const MAX_PREALLOC: usize = 1024;
+
+/// No entry or bucket.
+const NIL: usize = usize::MAX;
 
 /// One heavy hitter reported by [`TopN::top`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -44,18 +52,33 @@ impl<K> Counted<K> {
     }
 }
 
-/// One counter of the table.
+/// One counter of the table; its count is its bucket's.
 #[derive(Debug, Clone)]
 struct Entry<K> {
     key: K,
-    count: u64,
+    /// The key's hash, under which the index holds this slot.
+    hash: u64,
     error: u64,
+    bucket: usize,
+    /// Neighbours in the bucket's list of entries.
+    prev: usize,
+    next: usize,
+}
+
+/// The entries of one count, in the list of buckets by ascending count.
+#[derive(Debug, Clone)]
+struct Bucket {
+    count: u64,
+    /// First entry (the one an eviction takes).
+    first: usize,
+    prev: usize,
+    next: usize,
 }
 
 /// Space-Saving heavy-hitter summary holding at most `capacity` keys.
 ///
 /// Deterministic: the same sequence of [`TopN::add`] calls always produces the same
-/// summary (the hash map is only used for lookups, never iterated).
+/// summary (the hash table is only used for lookups, never iterated).
 #[derive(Debug, Clone)]
 pub struct TopN<K: Eq + Hash + Clone> {
     /// Maximum number of entries, at least 1.
@@ -64,12 +87,14 @@ pub struct TopN<K: Eq + Hash + Clone> {
     total: u64,
     /// The counters. An entry's index ("slot") never changes: eviction reuses the slot.
     entries: Vec<Entry<K>>,
-    /// Min-heap of slots ordered by count: `heap[0]` is the slot with the smallest count.
-    heap: Vec<usize>,
-    /// `pos[slot]` is the slot's index in `heap`.
-    pos: Vec<usize>,
-    /// Key to slot.
-    index: HashMap<K, usize, foldhash::quality::RandomState>,
+    /// Buckets, live or in `free`.
+    buckets: Vec<Bucket>,
+    free: Vec<usize>,
+    /// The bucket of the smallest count.
+    lowest: usize,
+    /// Slots, stored under their keys' hashes.
+    index: HashTable<usize>,
+    hasher: foldhash::quality::RandomState,
 }
 
 impl<K: Eq + Hash + Clone> TopN<K> {
@@ -81,9 +106,11 @@ impl<K: Eq + Hash + Clone> TopN<K> {
             capacity,
             total: 0,
             entries: Vec::with_capacity(prealloc),
-            heap: Vec::with_capacity(prealloc),
-            pos: Vec::with_capacity(prealloc),
-            index: HashMap::with_capacity_and_hasher(prealloc, Default::default()),
+            buckets: Vec::with_capacity(prealloc),
+            free: Vec::new(),
+            lowest: NIL,
+            index: HashTable::with_capacity(prealloc),
+            hasher: Default::default(),
         }
     }
 
@@ -95,44 +122,153 @@ impl<K: Eq + Hash + Clone> TopN<K> {
     /// Adds `weight` to `key`'s count. A weight of 0 changes nothing (it neither inserts
     /// the key nor evicts another one). Counts and the total saturate at `u64::MAX`.
     pub fn add(&mut self, key: K, weight: u64) {
+        self.add_with(&key, |k| *k == key, || key.clone(), weight);
+    }
+
+    /// [`TopN::add`] for the key that `like` stands for: `like` hashes as that key does
+    /// (a tuple of references for a tuple of `Arc`s, say), `is` tells it from others, and
+    /// `make` builds the key only if it is inserted.
+    pub fn add_with<Q: Hash + ?Sized>(
+        &mut self,
+        like: &Q,
+        is: impl Fn(&K) -> bool,
+        make: impl FnOnce() -> K,
+        weight: u64,
+    ) {
         if weight == 0 {
             return;
         }
         self.total = self.total.saturating_add(weight);
-
-        if let Some(&slot) = self.index.get(&key) {
-            let entry = &mut self.entries[slot];
-            entry.count = entry.count.saturating_add(weight);
-            // The count only grew, so in a min-heap the entry can only move down.
-            self.sift_down(self.pos[slot]);
+        let hash = self.hasher.hash_one(like);
+        let entries = &self.entries;
+        if let Some(&slot) = self.index.find(hash, |&s| is(&entries[s].key)) {
+            let bucket = self.entries[slot].bucket;
+            let count = self.buckets[bucket].count.saturating_add(weight);
+            self.move_to(slot, bucket, count);
             return;
         }
-
         if self.entries.len() < self.capacity {
             let slot = self.entries.len();
             self.entries.push(Entry {
-                key: key.clone(),
-                count: weight,
+                key: make(),
+                hash,
                 error: 0,
+                bucket: NIL,
+                prev: NIL,
+                next: NIL,
             });
-            self.index.insert(key, slot);
-            self.heap.push(slot);
-            self.pos.push(slot);
-            self.sift_up(slot);
+            self.insert_slot(hash, slot);
+            let bucket = self.bucket_for(NIL, weight);
+            self.push(slot, bucket);
             return;
         }
-
-        // Full: the newcomer takes over the minimum entry, inheriting its count as both
-        // a base (it may have occurred that often unseen) and its error bound.
-        let slot = self.heap[0];
+        // Full: the newcomer takes over an entry of the smallest count, inheriting that
+        // count as both a base (it may have occurred that often unseen) and its error.
+        let lowest = self.lowest;
+        let (min, slot) = (self.buckets[lowest].count, self.buckets[lowest].first);
+        let evicted = self.entries[slot].hash;
+        if let Ok(found) = self.index.find_entry(evicted, |&s| s == slot) {
+            found.remove();
+        }
         let entry = &mut self.entries[slot];
-        let min = entry.count;
-        let evicted = std::mem::replace(&mut entry.key, key.clone());
-        entry.count = min.saturating_add(weight);
+        entry.key = make();
+        entry.hash = hash;
         entry.error = min;
-        self.index.remove(&evicted);
-        self.index.insert(key, slot);
-        self.sift_down(0);
+        self.insert_slot(hash, slot);
+        self.move_to(slot, lowest, min.saturating_add(weight));
+    }
+
+    /// Indexes `slot` under `hash`.
+    fn insert_slot(&mut self, hash: u64, slot: usize) {
+        let entries = &self.entries;
+        self.index.insert_unique(hash, slot, |&s| entries[s].hash);
+    }
+
+    /// Moves `slot` from `bucket` to the bucket of `count` (not below the current one).
+    fn move_to(&mut self, slot: usize, bucket: usize, count: u64) {
+        if count == self.buckets[bucket].count {
+            return; // saturated
+        }
+        let target = self.bucket_for(bucket, count);
+        self.unlink(slot);
+        self.push(slot, target);
+    }
+
+    /// The bucket of `count`, made if there is none, searching from bucket `after`
+    /// (whose count is below `count`; `NIL`: from the lowest).
+    fn bucket_for(&mut self, after: usize, count: u64) -> usize {
+        let (mut prev, mut cur) = match after {
+            NIL => (NIL, self.lowest),
+            b => (b, self.buckets[b].next),
+        };
+        while cur != NIL && self.buckets[cur].count < count {
+            prev = cur;
+            cur = self.buckets[cur].next;
+        }
+        if cur != NIL && self.buckets[cur].count == count {
+            return cur;
+        }
+        let made = Bucket {
+            count,
+            first: NIL,
+            prev,
+            next: cur,
+        };
+        let b = match self.free.pop() {
+            Some(b) => {
+                self.buckets[b] = made;
+                b
+            }
+            None => {
+                self.buckets.push(made);
+                self.buckets.len() - 1
+            }
+        };
+        match prev {
+            NIL => self.lowest = b,
+            p => self.buckets[p].next = b,
+        }
+        if cur != NIL {
+            self.buckets[cur].prev = b;
+        }
+        b
+    }
+
+    /// Puts `slot` first in `bucket`'s entries.
+    fn push(&mut self, slot: usize, bucket: usize) {
+        let first = self.buckets[bucket].first;
+        let entry = &mut self.entries[slot];
+        (entry.bucket, entry.prev, entry.next) = (bucket, NIL, first);
+        if first != NIL {
+            self.entries[first].prev = slot;
+        }
+        self.buckets[bucket].first = slot;
+    }
+
+    /// Takes `slot` out of its bucket, and the bucket out of the list if it empties.
+    fn unlink(&mut self, slot: usize) {
+        let Entry {
+            bucket, prev, next, ..
+        } = self.entries[slot];
+        match prev {
+            NIL => self.buckets[bucket].first = next,
+            p => self.entries[p].next = next,
+        }
+        if next != NIL {
+            self.entries[next].prev = prev;
+        }
+        if self.buckets[bucket].first != NIL {
+            return;
+        }
+        let Bucket { prev, next, .. } = self.buckets[bucket];
+        match prev {
+            NIL => self.lowest = next,
+            p => self.buckets[p].next = next,
+        }
+        if next != NIL {
+            self.buckets[next].prev = prev;
+        }
+        self.free.push(bucket);
     }
 
     /// Number of keys currently kept (never more than [`TopN::capacity`]).
@@ -153,59 +289,15 @@ impl<K: Eq + Hash + Clone> TopN<K> {
     /// Upper bound on the true weight of any key not currently kept: the smallest count
     /// in a full table, 0 while the table is not full (then no key was ever evicted).
     pub fn min_count(&self) -> u64 {
-        if self.entries.len() < self.capacity {
+        if self.entries.len() < self.capacity || self.lowest == NIL {
             return 0;
         }
-        self.heap
-            .first()
-            .and_then(|&slot| self.entries.get(slot))
-            .map_or(0, |entry| entry.count)
+        self.buckets[self.lowest].count
     }
 
-    /// Count of the entry at heap position `i`.
-    fn count_at(&self, i: usize) -> u64 {
-        self.entries[self.heap[i]].count
-    }
-
-    /// Swaps heap positions `i` and `j`, keeping `pos` in step.
-    fn swap(&mut self, i: usize, j: usize) {
-        self.heap.swap(i, j);
-        self.pos[self.heap[i]] = i;
-        self.pos[self.heap[j]] = j;
-    }
-
-    /// Moves the entry at heap position `i` up until its parent is not larger.
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if self.count_at(parent) <= self.count_at(i) {
-                break;
-            }
-            self.swap(i, parent);
-            i = parent;
-        }
-    }
-
-    /// Moves the entry at heap position `i` down until no child is smaller.
-    fn sift_down(&mut self, mut i: usize) {
-        let len = self.heap.len();
-        loop {
-            let left = 2 * i + 1;
-            if left >= len {
-                break;
-            }
-            let right = left + 1;
-            let smallest = if right < len && self.count_at(right) < self.count_at(left) {
-                right
-            } else {
-                left
-            };
-            if self.count_at(i) <= self.count_at(smallest) {
-                break;
-            }
-            self.swap(i, smallest);
-            i = smallest;
-        }
+    /// Count of the entry in `slot`.
+    fn count_of(&self, slot: usize) -> u64 {
+        self.buckets[self.entries[slot].bucket].count
     }
 }
 
@@ -213,15 +305,17 @@ impl<K: Eq + Hash + Clone + Ord> TopN<K> {
     /// The `n` keys with the highest counts, highest first; equal counts are ordered by
     /// key, so the result is deterministic. Returns fewer than `n` if fewer are kept.
     pub fn top(&self, n: usize) -> Vec<Counted<K>> {
-        let mut ranked: Vec<&Entry<K>> = self.entries.iter().collect();
+        let mut ranked: Vec<(u64, &Entry<K>)> = (0..self.entries.len())
+            .map(|slot| (self.count_of(slot), &self.entries[slot]))
+            .collect();
         // Keys are unique, so an unstable sort is still fully determined.
-        ranked.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.key.cmp(&b.1.key)));
         ranked
             .into_iter()
             .take(n)
-            .map(|entry| Counted {
+            .map(|(count, entry)| Counted {
                 key: entry.key.clone(),
-                count: entry.count,
+                count,
                 error: entry.error,
             })
             .collect()
@@ -234,19 +328,56 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    /// Checks the heap and index invariants the algorithm relies on.
+    /// Checks the bucket, list and index invariants the algorithm relies on.
     fn assert_consistent<K: Eq + Hash + Clone + std::fmt::Debug>(t: &TopN<K>) {
         assert!(t.entries.len() <= t.capacity);
-        assert_eq!(t.heap.len(), t.entries.len());
-        assert_eq!(t.pos.len(), t.entries.len());
         assert_eq!(t.index.len(), t.entries.len());
         for (slot, entry) in t.entries.iter().enumerate() {
-            assert_eq!(t.index.get(&entry.key), Some(&slot));
-            assert_eq!(t.heap[t.pos[slot]], slot);
+            assert_eq!(entry.hash, t.hasher.hash_one(&entry.key));
+            let found = t.index.find(entry.hash, |&s| t.entries[s].key == entry.key);
+            assert_eq!(found, Some(&slot));
         }
-        for i in 1..t.heap.len() {
-            assert!(t.count_at((i - 1) / 2) <= t.count_at(i));
+        // Buckets by strictly ascending count, none empty, each entry in its own.
+        let (mut seen, mut prev, mut b, mut last) = (0, NIL, t.lowest, None);
+        while b != NIL {
+            let bucket = &t.buckets[b];
+            assert_eq!(bucket.prev, prev);
+            assert!(last.is_none_or(|c| c < bucket.count));
+            assert_ne!(bucket.first, NIL, "empty bucket {b}");
+            let (mut e, mut before) = (bucket.first, NIL);
+            while e != NIL {
+                assert_eq!((t.entries[e].bucket, t.entries[e].prev), (b, before));
+                seen += 1;
+                (before, e) = (e, t.entries[e].next);
+            }
+            (prev, last, b) = (b, Some(bucket.count), bucket.next);
         }
+        assert_eq!(seen, t.entries.len());
+    }
+
+    #[test]
+    fn a_borrowed_stand_in_finds_the_stored_key() {
+        use std::sync::Arc;
+        let mut t: TopN<(Arc<String>, Option<u16>)> = TopN::with_capacity(2);
+        let a = Arc::new("a".to_string());
+        t.add((Arc::clone(&a), Some(1)), 1);
+        // Another allocation with equal bytes, looked up through references.
+        let again = Arc::new("a".to_string());
+        let add_like = |t: &mut TopN<(Arc<String>, Option<u16>)>, s: &Arc<String>, slot| {
+            t.add_with(
+                &(&**s, slot),
+                |(k, sl)| *sl == slot && **k == **s,
+                || (Arc::clone(s), slot),
+                1,
+            );
+        };
+        add_like(&mut t, &again, Some(1));
+        add_like(&mut t, &again, Some(2));
+        assert_consistent(&t);
+        let top = t.top(3);
+        assert_eq!(top.len(), 2, "{top:?}");
+        assert_eq!((top[0].key.1, top[0].count), (Some(1), 2));
+        assert_eq!((top[1].key.1, top[1].count), (Some(2), 1));
     }
 
     #[test]

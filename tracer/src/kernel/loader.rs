@@ -191,8 +191,9 @@ pub fn thread_slots() -> u32 {
     pid_max.next_power_of_two().min(MAX_THREAD_SLOTS)
 }
 
-/// Reads every tracepoint layout the programs need from `root` (tracefs).
-pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
+/// Reads every tracepoint layout the programs need from `root` (tracefs); the offset of
+/// `task_struct.pagefault_disabled`, when BTF gave it, goes in as it is.
+pub fn read_config(root: &Path, pagefault_disabled: Option<u32>) -> Result<Config, TracefsError> {
     let fmt = |c: &str, n: &str| tracefs::read_format(root, c, n);
     let optional = |f: Result<Format, TracefsError>, field: &str| {
         f.ok()
@@ -232,7 +233,7 @@ pub fn read_config(root: &Path) -> Result<Config, TracefsError> {
         write_folio_pfn: optional(fmt("vmscan", "mm_vmscan_write_folio"), "pfn"),
         write_folio_flags: optional(fmt("vmscan", "mm_vmscan_write_folio"), "reclaim_flags"),
         thread_mask: thread_slots() - 1,
-        task_pagefault_disabled: btf::task_pagefault_disabled().unwrap_or(FIELD_ABSENT),
+        task_pagefault_disabled: pagefault_disabled.unwrap_or(FIELD_ABSENT),
     })
 }
 
@@ -251,7 +252,8 @@ impl Probes {
     pub fn attach(opts: ProbeOptions) -> Result<Probes, LoadError> {
         let started = Instant::now();
         let root = tracefs::ensure_mounted()?;
-        let config = read_config(&root)?;
+        let pagefault_disabled = btf::task_pagefault_disabled();
+        let config = read_config(&root, pagefault_disabled.as_ref().ok().copied())?;
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &config, true)
             .map_max_entries(maps::EVENTS, opts.ring_buffer_bytes)
@@ -259,13 +261,10 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(LoadError::Load)?;
         let mut degraded = Vec::new();
-        if config.task_pagefault_disabled == FIELD_ABSENT {
+        if let Err(e) = pagefault_disabled {
             degraded.push(format!(
-                "task_struct.pagefault_disabled not found in BTF ({}): a non-faulting read \
-                 of the target's memory by another eBPF program can be counted as a fault",
-                btf::task_pagefault_disabled()
-                    .err()
-                    .map_or_else(String::new, |e| e.to_string())
+                "task_struct.pagefault_disabled not found in BTF ({e}): a non-faulting read \
+                 of the target's memory by another eBPF program can be counted as a fault"
             ));
         }
         let mut evidence = Evidence::FULL;
