@@ -1,7 +1,8 @@
 //! A Redis in its own PID namespace, as in a container (`unshare -p -f --mount-proc
 //! redis-server ...`), traced from the host by its host pid: attribution is on, its
 //! BGSAVE is an epoch with reason `bgsave`, and the epoch has the fork() call's duration,
-//! within 25 % or 200 us of Redis's own `latest_fork_usec`.
+//! within 25 % or 200 us of Redis's own `latest_fork_usec` (allowing for the parent's faults
+//! after `fork()` returned, which Redis's interval holds).
 //!
 //! Inside the namespace fork() returns the child's namespace pid, which is not the pid
 //! the kernel's fork tracepoint reports: the tracer must match the call to its fork by
@@ -257,15 +258,11 @@ fn namespaced_bgsave_epoch_has_its_fork_time() {
         .unwrap_or_else(|| panic!("no fork_call_ns in {e}\n{stderr}"));
     assert_eq!(call_ns, calls[0]["duration_ns"].as_u64().unwrap());
     assert_eq!(e["redis"]["latest_fork_usec"], fork_usec, "{e}");
-    let call_us = call_ns / 1000;
-    let diff = call_us.abs_diff(fork_usec);
+    let numbers = testkit::timeline::check_fork_time(&t, e, fork_usec);
     println!(
-        "namespaced server host pid {} (pid 1 inside): fork() call {call_us} us \
-         ({call_ns} ns), latest_fork_usec {fork_usec} us, child {} returned as {ret}",
+        "namespaced server host pid {} (pid 1 inside): {numbers:?} ({call_ns} ns), child {} \
+         returned as {ret}",
         server.host_pid, e["child_pid"]
     );
-    assert!(
-        diff <= 200 || diff * 4 <= fork_usec,
-        "fork() call {call_us} us vs latest_fork_usec {fork_usec}"
-    );
+    assert!(numbers.is_ok(), "{numbers:?}");
 }

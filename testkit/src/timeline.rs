@@ -81,3 +81,50 @@ pub fn by_activity(fs: &[&Value]) -> BTreeMap<String, usize> {
     }
     m
 }
+
+/// Checks the `fork()` call the tracer timed for `epoch` against Redis's
+/// `latest_fork_usec`: within 200 µs or 25%, once the caller's faults that began after
+/// the call returned and inside Redis's interval are allowed for. Redis reads its clock
+/// again only after its first writes in the parent (`stat_total_forks`), and those are
+/// copy-on-write faults, slow when the parent waits for the CPU while the new child
+/// runs; `fork()` holds none of that. `Ok` holds the numbers, for the test's output.
+pub fn check_fork_time(t: &Value, epoch: &Value, latest_fork_usec: u64) -> Result<String, String> {
+    let call = t["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["kind"] == "fork_return" && e["epoch"] == epoch["id"])
+        .ok_or_else(|| format!("no fork_return of epoch {}", epoch["id"]))?;
+    let n = |v: &Value, k: &str| v[k].as_u64().ok_or_else(|| format!("no {k} in {v}"));
+    let (entry, duration) = (n(call, "ts_ns")?, n(call, "duration_ns")?);
+    let call_us = n(epoch, "fork_call_ns")? / 1000;
+    let end = entry + duration;
+    // The caller's faults after fork() returned, up to where Redis's interval ends at
+    // the latest (it began before the call).
+    let after_us: u64 = faults(t)
+        .into_iter()
+        .filter(|f| f["tid"] == call["tid"] && f["pid"] == call["pid"])
+        .filter(|f| {
+            f["ts_ns"]
+                .as_u64()
+                .is_some_and(|ts| ts >= end && ts < entry + latest_fork_usec * 1000)
+        })
+        .map(|f| f["latency_ns"].as_u64().unwrap_or(0) / 1000)
+        .sum();
+    let diff = call_us.abs_diff(latest_fork_usec);
+    let allowed = 200
+        + if call_us <= latest_fork_usec {
+            after_us
+        } else {
+            0
+        };
+    let numbers = format!(
+        "fork() call {call_us} us vs latest_fork_usec {latest_fork_usec} us \
+         (the caller's faults after the call: {after_us} us)"
+    );
+    if diff <= allowed || diff * 4 <= latest_fork_usec {
+        Ok(numbers)
+    } else {
+        Err(numbers)
+    }
+}
