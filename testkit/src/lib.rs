@@ -22,6 +22,7 @@ pub mod fork_child;
 pub mod pageout;
 pub mod process;
 pub mod programs;
+pub mod prometheus;
 pub mod recording;
 pub mod server;
 pub mod swap;

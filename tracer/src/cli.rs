@@ -145,6 +145,11 @@ pub struct RecordArgs {
     /// Write at most N fault records per second of trace (counts stay exact).
     #[arg(long, value_name = "N")]
     pub max_rate: Option<u64>,
+    /// Serve live Prometheus metrics (OpenMetrics text at `/metrics`) on HOST:PORT while
+    /// recording: faults by kind, side and command or phase, forks, the fork() call's
+    /// duration, the latest epoch's copy-on-write bytes, lost events, top keys and slots.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Ring buffer size in MiB (a power of two). It is mapped into the tracer twice, so
     /// it counts double in the tracer's RSS.
     #[arg(long, default_value_t = 16)]

@@ -68,6 +68,7 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         max_events: args.max_events,
         max_rate: args.max_rate,
         follow: args.follow,
+        metrics: args.metrics,
     };
     record(&opts)?;
     Ok(ExitCode::SUCCESS)

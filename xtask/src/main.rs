@@ -17,6 +17,7 @@ mod bench_fork;
 mod bench_overhead;
 mod demo;
 mod interrupt;
+mod prometheus;
 mod redis_benchmark;
 mod servers;
 mod setup;
@@ -168,12 +169,14 @@ fn test(filter: Option<String>) -> Result<()> {
     ]))?;
     // Installed by `build`'s setup already: this only checks each `--version` again.
     let manifest = servers::ensure()?;
+    let prometheus = prometheus::ensure()?;
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--no-fail-fast"])
         .args(packages)
         .args(["-p", "xtask"])
         .env("MEMTRACE_BIN", bin("redis-memtrace"))
         .env(servers::MANIFEST_ENV, &manifest)
+        .env(prometheus::ENV, &prometheus)
         // Every build: a narrowing left in the shell would pass the suite on fewer.
         .env_remove(testkit::builds::ONLY_ENV)
         .arg("--");

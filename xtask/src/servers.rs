@@ -375,6 +375,12 @@ fn ensure_all(dir: &Path) -> Result<Vec<Entry>> {
 
 /// `$XDG_CACHE_HOME/redis-memtrace/servers`, else `$HOME/.cache/redis-memtrace/servers`.
 fn cache_dir() -> Result<PathBuf> {
+    Ok(cache_root()?.join("servers"))
+}
+
+/// `$XDG_CACHE_HOME/redis-memtrace`, else `$HOME/.cache/redis-memtrace`: what setup
+/// installs outside the checkout, kept between runs.
+pub fn cache_root() -> Result<PathBuf> {
     // The XDG spec says to ignore a relative XDG_CACHE_HOME.
     let base = match std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from) {
         Some(p) if p.is_absolute() => p,
@@ -383,7 +389,7 @@ fn cache_dir() -> Result<PathBuf> {
         )
         .join(".cache"),
     };
-    Ok(base.join("redis-memtrace/servers"))
+    Ok(base.join("redis-memtrace"))
 }
 
 /// What the first run of a build found, kept in `<label>/build.json`.
@@ -854,7 +860,7 @@ impl Drop for Apt {
     }
 }
 
-fn check_sha256(file: &Path, expected: &str) -> Result<()> {
+pub fn check_sha256(file: &Path, expected: &str) -> Result<()> {
     let out = Command::new("sha256sum")
         .arg(file)
         .output()
@@ -872,7 +878,7 @@ fn check_sha256(file: &Path, expected: &str) -> Result<()> {
 
 /// Runs a command (in its own working folder, unlike [`crate::run`]); fails with its
 /// name and stderr.
-fn run_checked(cmd: &mut Command) -> Result<()> {
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .stdin(Stdio::null())

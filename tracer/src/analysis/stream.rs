@@ -705,6 +705,16 @@ impl Analyzer {
     pub fn summary(&self) -> &Summary {
         &self.summary
     }
+
+    /// Fork epochs so far.
+    pub fn epochs(&self) -> &[Epoch] {
+        self.epochs.epochs()
+    }
+
+    /// The run's attribution tables so far, `top` rows each (attribution on).
+    pub fn tables(&self, top: usize) -> Option<AggregateReport> {
+        self.attribution.as_ref().map(|a| a.total.report(top))
+    }
 }
 
 impl AttributionState {

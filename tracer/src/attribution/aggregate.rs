@@ -27,6 +27,9 @@ use crate::{
 /// Distinct activities kept before folding into `(other)`.
 const MAX_ACTIVITIES: usize = 1024;
 
+/// The activity row that counts activities past the table's capacity.
+pub const OTHER_ACTIVITY: &str = "(other)";
+
 /// Running aggregates for one scope (the whole run or one epoch).
 #[derive(Debug)]
 pub struct Aggregates {
@@ -210,7 +213,7 @@ impl Aggregates {
             Some(e) => e,
             None => {
                 let name = if full {
-                    "(other)"
+                    OTHER_ACTIVITY
                 } else {
                     at.activity.as_str()
                 };

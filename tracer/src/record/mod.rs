@@ -71,6 +71,8 @@ pub struct RecordOptions {
     /// With `--redis`: when the server exits, wait for one at the same address and go on
     /// tracing it in a new segment.
     pub follow: bool,
+    /// Serve live Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl RecordOptions {

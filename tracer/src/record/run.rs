@@ -35,6 +35,7 @@ impl Recorder<'_> {
         let mut liveness = Every::new(Duration::from_millis(200));
         let mut attribution_try = Every::new(Duration::from_millis(200));
         let mut follow_try = Every::new(Duration::from_millis(500));
+        let mut top_tables = Every::new(Duration::from_secs(1));
         loop {
             let stashed = std::mem::take(&mut self.stash);
             for ev in stashed {
@@ -58,6 +59,7 @@ impl Recorder<'_> {
                 .tick(&self.progress, || counters.read().ring_buffer_full);
             self.poll_cow_sizes();
             self.label_from_titles();
+            self.update_metrics(top_tables.due(Instant::now()));
             if let Some(p) = self.probes.as_mut()
                 && let Some(w) = self.target.retry_fork_probe(p)
             {
@@ -107,12 +109,29 @@ impl Recorder<'_> {
 
     /// Writes `record` unless `--max-events` / `--max-rate` leave it out.
     pub(super) fn write(&mut self, record: &TimelineEvent) -> Result<()> {
+        if let Some((m, _)) = self.metrics.as_mut() {
+            m.observe(record);
+        }
         if self.cap.admit(record)
             && let Some(t) = self.timeline.as_mut()
         {
             t.write_record(record).context("writing the timeline")?;
         }
         Ok(())
+    }
+
+    /// The metrics' periodic part; the top tables (a sort of the key table) when `tables`.
+    fn update_metrics(&mut self, tables: bool) {
+        let Some((m, _)) = self.metrics.as_mut() else {
+            return;
+        };
+        m.tick(
+            self.analyzer.epochs(),
+            self.counters.read().ring_buffer_full,
+        );
+        if tables && let Some(t) = self.analyzer.tables(crate::metrics::TOP_ROWS) {
+            m.top_tables(&t);
+        }
     }
 
     /// Labels forks and tracks exits.

@@ -31,6 +31,7 @@ use crate::{
         loader::{KernelCounterMap, ProbeOptions, Probes},
         reader::{self, ReaderStats},
     },
+    metrics::{self, Metrics},
     output_file::AtomicFile,
     record::status_line::{Progress, StatusLine},
     redis::{info::parse_target, locate, session::Kernel},
@@ -67,6 +68,8 @@ pub struct Recorder<'o> {
     pub(super) exit_status: Option<i32>,
     /// Epochs whose reason is still unknown: (epoch, child, since).
     pub(super) unlabelled: Vec<(u32, u32, Instant)>,
+    /// Live Prometheus metrics (`--metrics`), and their server.
+    pub(super) metrics: Option<(Metrics, metrics::serve::Server)>,
 }
 
 impl<'o> Recorder<'o> {
@@ -76,6 +79,16 @@ impl<'o> Recorder<'o> {
         let mut warnings = Vec::new();
         let (launched, info, id, spec) = resolve_target(opts, &mut warnings)?;
         // Every output is opened before anything is attached, so a bad path fails early.
+        // The metrics port first: taken, it fails the run before any file is created.
+        let metrics = match opts.metrics {
+            Some(addr) => {
+                let listener = metrics::serve::bind(addr)?;
+                let m = Metrics::new(&node_name(&info, spec.as_ref()));
+                let server = metrics::serve::Server::spawn(listener, m.registry())?;
+                Some((m, server))
+            }
+            None => None,
+        };
         let perfetto = match &opts.perfetto {
             Some(p) => Some(AtomicFile::create(p).with_context(|| {
                 format!(
@@ -145,6 +158,7 @@ impl<'o> Recorder<'o> {
             exited: HashSet::new(),
             exit_status: None,
             unlabelled: Vec::new(),
+            metrics,
         };
         recorder.start()?;
         Ok(recorder)
@@ -308,6 +322,15 @@ pub(super) fn announce_attribution(s: &crate::redis::session::RedisSession) {
             ""
         }
     );
+}
+
+/// The `node` label of the metrics: the server's address when it was given one, else
+/// `comm:pid`.
+fn node_name(info: &TargetInfo, spec: Option<&crate::redis::info::ConnSpec>) -> String {
+    match spec {
+        Some(s) => s.to_string(),
+        None => format!("{}:{}", info.comm, info.pid),
+    }
 }
 
 /// The process to trace: launched (held at its gate), or found.
