@@ -57,6 +57,40 @@ impl Drop for Stopped {
     }
 }
 
+/// `kernel.bpf_stats_enabled` set to 1, the earlier value restored when dropped.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn on() -> BpfStats {
+        let was = std::fs::read_to_string(BPF_STATS).expect(BPF_STATS);
+        std::fs::write(BPF_STATS, "1").expect(BPF_STATS);
+        BpfStats(was.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.0);
+    }
+}
+
+/// `run_cnt` of every BPF program among the fds of process `pid`, summed: the kernel's
+/// own count of the runs the tracer reports.
+fn bpf_runs_of(pid: u32) -> u64 {
+    let dir = format!("/proc/{pid}/fdinfo");
+    std::fs::read_dir(&dir)
+        .expect("the tracer's fdinfo")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_cnt:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// `(kind, role, activity)` of a fault record, `activity` as the metrics label it.
 type FaultKey = (String, String, String);
 
@@ -106,6 +140,7 @@ fn prometheus_reads_back_the_timelines_counts() {
     let prometheus = Prometheus::start(&addr);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run.ndjson");
+    let stats = BpfStats::on();
     let rec = Recording::start(&server, &out, &["--format", "ndjson", "--metrics", &addr]);
 
     // The child waits before each key (Redis 7 frees a big value's pages in the child
@@ -200,6 +235,30 @@ fn prometheus_reads_back_the_timelines_counts() {
     );
     assert_eq!(prometheus.value(&m("lost_events_total")), Some(0.0));
 
+    // The programs' runs, read once a second: each fault of the server ran its entry and
+    // completion programs at least; never more than the kernel's own count, read after.
+    let faults: f64 = expected.values().sum();
+    let mut runs = 0.0;
+    wait_until(
+        "the BPF run count",
+        SCRAPED,
+        Duration::from_millis(50),
+        || {
+            runs = prometheus.value(&m("bpf_runs_total")).unwrap_or(0.0);
+            runs >= 2.0 * faults
+        },
+    );
+    let kernel_runs = bpf_runs_of(rec.pid());
+    assert!(
+        runs <= kernel_runs as f64,
+        "{runs} runs reported, {kernel_runs} counted"
+    );
+    assert!(
+        prometheus
+            .value(&m("bpf_run_seconds_total"))
+            .is_some_and(|s| s > 0.0)
+    );
+
     // The slot gauges follow the run's table once a second: wait for the hot slots to
     // show their counts from the records (copy-on-write under the slot, not inside the
     // allocator), and for them to be the top three.
@@ -233,6 +292,7 @@ fn prometheus_reads_back_the_timelines_counts() {
 
     drop(stopped);
     let stderr = rec.stop();
+    drop(stats);
     let all = records(&out);
     let trailer = std::fs::read_to_string(&out).unwrap();
     assert!(

@@ -535,6 +535,17 @@ impl Probes {
         take(&mut self.ebpf, maps::EVENTS, RingBuf::try_from)
     }
 
+    /// The kernel's run time and run count of all our programs so far (both 0 unless
+    /// BPF statistics are on: `kernel.bpf_stats_enabled=1` or a `BPF_ENABLE_STATS` fd).
+    pub fn run_totals(&self) -> (std::time::Duration, u64) {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok())
+            .fold((std::time::Duration::ZERO, 0), |(t, n), i| {
+                (t + i.run_time(), n + i.run_count())
+            })
+    }
+
     /// Takes the counters out, so they can be read after the programs detach.
     pub fn take_counters(&mut self) -> Result<KernelCounterMap, LoadError> {
         take(&mut self.ebpf, maps::COUNTERS, PerCpuArray::try_from).map(KernelCounterMap)

@@ -10,7 +10,8 @@ pub mod serve;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
 };
 
 use prometheus_client::{
@@ -80,6 +81,9 @@ pub struct Metrics {
     epoch_cow: Gauge,
     lost: Counter,
     lost_seen: u64,
+    bpf_seconds: Counter<f64, AtomicU64>,
+    bpf_runs: Counter,
+    bpf_seen: (Duration, u64),
     top_keys: Family<KeyLabels, Gauge>,
     top_slots: Family<SlotLabels, Gauge>,
 }
@@ -94,6 +98,8 @@ impl Metrics {
         let children = Gauge::default();
         let epoch_cow = Gauge::default();
         let lost = Counter::default();
+        let bpf_seconds = Counter::<f64, AtomicU64>::default();
+        let bpf_runs = Counter::default();
         let top_keys = Family::<KeyLabels, Gauge>::default();
         let top_slots = Family::<SlotLabels, Gauge>::default();
         let mut root = Registry::with_prefix("redis_memtrace");
@@ -125,6 +131,16 @@ impl Metrics {
             lost.clone(),
         );
         reg.register(
+            "bpf_run_seconds",
+            "Run time of the tracer's eBPF programs (0 unless kernel.bpf_stats_enabled=1)",
+            bpf_seconds.clone(),
+        );
+        reg.register(
+            "bpf_runs",
+            "Runs of the tracer's eBPF programs (0 unless kernel.bpf_stats_enabled=1)",
+            bpf_runs.clone(),
+        );
+        reg.register(
             "top_key_cow_pages",
             "Copy-on-write pages of the run's top keys",
             top_keys.clone(),
@@ -146,6 +162,9 @@ impl Metrics {
             epoch_cow,
             lost,
             lost_seen: 0,
+            bpf_seconds,
+            bpf_runs,
+            bpf_seen: (Duration::ZERO, 0),
             top_keys,
             top_slots,
         }
@@ -218,6 +237,18 @@ impl Metrics {
             self.lost.inc_by(lost_total - self.lost_seen);
             self.lost_seen = lost_total;
         }
+    }
+
+    /// The programs' run time and count (the kernel's running totals).
+    pub fn bpf(&mut self, (time, runs): (Duration, u64)) {
+        let (seen_time, seen_runs) = self.bpf_seen;
+        if time > seen_time {
+            self.bpf_seconds.inc_by((time - seen_time).as_secs_f64());
+        }
+        if runs > seen_runs {
+            self.bpf_runs.inc_by(runs - seen_runs);
+        }
+        self.bpf_seen = (time.max(seen_time), runs.max(seen_runs));
     }
 
     /// The top-key and top-slot gauges, from the run's tables.
@@ -303,6 +334,9 @@ mod tests {
             epoch: Some(0),
         }));
         m.tick(&[], 5);
+        m.bpf((Duration::from_millis(3), 10));
+        // Totals only grow; a smaller reading (never expected) adds nothing.
+        m.bpf((Duration::from_millis(5), 4));
         let t = text(&m);
         let node = "node=\"127.0.0.1:6379\"";
         for line in [
@@ -323,6 +357,8 @@ mod tests {
             // No epoch open in what `tick` was given: the child is gone.
             format!("redis_memtrace_fork_children{{{node}}} 0"),
             format!("redis_memtrace_lost_events_total{{{node}}} 5"),
+            format!("redis_memtrace_bpf_runs_total{{{node}}} 10"),
+            format!("redis_memtrace_bpf_run_seconds_total{{{node}}} 0.005"),
         ] {
             assert!(t.lines().any(|l| l == line), "{line} missing from\n{t}");
         }

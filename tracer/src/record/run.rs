@@ -120,7 +120,8 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// The metrics' periodic part; the top tables (a sort of the key table) when `tables`.
+    /// The metrics' periodic part; when `tables` (once a second), also the BPF run time (a
+    /// system call per program) and the top tables (a sort of the key table).
     fn update_metrics(&mut self, tables: bool) {
         let Some((m, _)) = self.metrics.as_mut() else {
             return;
@@ -129,7 +130,13 @@ impl Recorder<'_> {
             self.analyzer.epochs(),
             self.counters.read().ring_buffer_full,
         );
-        if tables && let Some(t) = self.analyzer.tables(crate::metrics::TOP_ROWS) {
+        if !tables {
+            return;
+        }
+        if let Some(p) = self.probes.as_ref() {
+            m.bpf(p.run_totals());
+        }
+        if let Some(t) = self.analyzer.tables(crate::metrics::TOP_ROWS) {
             m.top_tables(&t);
         }
     }
