@@ -165,12 +165,25 @@ impl Recording {
 
     /// Starts the tracer as `launch` says and waits until it is ready.
     pub fn launch(launch: &Launch) -> Result<Recording, Error> {
-        let mut child = Command::new(tracer())
-            .arg("record")
+        let mut cmd = Command::new(tracer());
+        cmd.arg("record")
             .args(launch.target)
             .arg("-o")
             .arg(launch.out)
-            .args(launch.extra)
+            .args(launch.extra);
+        Recording::spawn(cmd, launch.ready, launch.echo)
+    }
+
+    /// `redis-memtrace serve ARGS` in the folder `cwd`, returned once it printed a line
+    /// containing `ready`.
+    pub fn serve(cwd: &Path, args: &[&str], ready: &str) -> Recording {
+        let mut cmd = Command::new(tracer());
+        cmd.arg("serve").args(args).current_dir(cwd);
+        Recording::spawn(cmd, ready, false).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn spawn(mut cmd: Command, ready: &str, echo: bool) -> Result<Recording, Error> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -179,13 +192,13 @@ impl Recording {
                 "starting {} (run `cargo xtask build`)",
                 tracer().display()
             )))?;
-        let lines = read_lines(child.stderr.take(), launch.echo);
+        let lines = read_lines(child.stderr.take(), echo);
         let mut rec = Recording {
             proc: Guarded::new(child, libc::SIGINT, DROP_GRACE),
             lines,
             seen: String::new(),
         };
-        rec.try_wait_for(launch.ready)?;
+        rec.try_wait_for(ready)?;
         Ok(rec)
     }
 

@@ -25,6 +25,48 @@ pub enum Command {
     Export(ExportArgs),
     /// Check that this host (and a Redis server) can be traced; exit 0 pass, 1 warn, 2 fail.
     Check(CheckArgs),
+    /// Trace a Redis server for as long as it takes (days), following its restarts, and
+    /// serve live Prometheus metrics; no timeline file, memory bounded.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to serve the metrics (OpenMetrics text at `/metrics`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: std::net::SocketAddr,
+    /// The Redis server by address: HOST:PORT or redis://[user:pass@]host:port. When it
+    /// exits, a server at the same address is waited for and traced.
+    #[arg(long, value_name = "ADDR")]
+    pub redis: String,
+    /// Do not attribute faults to Redis commands and keys (count only).
+    #[arg(long)]
+    pub no_attribution: bool,
+    /// What of key names the top-key gauges show: `full`, `hash` or `none`.
+    #[arg(long, value_enum, default_value_t = KeysMode::Full)]
+    pub keys: KeysMode,
+    /// Salt of `--keys hash`.
+    #[arg(long, value_name = "SALT", requires = "keys")]
+    pub key_salt: Option<String>,
+    /// Key bytes kept (longer keys are cut).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub key_bytes: u32,
+    /// Memory sampling interval (RSS, swap, INFO).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long; default: until SIGINT or SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 16)]
+    pub ring_buffer_mb: u32,
+    /// How often the ring buffer is drained while events flow, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub poll_ms: u64,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Arguments of `report`.

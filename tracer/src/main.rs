@@ -7,7 +7,9 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use memtrace::record::{RecordOptions, TargetSpec, record};
 
-use crate::cli::{CheckArgs, Cli, Command, ExportArgs, Format, KeysMode, RecordArgs, ReportArgs};
+use crate::cli::{
+    CheckArgs, Cli, Command, ExportArgs, Format, KeysMode, RecordArgs, ReportArgs, ServeArgs,
+};
 use memtrace::attribution::key_privacy::KeyPolicy;
 
 fn main() -> ExitCode {
@@ -17,6 +19,7 @@ fn main() -> ExitCode {
         Command::Report(args) => run_report(args),
         Command::Export(args) => run_export(args),
         Command::Check(args) => run_check(args),
+        Command::Serve(args) => run_serve(args),
     };
     match result {
         Ok(code) => code,
@@ -43,14 +46,7 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         },
         (Some(_), false) => anyhow::bail!("give either --pid or a command, not both"),
     };
-    let keys = match (args.keys, &args.key_salt) {
-        (KeysMode::Full, None) => KeyPolicy::Full,
-        (KeysMode::None, None) => KeyPolicy::Omit,
-        (KeysMode::Hash, Some(salt)) => KeyPolicy::hash_with_salt(salt.as_bytes()),
-        (KeysMode::Hash, None) => KeyPolicy::hash_random()
-            .map_err(|e| anyhow::anyhow!("cannot read a random salt from /dev/urandom: {e}"))?,
-        (_, Some(_)) => anyhow::bail!("--key-salt only applies to --keys hash"),
-    };
+    let keys = key_policy(args.keys, args.key_salt.as_deref())?;
     let opts = RecordOptions {
         target,
         duration: args.duration,
@@ -69,6 +65,47 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         max_rate: args.max_rate,
         follow: args.follow,
         metrics: args.metrics,
+        live: false,
+    };
+    record(&opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--keys` and `--key-salt` as a policy.
+fn key_policy(mode: KeysMode, salt: Option<&str>) -> anyhow::Result<KeyPolicy> {
+    Ok(match (mode, salt) {
+        (KeysMode::Full, None) => KeyPolicy::Full,
+        (KeysMode::None, None) => KeyPolicy::Omit,
+        (KeysMode::Hash, Some(salt)) => KeyPolicy::hash_with_salt(salt.as_bytes()),
+        (KeysMode::Hash, None) => KeyPolicy::hash_random()
+            .map_err(|e| anyhow::anyhow!("cannot read a random salt from /dev/urandom: {e}"))?,
+        (_, Some(_)) => anyhow::bail!("--key-salt only applies to --keys hash"),
+    })
+}
+
+/// `serve`: `record --redis ADDR --follow --metrics HOST:PORT` with no timeline and
+/// nothing kept that grows with time.
+fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let opts = RecordOptions {
+        target: TargetSpec::Redis(args.redis),
+        duration: args.duration,
+        output: std::path::PathBuf::new(),
+        ring_buffer_mb: args.ring_buffer_mb,
+        poll_interval: Duration::from_millis(args.poll_ms.max(1)),
+        quiet: args.quiet,
+        attribution: !args.no_attribution,
+        key_max: args.key_bytes as usize,
+        // As many rows as the top gauges show.
+        top_n: memtrace::metrics::TOP_ROWS,
+        interval: args.interval.max(Duration::from_millis(10)),
+        ndjson: false,
+        perfetto: None,
+        keys: key_policy(args.keys, args.key_salt.as_deref())?,
+        max_events: None,
+        max_rate: None,
+        follow: true,
+        metrics: Some(args.metrics),
+        live: true,
     };
     record(&opts)?;
     Ok(ExitCode::SUCCESS)

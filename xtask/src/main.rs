@@ -92,6 +92,9 @@ enum Cmd {
         /// How long.
         #[arg(long, default_value_t = 10)]
         minutes: u64,
+        /// Soak `serve` (a restart halfway, scraped by Prometheus) instead of `record`.
+        #[arg(long)]
+        serve: bool,
     },
     /// The main job: a throwaway Redis with a BGSAVE under writes and a swap episode,
     /// recorded; prints the report and leaves timeline.json, trace.json, report.html.
@@ -242,20 +245,16 @@ fn main() -> Result<()> {
             build()?;
             bench_fork::bench_fork(rounds, seconds, &label, &tracer_args)
         }
-        Cmd::Soak { minutes } => {
+        Cmd::Soak { minutes, serve } => {
             build()?;
             let manifest = servers::ensure()?;
+            let prometheus = prometheus::ensure()?;
             run(cargo()
-                .args([
-                    "test",
-                    "--release",
-                    "-p",
-                    "memtrace-tests",
-                    "--test",
-                    "soak",
-                ])
+                .args(["test", "--release", "-p", "memtrace-tests", "--test"])
+                .arg(if serve { "serve" } else { "soak" })
                 .env("MEMTRACE_BIN", bin("redis-memtrace"))
                 .env(servers::MANIFEST_ENV, &manifest)
+                .env(prometheus::ENV, &prometheus)
                 .env("MEMTRACE_SOAK_SECS", (minutes * 60).to_string())
                 .args(["--", "--test-threads=1", "--nocapture"]))
         }

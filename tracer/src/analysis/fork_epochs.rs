@@ -212,7 +212,10 @@ impl Epoch {
 #[derive(Debug, Default)]
 pub struct ForkEpochs {
     target: u32,
+    /// The epochs kept, in fork order: ids `first..`.
     epochs: Vec<Epoch>,
+    /// Id of `epochs[0]` (older epochs were forgotten, see [`ForkEpochs::forget_closed`]).
+    first: u32,
     /// Every traced non-target process -> the epoch it belongs to.
     member: HashMap<u32, u32>,
 }
@@ -250,7 +253,7 @@ impl ForkEpochs {
     }
 
     fn open(&mut self, parent: u32, parent_tid: u32, child: u32, ts: u64, before: bool) -> u32 {
-        let id = self.epochs.len() as u32;
+        let id = self.first + self.epochs.len() as u32;
         self.epochs.push(Epoch {
             id,
             parent_pid: parent,
@@ -300,7 +303,7 @@ impl ForkEpochs {
     /// Returns the closed epoch's id.
     pub fn on_exit(&mut self, pid: u32, ts: u64) -> Option<u32> {
         let epoch = self.member.remove(&pid)?;
-        let e = &mut self.epochs[epoch as usize];
+        let e = self.get_mut(epoch)?;
         if e.child_pid == pid && e.end_ns.is_none() {
             e.end_ns = Some(ts);
             e.end_reason = Some("exit");
@@ -320,7 +323,8 @@ impl ForkEpochs {
         }
         self.member
             .get(&pid)
-            .is_some_and(|&id| self.epochs[id as usize].end_ns.is_none())
+            .and_then(|&id| self.get(id))
+            .is_some_and(|e| e.end_ns.is_none())
     }
 
     /// Side and epoch of a fault of process `pid` that began at `ts`, counted in the
@@ -355,10 +359,11 @@ impl ForkEpochs {
                 None => (Role::Parent, None),
             };
         }
-        match self.member.get(&pid) {
-            Some(&id) => {
-                self.epochs[id as usize].faults.child.add(kind);
-                (Role::Child, Some(id))
+        let id = self.member.get(&pid).copied();
+        match id.and_then(|id| self.get_mut(id)) {
+            Some(e) => {
+                e.faults.child.add(kind);
+                (Role::Child, Some(e.id))
             }
             None => (Role::Child, None),
         }
@@ -377,12 +382,38 @@ impl ForkEpochs {
         self.epochs.iter_mut().rev().find(|e| e.child_pid == child)
     }
 
-    /// All epochs, in fork order, for labelling.
+    /// Epoch `id`, unless forgotten.
+    pub fn get(&self, id: u32) -> Option<&Epoch> {
+        self.epochs.get(id.checked_sub(self.first)? as usize)
+    }
+
+    /// Epoch `id`, unless forgotten.
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut Epoch> {
+        self.epochs.get_mut(id.checked_sub(self.first)? as usize)
+    }
+
+    /// Forgets the oldest epochs while more than `keep` closed ones precede the oldest
+    /// open one (`serve`, which runs for days, keeps no history); returns the first id
+    /// kept. Ids stay as they were.
+    pub fn forget_closed(&mut self, keep: usize) -> u32 {
+        let closed = self
+            .epochs
+            .iter()
+            .take_while(|e| e.end_ns.is_some())
+            .count();
+        let n = closed.saturating_sub(keep);
+        self.epochs.drain(..n);
+        self.first += n as u32;
+        self.first
+    }
+
+    /// The epochs kept, in fork order, for labelling.
     pub fn epochs_mut(&mut self) -> &mut [Epoch] {
         &mut self.epochs
     }
 
-    /// All epochs, in fork order.
+    /// The epochs kept (all of them unless [`ForkEpochs::forget_closed`] was called), in
+    /// fork order.
     pub fn epochs(&self) -> &[Epoch] {
         &self.epochs
     }
@@ -433,6 +464,38 @@ mod tests {
         assert_eq!(e.faults.child.cow_copy, 1);
         assert_eq!(e.faults.parent.wp_reuse, 0);
         assert_eq!(e.end_reason, Some("exit"));
+    }
+
+    #[test]
+    fn forgetting_closed_epochs_keeps_ids_and_the_open_ones() {
+        let mut ep = ForkEpochs::new(T);
+        // Epoch 0's child lives on; 1..=4 end.
+        ep.on_fork(T, T, 200, 1_000);
+        for i in 1..=4u32 {
+            ep.on_fork(T, T, 200 + i, 1_000 * (i as u64 + 1));
+            ep.on_exit(200 + i, 1_000 * (i as u64 + 1) + 500);
+        }
+        // Nothing before the open epoch 0: nothing forgotten.
+        assert_eq!(ep.forget_closed(1), 0);
+        assert_eq!(ep.epochs().len(), 5);
+        ep.on_exit(200, 6_000);
+        // All closed: all but the last two go.
+        assert_eq!(ep.forget_closed(2), 3);
+        assert_eq!(ep.epochs().iter().map(|e| e.id).collect::<Vec<_>>(), [3, 4]);
+        assert!(ep.get(2).is_none());
+        assert_eq!(ep.get(4).map(|e| e.child_pid), Some(204));
+        // New epochs continue the ids; faults find them.
+        assert_eq!(ep.on_fork(T, T, 300, 7_000), Some(5));
+        assert_eq!(
+            ep.assign(300, 7_100, FaultKind::CowCopy),
+            (Role::Child, Some(5))
+        );
+        assert_eq!(
+            ep.assign(T, 7_200, FaultKind::CowCopy),
+            (Role::Parent, Some(5))
+        );
+        assert_eq!(ep.on_exit(300, 8_000), Some(5));
+        assert_eq!(ep.get(5).map(|e| e.faults.child.cow_copy), Some(1));
     }
 
     #[test]

@@ -453,7 +453,8 @@ impl Worker {
     }
 
     fn finish(mut self) -> (Vec<Sample>, Vec<String>) {
-        if self.dropped > 0 {
+        // A cap of 0 keeps nothing on purpose (`serve`).
+        if self.dropped > 0 && self.cap > 0 {
             self.warnings.push(format!(
                 "{} memory samples dropped after the first {} (use a longer sampling interval)",
                 self.dropped, self.cap
@@ -481,7 +482,9 @@ impl Sampler {
         Sampler::spawn_capped(pid, conn, interval, MAX_SAMPLES)
     }
 
-    fn spawn_capped(
+    /// [`Sampler::spawn`] keeping at most `cap` samples (0: only the latest, for
+    /// [`Sampler::latest`]).
+    pub fn spawn_capped(
         pid: u32,
         conn: Option<RedisConn>,
         interval: Duration,

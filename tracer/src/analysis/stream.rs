@@ -285,6 +285,8 @@ struct AttributionState {
     /// Epochs whose tables were turned into their report (see
     /// [`Analyzer::retire_epoch_tables`]).
     retired: std::collections::HashSet<u32>,
+    /// Epochs below this id were forgotten: their faults count in the run's tables only.
+    first_epoch: u32,
     fork_child: Arc<Attribution>,
     top_n: usize,
     key_capacity: usize,
@@ -380,6 +382,7 @@ impl Analyzer {
             total: Aggregates::new(opts.key_capacity),
             per_epoch: HashMap::new(),
             retired: Default::default(),
+            first_epoch: 0,
             fork_child: Arc::new(Attribution::phase("fork-child")),
             top_n: opts.top_n,
             key_capacity: opts.key_capacity,
@@ -402,7 +405,7 @@ impl Analyzer {
         reason: Option<String>,
         redis: Option<crate::analysis::fork_epochs::EpochRedisInfo>,
     ) {
-        if let Some(e) = self.epochs.epochs_mut().get_mut(id as usize) {
+        if let Some(e) = self.epochs.get_mut(id) {
             if reason.is_some() {
                 e.reason = reason;
             }
@@ -415,7 +418,7 @@ impl Analyzer {
 
     /// The child of epoch `id`.
     pub fn epoch_child(&self, id: u32) -> Option<u32> {
-        self.epochs.epochs().get(id as usize).map(|e| e.child_pid)
+        self.epochs.get(id).map(|e| e.child_pid)
     }
 
     /// Mutable access to Redis's view of the epoch of `child` (to add numbers later).
@@ -533,6 +536,9 @@ impl Analyzer {
         let epoch = if process_exit {
             if pid == self.target {
                 self.target_exit_ns = Some(e.header.ts_ns);
+            } else {
+                // A child's swap level: it has no more to report.
+                self.swap_bytes.remove(&pid);
             }
             self.epochs.on_exit(pid, e.header.ts_ns)
         } else {
@@ -660,21 +666,21 @@ impl Analyzer {
         let Some(a) = self.attribution.as_mut() else {
             return;
         };
-        let epochs = self.epochs.epochs_mut();
+        let epochs = &mut self.epochs;
         let done: Vec<u32> = a
             .per_epoch
             .keys()
             .copied()
             .filter(|&id| {
                 let ended = epochs
-                    .get(id as usize)
+                    .get(id)
                     .and_then(|e| e.end_ns)
                     .is_some_and(|end| end.saturating_add(RETIRE_AFTER_NS) <= now);
                 ended && !a.pending.any(|p| p.epoch == Some(id))
             })
             .collect();
         for id in done {
-            if let (Some(agg), Some(e)) = (a.per_epoch.remove(&id), epochs.get_mut(id as usize)) {
+            if let (Some(agg), Some(e)) = (a.per_epoch.remove(&id), epochs.get_mut(id)) {
                 e.attribution = Some(agg.report(a.top_n));
                 a.retired.insert(id);
             }
@@ -706,9 +712,20 @@ impl Analyzer {
         &self.summary
     }
 
-    /// Fork epochs so far.
+    /// Fork epochs so far (those kept).
     pub fn epochs(&self) -> &[Epoch] {
         self.epochs.epochs()
+    }
+
+    /// Forgets all but the last `keep` closed epochs before the oldest open one, with
+    /// their tables (`serve`: memory must not grow with the number of forks).
+    pub fn forget_old_epochs(&mut self, keep: usize) {
+        let first = self.epochs.forget_closed(keep);
+        if let Some(a) = self.attribution.as_mut() {
+            a.per_epoch.retain(|&id, _| id >= first);
+            a.retired.retain(|&id| id >= first);
+            a.first_epoch = first;
+        }
     }
 
     /// The run's attribution tables so far, `top` rows each (attribution on).
@@ -732,7 +749,7 @@ impl AttributionState {
         // A fault of an epoch whose tables are retired (it began before the epoch ended
         // and completed after the next fork, RETIRE_AFTER_NS later) counts in the run's
         // tables only.
-        if let Some(id) = epoch.filter(|id| !self.retired.contains(id)) {
+        if let Some(id) = epoch.filter(|id| *id >= self.first_epoch && !self.retired.contains(id)) {
             let cap = self.key_capacity;
             self.per_epoch
                 .entry(id)

@@ -208,7 +208,9 @@ fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::pat
             e.faults.child.cow_copy,
         );
     }
-    eprintln!("  timeline: {}", output.display());
+    if !output.as_os_str().is_empty() {
+        eprintln!("  timeline: {}", output.display());
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,9 @@ pub struct RecordOptions {
     pub follow: bool,
     /// Serve live Prometheus metrics here.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `serve`: no timeline, and nothing kept that grows with time (samples, old epochs,
+    /// warnings), so the run can last for days.
+    pub live: bool,
 }
 
 impl RecordOptions {
@@ -97,6 +100,9 @@ impl RecordOptions {
             bail!(
                 "-o - (stdout) needs --format ndjson: a JSON document is only complete at the end"
             );
+        }
+        if self.live && self.metrics.is_none() {
+            bail!("serving needs --metrics HOST:PORT");
         }
         if self.to_stdout() && self.perfetto.is_some() {
             bail!("--perfetto reads the finished timeline back: write it to a file with -o");

@@ -25,6 +25,13 @@ use crate::{
 
 /// How long to wait for a batch before doing the periodic work.
 const TICK: Duration = Duration::from_millis(50);
+/// How often `serve` drops what it does not need to keep.
+const FORGET_EVERY: Duration = Duration::from_secs(5);
+/// Closed fork epochs `serve` keeps (their tables, the exits it knows of).
+const KEEP_EPOCHS: usize = 16;
+/// Warnings `serve` keeps (the newest; each was printed when it came).
+const KEEP_WARNINGS: usize = 64;
+
 /// How long a fork's reason is looked for in its child's title.
 const LABEL_WAIT: Duration = Duration::from_secs(1);
 
@@ -36,6 +43,7 @@ impl Recorder<'_> {
         let mut attribution_try = Every::new(Duration::from_millis(200));
         let mut follow_try = Every::new(Duration::from_millis(500));
         let mut top_tables = Every::new(Duration::from_secs(1));
+        let mut forget = Every::new(FORGET_EVERY);
         loop {
             let stashed = std::mem::take(&mut self.stash);
             for ev in stashed {
@@ -60,6 +68,9 @@ impl Recorder<'_> {
             self.poll_cow_sizes();
             self.label_from_titles();
             self.update_metrics(top_tables.due(Instant::now()));
+            if self.opts.live && forget.due(Instant::now()) {
+                self.forget_history();
+            }
             if let Some(p) = self.probes.as_mut()
                 && let Some(w) = self.target.retry_fork_probe(p)
             {
@@ -118,6 +129,23 @@ impl Recorder<'_> {
             t.write_record(record).context("writing the timeline")?;
         }
         Ok(())
+    }
+
+    /// `serve`: keeps only recent history, so memory does not grow with the time or the
+    /// forks and restarts seen.
+    fn forget_history(&mut self) {
+        self.analyzer.forget_old_epochs(KEEP_EPOCHS);
+        let extra = self.warnings.len().saturating_sub(KEEP_WARNINGS);
+        self.warnings.drain(..extra);
+        // Exited children matter only while their CoW size is awaited.
+        match self.target.session.as_ref() {
+            Some(s) => self.exited.retain(|&c| s.awaits_cow_size(c)),
+            None => self.exited.clear(),
+        }
+        let segments = &mut self.target.segments;
+        let extra = segments.len().saturating_sub(KEEP_EPOCHS);
+        segments.drain(..extra);
+        self.target.earlier_samples.clear();
     }
 
     /// The metrics' periodic part; when `tables` (once a second), also the BPF run time (a
@@ -326,7 +354,8 @@ impl Recorder<'_> {
             self.warnings.push(w);
         }
         let attribution = self.opts.attribution && self.try_attribution();
-        self.target.start_sampler(self.opts.interval);
+        self.target
+            .start_sampler(self.opts.interval, self.opts.live);
         if attribution
             && !self.opts.quiet
             && let Some(s) = &self.target.session

@@ -98,15 +98,19 @@ impl<'o> Recorder<'o> {
             })?),
             None => None,
         };
-        let timeline = Writer::create(&opts.output, opts.ndjson).with_context(|| {
-            format!(
-                "cannot write the timeline to {} (choose a writable path with -o)",
-                opts.output.display()
-            )
-        })?;
+        let timeline = if opts.live {
+            Writer::Discard
+        } else {
+            Writer::create(&opts.output, opts.ndjson).with_context(|| {
+                format!(
+                    "cannot write the timeline to {} (choose a writable path with -o)",
+                    opts.output.display()
+                )
+            })?
+        };
         let signalled = Arc::new(AtomicBool::new(false));
         let mut temp_files = Vec::new();
-        if !opts.ndjson {
+        if !opts.ndjson && !opts.live {
             temp_files.push(crate::output_file::temp_path(&opts.output));
         }
         if let Some(p) = &opts.perfetto {
@@ -213,7 +217,8 @@ impl<'o> Recorder<'o> {
         if let Some(l) = self.launched.as_mut() {
             l.release()?;
         }
-        self.target.start_sampler(self.opts.interval);
+        self.target
+            .start_sampler(self.opts.interval, self.opts.live);
         self.announce();
         Ok(())
     }

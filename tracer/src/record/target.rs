@@ -110,14 +110,20 @@ impl Target {
         }
     }
 
-    /// Starts sampling memory (and INFO when attribution found a connection).
-    pub fn start_sampler(&mut self, interval: Duration) {
+    /// Starts sampling memory (and INFO when attribution found a connection); with
+    /// `live` (`serve`), only the latest sample is kept.
+    pub fn start_sampler(&mut self, interval: Duration, live: bool) {
         let conn = self
             .session
             .as_ref()
             .and_then(|s| s.spec())
             .and_then(|spec| RedisConn::open(spec, Duration::from_millis(500)).ok());
-        self.sampler = Sampler::spawn(self.pid(), conn, interval).ok();
+        let cap = if live {
+            0
+        } else {
+            crate::analysis::samples::MAX_SAMPLES
+        };
+        self.sampler = Sampler::spawn_capped(self.pid(), conn, interval, cap).ok();
         // The first sample (its INFO included) before the run is announced: once the
         // tracer says it is tracing, its only commands are the periodic INFOs.
         if let Some(s) = &self.sampler {

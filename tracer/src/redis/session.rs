@@ -316,6 +316,11 @@ impl RedisSession {
         }
     }
 
+    /// Whether the CoW size of `child`'s fork is still awaited.
+    pub fn awaits_cow_size(&self, child: u32) -> bool {
+        self.pending_cow.iter().any(|(c, _, _)| *c == child)
+    }
+
     /// True while some exited child's CoW size is still awaited.
     pub fn has_pending(&self, exited: &dyn Fn(u32) -> bool) -> bool {
         self.conn.is_some() && self.pending_cow.iter().any(|(c, _, _)| exited(*c))

@@ -15,6 +15,8 @@ pub enum Writer {
     Json(json::JsonTimeline),
     /// One JSON object per line, written live.
     Ndjson(ndjson::NdjsonTimeline),
+    /// Nothing written (`serve`: the metrics are the output).
+    Discard,
 }
 
 impl Writer {
@@ -32,6 +34,7 @@ impl Writer {
         match self {
             Writer::Json(w) => w.write_header(run, target),
             Writer::Ndjson(w) => w.write_header(run, target),
+            Writer::Discard => Ok(()),
         }
     }
 
@@ -43,13 +46,14 @@ impl Writer {
         match self {
             Writer::Json(w) => w.write_record(record),
             Writer::Ndjson(w) => w.write_record(record),
+            Writer::Discard => Ok(()),
         }
     }
 
     /// Makes what was written so far visible (NDJSON); a no-op for JSON.
     pub fn flush_live(&mut self) -> std::io::Result<()> {
         match self {
-            Writer::Json(_) => Ok(()),
+            Writer::Json(_) | Writer::Discard => Ok(()),
             Writer::Ndjson(w) => w.flush(),
         }
     }
@@ -59,6 +63,7 @@ impl Writer {
         match self {
             Writer::Json(w) => w.finish(trailer),
             Writer::Ndjson(w) => w.finish(trailer),
+            Writer::Discard => Ok(std::path::PathBuf::new()),
         }
     }
 
