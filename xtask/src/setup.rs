@@ -32,6 +32,7 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     packages()?;
     crate::servers::ensure()?;
+    crate::tools::ensure()?;
     Ok(())
 }
 
