@@ -156,11 +156,17 @@ pub fn emit(id: u64, ts_ns: u64, found: &Found, layout: &ServerLayout) {
         bump(counter::LOST);
         return;
     };
-    // SAFETY: reserved ring-buffer memory of the right size; initialised completely here
-    // before any field is read or the event is submitted.
+    // SAFETY: reserved ring-buffer memory of the right size. The fields before `name`
+    // are zeroed here and set below; of `name` and `key` only the bytes `name_len` and
+    // `key_captured` count are written, and userspace reads no others (the rest holds
+    // older records of this ring, never zeroing 288 bytes per context).
     let ev = unsafe {
         let raw = entry.as_mut_ptr();
-        core::ptr::write_bytes(raw, 0, 1);
+        core::ptr::write_bytes(
+            raw.cast::<u8>(),
+            0,
+            core::mem::offset_of!(ContextEvent, name),
+        );
         &mut *raw
     };
     ev.header = header(kind::CONTEXT, id, ts_ns, found.flags);

@@ -205,7 +205,9 @@ fn user_regs() -> *const [u64; PT_REGS_WORDS] {
     unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as *const [u64; PT_REGS_WORDS] }
 }
 
-/// The faulting thread's user registers `r15` to `sp`, copied once into per-CPU scratch.
+/// The faulting thread's user registers that are used (the callee-saved ones, `orig_ax`,
+/// `ip` and `sp`), copied once into per-CPU scratch at their `pt_regs` indices; the other
+/// words of the scratch are stale.
 #[inline(always)]
 fn read_regs() -> Option<&'static [u64; PT_REGS_WORDS]> {
     let out = REGS.get_ptr_mut(0)?;
@@ -213,7 +215,17 @@ fn read_regs() -> Option<&'static [u64; PT_REGS_WORDS]> {
     // checks each against the struct and turns it into a guarded load) into our per-CPU
     // scratch, exclusively ours while the program runs.
     unsafe {
-        *out = *user_regs();
+        let r = user_regs();
+        let o = &mut *out;
+        o[0] = (*r)[0];
+        o[1] = (*r)[1];
+        o[2] = (*r)[2];
+        o[3] = (*r)[3];
+        o[4] = (*r)[4];
+        o[5] = (*r)[5];
+        o[PT_REGS_ORIG_AX] = (*r)[PT_REGS_ORIG_AX];
+        o[PT_REGS_IP] = (*r)[PT_REGS_IP];
+        o[PT_REGS_SP] = (*r)[PT_REGS_SP];
         Some(&*out)
     }
 }
