@@ -9,57 +9,21 @@
 //!
 //! Needs root and `MEMTRACE_PROMETHEUS` (set by `cargo xtask test`). Run serially.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use testkit::{
-    Guarded, Recording, Server, by_label, free_port, names_in,
-    process::{ProcStat, proc_state, signal},
+    Recording, Server, by_label, free_port, names_in,
+    process::{ProcStat, proc_state, rss_bytes, signal},
     prometheus::Prometheus,
     recording::ATTRIBUTION_ON,
     require_root,
+    soak::{periodic_bgsaves, soak_seconds},
     wait::wait_until,
 };
-
-/// VmRSS of `pid` in bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
 
 /// `minflt + majflt` of `pid` so far.
 fn faults(pid: u32) -> u64 {
     ProcStat::read(pid).expect("server alive").faults()
-}
-
-/// redis-benchmark writing and reading `server` without pause until dropped.
-fn benchmark(server: &Server) -> Guarded {
-    let port = server.url().rsplit(':').next().unwrap().to_string();
-    Guarded::kill_on_drop(
-        Command::new("redis-benchmark")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                "set,get",
-                "-r",
-                "100000",
-            ])
-            .args(["-d", "512", "-c", "20", "-n", "1000000000", "-q", "-l"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-benchmark"),
-    )
 }
 
 /// What one server's stretch of the run saw.
@@ -74,27 +38,13 @@ struct Stretch {
 /// runs, sampling the tracer's RSS; returns once the last BGSAVE is done.
 fn stretch(server: &Server, tracer: u32, secs: u64) -> Stretch {
     let before = faults(server.pid);
-    let bench = benchmark(server);
-    let mut con = server.client();
-    let started = Instant::now();
-    let (mut bgsaves, mut max_rss) = (0, 0);
-    let mut last_save = Instant::now() - Duration::from_secs(10);
-    while started.elapsed() < Duration::from_secs(secs) {
-        max_rss = max_rss.max(rss(tracer));
-        let saving = server.info_u64("persistence", "rdb_bgsave_in_progress");
-        if saving == 0 && last_save.elapsed() >= Duration::from_secs(5) {
-            let r: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
-            assert_eq!(r, "Background saving started");
-            bgsaves += 1;
-            last_save = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let bench = server.benchmark_loop();
+    let stats = periodic_bgsaves(server, tracer, Duration::from_secs(secs));
     drop(bench);
     server.wait_bgsave_done(Duration::from_secs(60));
     Stretch {
-        bgsaves,
-        max_rss,
+        bgsaves: stats.bgsaves,
+        max_rss: stats.max_rss,
         kernel_faults: faults(server.pid) - before,
     }
 }
@@ -102,10 +52,7 @@ fn stretch(server: &Server, tracer: u32, secs: u64) -> Stretch {
 #[test]
 fn serve_follows_a_restart_with_monotonic_metrics_and_bounded_memory() {
     require_root();
-    let secs: u64 = std::env::var("MEMTRACE_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let secs = soak_seconds();
     let build = by_label("redis-7.0");
     let port = free_port();
     let mut first = Server::start_on_port(&build, Some(port), &[]);
@@ -164,7 +111,7 @@ fn serve_follows_a_restart_with_monotonic_metrics_and_bounded_memory() {
         .query(&format!("redis_memtrace_faults_total{{{node}}}"))
         .len();
     signal(second.pid, libc::SIGCONT);
-    let max_rss = a.max_rss.max(b.max_rss).max(rss(tracer));
+    let max_rss = a.max_rss.max(b.max_rss).max(rss_bytes(tracer));
     let log = serve.stop();
     eprintln!(
         "serve {secs}s: {} + {} BGSAVEs, {series} fault series, parent faults {counted} \

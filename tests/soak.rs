@@ -4,25 +4,14 @@
 //! under 64 MiB, no event is lost, every BGSAVE is an epoch and every epoch is closed,
 //! and the timeline is complete and valid.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use testkit::{
-    Guarded, Recording, Server, by_label, process::ProcStat, read_timeline, require_root,
+    Recording, Server, by_label,
+    process::ProcStat,
+    read_timeline, require_root,
+    soak::{SoakStats, periodic_bgsaves, soak_seconds},
 };
-
-/// VmRSS of `pid` in bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
 
 /// User plus system CPU time of `pid` so far, seconds.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -32,10 +21,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[test]
 fn soak_under_benchmark_with_periodic_bgsave() {
     require_root();
-    let secs: u64 = std::env::var("MEMTRACE_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let secs = soak_seconds();
     let server = Server::start(&by_label("redis-7.0"), &[]);
     server.populate(100_000, "key", 512);
     let dir = tempfile::tempdir().unwrap();
@@ -43,41 +29,9 @@ fn soak_under_benchmark_with_periodic_bgsave() {
     let rec = Recording::start(&server, &out, &["--interval", "1s"]);
     let tracer_pid = rec.pid();
 
-    let port = server.url().rsplit(':').next().unwrap().to_string();
-    let mut bench = Guarded::kill_on_drop(
-        Command::new("redis-benchmark")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                "set,get",
-                "-r",
-                "100000",
-            ])
-            .args(["-d", "512", "-c", "20", "-n", "1000000000", "-q", "-l"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-benchmark"),
-    );
-    let mut con = server.client();
-    let started = Instant::now();
-    let mut bgsaves = 0;
-    let mut max_rss = 0;
-    let mut last_save = Instant::now() - Duration::from_secs(10);
-    while started.elapsed() < Duration::from_secs(secs) {
-        max_rss = max_rss.max(rss(tracer_pid));
-        let saving: u64 = server.info_u64("persistence", "rdb_bgsave_in_progress");
-        if saving == 0 && last_save.elapsed() >= Duration::from_secs(5) {
-            let r: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
-            assert_eq!(r, "Background saving started");
-            bgsaves += 1;
-            last_save = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let mut bench = server.benchmark_loop();
+    let SoakStats { bgsaves, max_rss } =
+        periodic_bgsaves(&server, tracer_pid, Duration::from_secs(secs));
     server.wait_bgsave_done(Duration::from_secs(60));
     let _ = bench.kill();
     let _ = bench.wait();

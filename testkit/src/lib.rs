@@ -26,6 +26,7 @@ pub mod programs;
 pub mod prometheus;
 pub mod recording;
 pub mod server;
+pub mod soak;
 pub mod swap;
 pub mod timeline;
 pub mod tools;

@@ -201,6 +201,17 @@ pub fn child_of(parent: u32) -> Option<u32> {
     children_of(parent).into_iter().next()
 }
 
+/// VmRSS of `pid` in bytes (0 when it cannot be read).
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

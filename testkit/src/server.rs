@@ -175,6 +175,21 @@ impl Server {
             .get_connection_with_timeout(timeout)
     }
 
+    /// redis-benchmark SET and GET on 100,000 random keys of 512 B, 20 clients, without
+    /// pause until dropped (killed then).
+    pub fn benchmark_loop(&self) -> crate::Guarded {
+        crate::Guarded::kill_on_drop(
+            std::process::Command::new("redis-benchmark")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-t", "set,get", "-r", "100000", "-d", "512", "-c", "20"])
+                .args(["-n", "1000000000", "-q", "-l"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-benchmark"),
+        )
+    }
+
     /// `127.0.0.1:PORT` (for `redis-cli -h`/`-p`, prefix `redis://` for a URL).
     pub fn url(&self) -> String {
         format!("127.0.0.1:{}", self.port)

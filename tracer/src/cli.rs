@@ -58,15 +58,24 @@ pub struct ServeArgs {
     /// Stop after this long; default: until SIGINT or SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, default_value_t = 16)]
-    pub ring_buffer_mb: u32,
-    /// How often the ring buffer is drained while events flow, in milliseconds.
-    #[arg(long, default_value_t = 10)]
-    pub poll_ms: u64,
+    #[command(flatten)]
+    pub ring: RingArgs,
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// The kernel ring buffer's options, shared by `record` and `serve`.
+#[derive(Debug, Args)]
+pub struct RingArgs {
+    /// Ring buffer size in MiB (a power of two). It is mapped into the tracer twice, so
+    /// it counts double in the tracer's RSS.
+    #[arg(long, default_value_t = 16)]
+    pub ring_buffer_mb: u32,
+    /// How often the ring buffer is drained while events flow, in milliseconds (each
+    /// drain wakes two of the tracer's threads).
+    #[arg(long, default_value_t = 10)]
+    pub poll_ms: u64,
 }
 
 /// Arguments of `report`.
@@ -192,14 +201,8 @@ pub struct RecordArgs {
     /// duration, the latest epoch's copy-on-write bytes, lost events, top keys and slots.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Ring buffer size in MiB (a power of two). It is mapped into the tracer twice, so
-    /// it counts double in the tracer's RSS.
-    #[arg(long, default_value_t = 16)]
-    pub ring_buffer_mb: u32,
-    /// How often the ring buffer is drained while events flow, in milliseconds (each
-    /// drain wakes two of the tracer's threads).
-    #[arg(long, default_value_t = 10)]
-    pub poll_ms: u64,
+    #[command(flatten)]
+    pub ring: RingArgs,
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
