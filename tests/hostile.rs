@@ -127,15 +127,27 @@ fn epochs(t: &Value) -> &Vec<Value> {
 fn redis_killed_while_its_child_saves_ends_the_run_with_the_epoch_closed() {
     require_root();
     let (mut server, mut con) = saving_server();
-    // The child reports its progress to the parent every 1,024 keys and exits when that
-    // write fails (the parent is gone): at 1 ms per key that can be a second after the
-    // kill, inside the run (seen once). At 20 ms per key the next report is 20 s away.
+    // The child reports its progress to the parent after its first key and then every
+    // 1,024 keys, and exits when that write fails (the parent is gone): at 1 ms per key
+    // that can be a second after the kill, inside the run (seen once). At 20 ms per key
+    // the next report is 20 s away, once the first one was made: a child starved of the
+    // CPU on this 2-CPU machine until after the kill made its first report then and
+    // exited (seen once in a fresh-clone run), so the kill waits for Redis to have it
+    // (INFO's `current_save_keys_processed`).
     server.config_set("rdb-key-save-delay", "20000");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");
     let rec = Recording::start(&server, &out, &[]);
     let kid = bgsave(&server, &mut con);
     overwrite(&mut con, 0, 2_000);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.info_u64("persistence", "current_save_keys_processed") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress report from child {kid}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     server.kill();
     let (status, stderr) = rec.exit();
     // The orphaned child saves on (its writes copy nothing now): the test ends it.
