@@ -29,13 +29,10 @@ use crate::{
     analysis::{
         classify::FaultKind,
         fork_epochs::Epoch,
-        stream::{Fork, ForkReturn, TimelineEvent},
+        stream::{Fork, ForkReturn, PAGE_SIZE, TimelineEvent},
     },
     attribution::aggregate::{AggregateReport, OTHER_ACTIVITY},
 };
-
-/// Bytes of a page: every fault counts one.
-const PAGE_BYTES: i64 = 4096;
 
 /// Rows of the top-key and top-slot gauges.
 pub const TOP_ROWS: usize = 10;
@@ -188,7 +185,7 @@ impl Metrics {
                 let activity = attribution.as_deref().map_or(NO_ACTIVITY, |a| &a.activity);
                 self.fault(*kind, role.name(), activity).inc();
                 if *kind == FaultKind::CowCopy && epoch.is_some() && *epoch == self.epoch {
-                    self.epoch_cow.inc_by(PAGE_BYTES);
+                    self.epoch_cow.inc_by(PAGE_SIZE as i64);
                 }
             }
             TimelineEvent::Fork(Fork {

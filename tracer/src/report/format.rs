@@ -2,7 +2,7 @@
 //! in ns/us/ms/s/min, RFC 3339 UTC times, and a guard against control characters.
 
 /// Bytes of one page: fault counts are in pages, reports speak MiB.
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::analysis::stream::PAGE_SIZE;
 
 const KIB: f64 = 1024.0;
 const MIB: f64 = 1024.0 * 1024.0;
