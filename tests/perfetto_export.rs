@@ -344,7 +344,7 @@ fn export_fails(cwd: &Path, input: &str, out: &str, line: &str) {
     fails_in_one_line(cwd, &["export", "--perfetto", input, "-o", out], line);
 }
 
-/// Bad timelines, among them the row of docs/robustness.md (`export --perfetto v2.json
+/// Bad timelines, among them the row of docs/robustness.md (`export --perfetto v3.json
 /// -o trace.json`, a timeline of schema version 2), and unwritable destinations: one line
 /// each, and no trace or temporary file.
 #[test]
@@ -388,10 +388,10 @@ fn bad_input_fails_in_one_line_without_output() {
                 .into(),
         ),
         (
-            "v2.json",
-            Some(SMALL.replace(r#""schema_version":1"#, r#""schema_version":2"#)),
-            "redis-memtrace: error: v2.json has schema_version 2, this redis-memtrace reads \
-             version 1"
+            "v3.json",
+            Some(SMALL.replace(r#""schema_version":1"#, r#""schema_version":3"#)),
+            "redis-memtrace: error: v3.json has schema_version 3; this redis-memtrace reads \
+             versions 1 (one server) and 2 (several, from merge)"
                 .into(),
         ),
     ];
@@ -433,7 +433,7 @@ fn bad_input_fails_in_one_line_without_output() {
             "good.json",
             "notjson.json",
             "truncated.json",
-            "v2.json"
+            "v3.json"
         ]
     );
 

@@ -510,7 +510,7 @@ fn bad_timelines_give_one_error_line() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     let good = r#"{"schema_version":1,"run":{"monotonic_start_ns":1,"wall_start_unix_ns":2},"target":{"pid":1},"events":[],"epochs":[],"summary":{}}"#;
-    let v2 = good.replace(r#""schema_version":1"#, r#""schema_version":2"#);
+    let v3 = good.replace(r#""schema_version":1"#, r#""schema_version":3"#);
     let cases: [(&str, &[u8], &str); 6] = [
         (
             "empty.json",
@@ -529,10 +529,10 @@ fn bad_timelines_give_one_error_line() {
              value at line 1 column 1",
         ),
         (
-            "v2.json",
-            v2.as_bytes(),
-            "redis-memtrace: error: v2.json has schema_version 2, this redis-memtrace reads \
-             version 1",
+            "v3.json",
+            v3.as_bytes(),
+            "redis-memtrace: error: v3.json has schema_version 3; this redis-memtrace reads \
+             versions 1 (one server) and 2 (several, from merge)",
         ),
         (
             "binary.json",
@@ -600,7 +600,7 @@ fn bad_timelines_give_one_error_line() {
             "notjson.json",
             "timeline.json",
             "trunc.json",
-            "v2.json"
+            "v3.json"
         ]
     );
 }

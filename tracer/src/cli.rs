@@ -28,6 +28,23 @@ pub enum Command {
     /// Trace a Redis server for as long as it takes (days), following its restarts, and
     /// serve live Prometheus metrics; no timeline file, memory bounded.
     Serve(ServeArgs),
+    /// Put the timelines of several servers (recorded at the same time, on one host or
+    /// several) on one time axis in one multi-node file, for `report` and `export`.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `merge`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  redis-memtrace merge node1.json node2.json node3.json -o cluster.json\n  redis-memtrace report cluster.json"
+)]
+pub struct MergeArgs {
+    /// Timelines written by `record` (JSON or NDJSON), or files written by `merge`.
+    #[arg(required = true, num_args = 1..)]
+    pub timelines: Vec<PathBuf>,
+    /// Where to write the multi-node timeline.
+    #[arg(short, long)]
+    pub output: PathBuf,
 }
 
 /// Arguments of `serve`.
@@ -142,17 +159,22 @@ pub enum Format {
 /// Arguments of `record`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  redis-memtrace record --duration 30s -o timeline.json\n  redis-memtrace record --redis redis://default:secret@127.0.0.1:6379 --duration 30s\n  redis-memtrace record --pid $(pidof redis-server) --duration 30s -o timeline.json\n  redis-memtrace record -o timeline.json -- redis-server --port 7777 --save ''"
+    after_help = "Examples:\n  redis-memtrace record --duration 30s -o timeline.json\n  redis-memtrace record --redis redis://default:secret@127.0.0.1:6379 --duration 30s\n  redis-memtrace record --pid $(pidof redis-server) --duration 30s -o timeline.json\n  redis-memtrace record --redis 127.0.0.1:7001 --redis 127.0.0.1:7002 --duration 30s -o nodes.json\n  redis-memtrace record -o timeline.json -- redis-server --port 7777 --save ''"
 )]
 pub struct RecordArgs {
-    /// PID of a running process to trace. Without --pid, --redis or a command, the
-    /// only redis-server running here is traced.
-    #[arg(long, conflicts_with_all = ["command", "redis"])]
+    /// PID of a running process to trace. Without --pid, --redis, --all or a command,
+    /// the only redis-server running here is traced.
+    #[arg(long, conflicts_with_all = ["command", "redis", "all"])]
     pub pid: Option<u32>,
     /// A local Redis server by address: HOST:PORT or redis://[user:pass@]host:port.
     /// Its PID comes from the listening socket or INFO; INFO feeds samples and fork labels.
+    /// Give it more than once to trace several servers at once: one set of programs, and
+    /// one timeline holding a node per server (schema version 2, as `merge` writes).
     #[arg(long, conflicts_with = "command", value_name = "ADDR")]
-    pub redis: Option<String>,
+    pub redis: Vec<String>,
+    /// Trace every redis-server and valkey-server running on this host (one node each).
+    #[arg(long, conflicts_with_all = ["command", "redis"])]
+    pub all: bool,
     /// With --redis: when the server exits, wait for a server at the same address and go
     /// on tracing it (a new segment of the same timeline). Stop with Ctrl-C or --duration.
     #[arg(long, requires = "redis")]

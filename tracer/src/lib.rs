@@ -11,6 +11,7 @@ pub mod check;
 pub mod export;
 pub mod json_fields;
 pub mod kernel;
+pub mod merge;
 pub mod metrics;
 pub mod output_file;
 pub mod record;

@@ -8,7 +8,8 @@ use clap::Parser;
 use memtrace::record::{RecordOptions, TargetSpec, record};
 
 use crate::cli::{
-    CheckArgs, Cli, Command, ExportArgs, Format, KeysMode, RecordArgs, ReportArgs, ServeArgs,
+    CheckArgs, Cli, Command, ExportArgs, Format, KeysMode, MergeArgs, RecordArgs, ReportArgs,
+    ServeArgs,
 };
 use memtrace::attribution::key_privacy::KeyPolicy;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Command::Export(args) => run_export(args),
         Command::Check(args) => run_check(args),
         Command::Serve(args) => run_serve(args),
+        Command::Merge(args) => run_merge(args),
     };
     match result {
         Ok(code) => code,
@@ -40,9 +42,11 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let target = match (args.pid, args.command.is_empty()) {
         (Some(pid), true) => TargetSpec::Pid(pid),
         (None, false) => TargetSpec::Command(args.command),
-        (None, true) => match args.redis {
-            Some(addr) => TargetSpec::Redis(addr),
-            None => TargetSpec::AutoRedis,
+        (None, true) if args.all => TargetSpec::AllRedis,
+        (None, true) => match <[String; 1]>::try_from(args.redis) {
+            Ok([addr]) => TargetSpec::Redis(addr),
+            Err(addrs) if addrs.is_empty() => TargetSpec::AutoRedis,
+            Err(addrs) => TargetSpec::Redises(addrs),
         },
         (Some(_), false) => anyhow::bail!("give either --pid or a command, not both"),
     };
@@ -118,6 +122,17 @@ fn run_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
 
 fn run_export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     memtrace::export::perfetto::export(&args.perfetto, &args.output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let set = memtrace::merge::run(&args.timelines, &args.output)?;
+    eprintln!(
+        "redis-memtrace: wrote {} ({} nodes; {})",
+        args.output.display(),
+        set.nodes.len(),
+        set.alignment.note
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -31,6 +31,11 @@ pub struct HostInfo {
     pub swappiness: Option<u32>,
     /// Online CPUs.
     pub cpus: Option<usize>,
+    /// The host's name (`merge` names nodes by it).
+    pub hostname: Option<String>,
+    /// `/proc/sys/kernel/random/boot_id`: runs with the same one share one
+    /// CLOCK_MONOTONIC, so `merge` aligns them exactly.
+    pub boot_id: Option<String>,
 }
 
 /// One line of `/proc/swaps`.
@@ -85,6 +90,8 @@ impl HostInfo {
             overcommit_memory: u32_at(h, "overcommit_memory"),
             swappiness: u32_at(h, "swappiness"),
             cpus: num("cpus").and_then(|n| usize::try_from(n).ok()),
+            hostname: text("hostname"),
+            boot_id: text("boot_id"),
         }
     }
 
@@ -105,8 +112,15 @@ impl HostInfo {
             overcommit_memory: read_u32("/proc/sys/vm/overcommit_memory"),
             swappiness: read_u32("/proc/sys/vm/swappiness"),
             cpus: std::thread::available_parallelism().ok().map(|n| n.get()),
+            hostname: read_line("/proc/sys/kernel/hostname"),
+            boot_id: read_line("/proc/sys/kernel/random/boot_id"),
         }
     }
+}
+
+fn read_line(path: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 fn read_u32(path: &str) -> Option<u32> {

@@ -5,10 +5,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use std::path::{Path, PathBuf};
+
 use super::{RecordOutcome, decide::EndReason, setup::Recorder};
 use crate::{
     analysis::clock,
-    timeline::{EndInfo, Trailer},
+    timeline::{
+        EndInfo, Trailer,
+        nodes::{self, Input},
+        read,
+    },
 };
 
 /// Redis publishes a fork's CoW size shortly after reaping the child.
@@ -45,32 +51,65 @@ impl Recorder<'_> {
             };
         }
         self.await_cow_sizes();
-        let mut released = Vec::new();
-        self.analyzer.flush_pending(&mut released);
-        for r in &released {
-            self.write(r)?;
+        let kernel = crate::timeline::KernelCounters {
+            unmatched_completions: unmatched,
+            ..self.counters.read()
+        };
+        let loss = loss_warning(&kernel);
+        if let Some(w) = &loss
+            && !self.opts.quiet
+        {
+            eprintln!("redis-memtrace: warning: {w}");
         }
-        let trailer = self.trailer(reason, end_mono, unmatched);
-        let timeline = self.timeline.take().context("timeline closed")?;
-        let output = timeline
-            .finish(&trailer)
-            .with_context(|| format!("finishing the timeline at {}", self.opts.output.display()))?;
+        let mut written = Vec::new();
+        for i in 0..self.nodes.len() {
+            let mut released = Vec::new();
+            self.nodes[i].analyzer.flush_pending(&mut released);
+            for r in &released {
+                self.write(i, r)?;
+            }
+            self.nodes[i].warnings.extend(loss.clone());
+            let trailer = self.trailer(i, reason, end_mono, &kernel);
+            let timeline = self.nodes[i].timeline.take().context("timeline closed")?;
+            let path = timeline.finish(&trailer).with_context(|| {
+                format!("finishing the timeline at {}", self.opts.output.display())
+            })?;
+            written.push((path, trailer));
+        }
+        let output = if self.several() {
+            merge_nodes(&written, &self.opts.output)?
+        } else {
+            written[0].0.clone()
+        };
         if let Some(file) = self.perfetto.take() {
             write_perfetto(&output, file)?;
         }
         if !self.opts.quiet {
-            print_summary(
-                &trailer,
+            let elapsed = end_mono.saturating_sub(self.start_mono);
+            eprintln!(
+                "redis-memtrace: stopped ({}) after {:.2} s: {} events, {} lost",
+                reason.as_str(),
+                elapsed as f64 / 1e9,
                 stats.delivered,
-                end_mono.saturating_sub(self.start_mono),
-                &output,
+                kernel.ring_buffer_full
             );
+            for (i, (_, t)) in written.iter().enumerate() {
+                if self.several() {
+                    let pid = t.segments.first().map_or(0, |s| s.pid);
+                    eprintln!("  server {} (pid {pid}):", i + 1);
+                }
+                print_summary(t);
+            }
+            if !output.as_os_str().is_empty() {
+                eprintln!("  timeline: {}", output.display());
+            }
         }
+        let (_, first) = written.swap_remove(0);
         Ok(RecordOutcome {
             output,
-            summary: trailer.summary,
-            epochs: trailer.epochs,
-            lost_events: trailer.lost_events,
+            summary: first.summary,
+            epochs: first.epochs,
+            lost_events: first.lost_events,
             target_exit_status: self.exit_status,
         })
     }
@@ -78,13 +117,17 @@ impl Recorder<'_> {
     fn await_cow_sizes(&mut self) {
         let until = Instant::now() + COW_SIZE_WAIT;
         loop {
-            self.poll_cow_sizes();
-            let exited = &self.exited;
-            let waiting = self
-                .target
-                .session
-                .as_ref()
-                .is_some_and(|s| s.has_pending(&|c| exited.contains(&c)));
+            let mut waiting = false;
+            for i in 0..self.nodes.len() {
+                self.poll_cow_sizes(i);
+                let n = &self.nodes[i];
+                let exited = &n.exited;
+                waiting |= n
+                    .target
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.has_pending(&|c| exited.contains(&c)));
+            }
             if !waiting || Instant::now() >= until {
                 break;
             }
@@ -92,27 +135,31 @@ impl Recorder<'_> {
         }
     }
 
-    fn trailer(&mut self, reason: EndReason, end_mono: u64, unmatched: u64) -> Trailer {
-        let sample_warnings = self.target.stop_sampler();
-        if !self.opts.quiet {
+    /// Node `i`'s trailer; a node whose server exited before the others ends there.
+    fn trailer(
+        &mut self,
+        i: usize,
+        reason: EndReason,
+        end_mono: u64,
+        kernel: &crate::timeline::KernelCounters,
+    ) -> Trailer {
+        let quiet = self.opts.quiet;
+        let exit_status = self.exit_status;
+        let n = &mut self.nodes[i];
+        let (reason, end_mono) = match n.ended_ns {
+            Some(at) => (EndReason::TargetExit, at),
+            None => (reason, end_mono),
+        };
+        let sample_warnings = n.target.stop_sampler();
+        if !quiet {
             for w in &sample_warnings {
                 eprintln!("redis-memtrace: warning: {w}");
             }
         }
-        self.warnings.extend(sample_warnings);
-        self.target.end_segment(end_mono, reason.as_str());
-        let kernel = crate::timeline::KernelCounters {
-            unmatched_completions: unmatched,
-            ..self.counters.read()
-        };
-        if let Some(w) = loss_warning(&kernel) {
-            if !self.opts.quiet {
-                eprintln!("redis-memtrace: warning: {w}");
-            }
-            self.warnings.push(w);
-        }
+        n.warnings.extend(sample_warnings);
+        n.target.end_segment(end_mono, reason.as_str());
         let analyzer = std::mem::replace(
-            &mut self.analyzer,
+            &mut n.analyzer,
             crate::analysis::stream::Analyzer::new(0, None),
         );
         let (mut epochs, summary) = analyzer.finish(end_mono);
@@ -126,20 +173,49 @@ impl Recorder<'_> {
         Trailer {
             epochs,
             lost_events: kernel.ring_buffer_full,
-            kernel,
+            kernel: *kernel,
             summary,
-            redis: self.target.session.as_ref().map(|s| s.info.clone()),
-            samples: std::mem::take(&mut self.target.earlier_samples),
-            warnings: std::mem::take(&mut self.warnings),
-            event_cap: self.cap.report(),
-            segments: std::mem::take(&mut self.target.segments),
+            redis: n.target.session.as_ref().map(|s| s.info.clone()),
+            samples: std::mem::take(&mut n.target.earlier_samples),
+            warnings: std::mem::take(&mut n.warnings),
+            event_cap: n.cap.report(),
+            segments: std::mem::take(&mut n.target.segments),
             end: EndInfo {
                 reason: reason.as_str().to_string(),
                 monotonic_end_ns: end_mono,
-                target_exit_status: self.exit_status,
+                target_exit_status: exit_status,
             },
         }
     }
+}
+
+/// Several servers: their timelines, written next to `output`, merged into it (one
+/// host, one clock: the alignment is exact) and removed. A failure keeps them and says
+/// where they are.
+fn merge_nodes(written: &[(PathBuf, Trailer)], output: &Path) -> Result<PathBuf> {
+    let keep = || {
+        let files: Vec<String> = written
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        format!("the servers' timelines are kept in {}", files.join(", "))
+    };
+    let mut inputs = Vec::new();
+    for (path, _) in written {
+        let timeline = read::load(path).map_err(|e| anyhow::anyhow!("{e}; {}", keep()))?;
+        inputs.push(Input {
+            source: output.display().to_string(),
+            timeline,
+        });
+    }
+    let set = nodes::merge(inputs).map_err(|e| anyhow::anyhow!("{e}; {}", keep()))?;
+    let bytes = serde_json::to_vec(&set).context("encoding the timeline")?;
+    let done = crate::output_file::write_atomically(output, &bytes)
+        .with_context(|| format!("cannot write {}; {}", output.display(), keep()))?;
+    for (path, _) in written {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(done)
 }
 
 /// What lost events and untraced threads make of the counts, if any were.
@@ -173,8 +249,7 @@ fn write_perfetto(
     mut file: crate::output_file::AtomicFile,
 ) -> Result<()> {
     use std::io::Write;
-    let t = crate::timeline::read::load(timeline)?;
-    let trace = crate::export::perfetto::to_chrome_trace(&t);
+    let trace = crate::export::perfetto::trace_of_file(timeline)?;
     let bytes = crate::export::perfetto::encode(&trace).context("encoding the Perfetto trace")?;
     file.writer()
         .write_all(&bytes)
@@ -183,15 +258,8 @@ fn write_perfetto(
     Ok(())
 }
 
-fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::path::Path) {
+fn print_summary(t: &Trailer) {
     let f = &t.summary.faults;
-    eprintln!(
-        "redis-memtrace: stopped ({}) after {:.2} s: {} events, {} lost",
-        t.end.reason,
-        elapsed_ns as f64 / 1e9,
-        delivered,
-        t.lost_events
-    );
     eprintln!(
         "  faults: cow_copy={} wp_reuse={} swap_in={} first_touch={} other={}",
         f.cow_copy, f.wp_reuse, f.swap_in, f.first_touch, f.other
@@ -207,9 +275,6 @@ fn print_summary(t: &Trailer, delivered: u64, elapsed_ns: u64, output: &std::pat
             e.faults.parent.cow_copy,
             e.faults.child.cow_copy,
         );
-    }
-    if !output.as_os_str().is_empty() {
-        eprintln!("  timeline: {}", output.display());
     }
 }
 

@@ -33,6 +33,10 @@ pub enum TargetSpec {
     Redis(String),
     /// The only redis-server (or valkey-server) running on this machine.
     AutoRedis,
+    /// Several Redis servers by address, in one recording (`--redis A --redis B`).
+    Redises(Vec<String>),
+    /// Every redis-server and valkey-server running on this machine (`--all`).
+    AllRedis,
 }
 
 /// Options of one recording.
@@ -90,6 +94,18 @@ impl RecordOptions {
                 "--ring-buffer-mb must be a power of two between 1 and 1024, not {}",
                 self.ring_buffer_mb
             );
+        }
+        if matches!(self.target, TargetSpec::Redises(_) | TargetSpec::AllRedis) {
+            let what = [
+                (self.follow, "--follow"),
+                (self.metrics.is_some(), "--metrics"),
+                (self.ndjson, "--format ndjson"),
+            ];
+            if let Some((_, flag)) = what.iter().find(|(on, _)| *on) {
+                bail!(
+                    "{flag} takes one server; with several (--redis given more than once, or --all) the timeline is one JSON file of all of them"
+                );
+            }
         }
         if self.follow && !matches!(self.target, TargetSpec::Redis(_)) {
             bail!(

@@ -12,7 +12,6 @@ use tracer_common::role;
 use super::{
     decide::{EndReason, Every, StopInputs, Verdict, verdict},
     setup::{Recorder, announce_attribution},
-    target::SERVER_INDEX,
 };
 use crate::{
     analysis::clock,
@@ -54,8 +53,10 @@ impl Recorder<'_> {
                     for ev in batch {
                         self.handle(ev)?;
                     }
-                    if let Some(t) = self.timeline.as_mut() {
-                        t.flush_live().context("writing the timeline")?;
+                    for n in &mut self.nodes {
+                        if let Some(t) = n.timeline.as_mut() {
+                            t.flush_live().context("writing the timeline")?;
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -65,33 +66,40 @@ impl Recorder<'_> {
             let counters = &self.counters;
             self.status
                 .tick(&self.progress, || counters.read().ring_buffer_full);
-            self.poll_cow_sizes();
-            self.label_from_titles();
+            for i in 0..self.nodes.len() {
+                self.poll_cow_sizes(i);
+                self.label_from_titles(i);
+            }
             self.update_metrics(top_tables.due(Instant::now()));
             if self.opts.live && forget.due(Instant::now()) {
                 self.forget_history();
             }
             if let Some(p) = self.probes.as_mut()
-                && let Some(w) = self.target.retry_fork_probe(p)
+                && let Some(w) = self.nodes[0].target.retry_fork_probe(p)
             {
-                self.warn(w);
+                self.warn(0, w);
             }
             let now = Instant::now();
-            if self.target.attribution_pending && attribution_try.due(now) {
+            if self.nodes[0].target.attribution_pending && attribution_try.due(now) {
                 self.retry_attribution();
             }
-            if self.target.waiting_since.is_some() && follow_try.due(now) {
+            if self.nodes[0].target.waiting_since.is_some() && follow_try.due(now) {
                 self.try_follow()?;
             }
-            let gone = liveness.due(now).then(|| self.target_gone());
-            let inputs = StopInputs {
-                signalled: self.signalled.load(Ordering::Relaxed),
-                now,
-                deadline,
-                follow: self.opts.follow,
-                waiting: self.target.waiting_since.is_some(),
-                target_exited: self.analyzer.target_exited(),
-                target_gone: gone,
+            let check_gone = liveness.due(now);
+            let inputs = if self.several() {
+                self.several_stop_inputs(check_gone, now, deadline)
+            } else {
+                let gone = check_gone.then(|| self.target_gone(0));
+                StopInputs {
+                    signalled: self.signalled.load(Ordering::Relaxed),
+                    now,
+                    deadline,
+                    follow: self.opts.follow,
+                    waiting: self.nodes[0].target.waiting_since.is_some(),
+                    target_exited: self.nodes[0].analyzer.target_exited(),
+                    target_gone: gone,
+                }
             };
             match verdict(&inputs) {
                 Verdict::Continue => {}
@@ -104,27 +112,86 @@ impl Recorder<'_> {
         }
     }
 
-    /// One kernel record: into the analyzer, its records into the timeline, and what the
-    /// Redis side learns from it.
+    /// Several servers: one that exits ends its node (the others go on being traced);
+    /// the run ends as for one server once all have.
+    fn several_stop_inputs(
+        &mut self,
+        check_gone: bool,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> StopInputs {
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if n.ended_ns.is_some() {
+                continue;
+            }
+            if n.analyzer.target_exited() || (check_gone && self.target_gone(i)) {
+                self.end_node(i);
+            }
+        }
+        StopInputs {
+            signalled: self.signalled.load(Ordering::Relaxed),
+            now,
+            deadline,
+            follow: false,
+            waiting: false,
+            target_exited: self.nodes.iter().all(|n| n.ended_ns.is_some()),
+            target_gone: None,
+        }
+    }
+
+    /// Node `i`'s server exited while others are traced: its run ends here.
+    fn end_node(&mut self, i: usize) {
+        let now = clock::monotonic_ns();
+        let quiet = self.opts.quiet;
+        let n = &mut self.nodes[i];
+        n.ended_ns = Some(now);
+        n.target.end_segment(now, EndReason::TargetExit.as_str());
+        if !quiet {
+            eprintln!(
+                "redis-memtrace: pid {} exited; tracing the other servers",
+                n.target.pid()
+            );
+        }
+    }
+
+    /// The node a kernel record belongs to: the only one, or by its process.
+    fn route(&mut self, ev: &KernelEvent) -> Option<usize> {
+        if !self.several() {
+            return Some(0);
+        }
+        let i = *self.owners.get(&ev.header().tgid)?;
+        if let KernelEvent::Fork(f) = ev {
+            self.owners.insert(f.child_pid, i);
+        }
+        Some(i)
+    }
+
+    /// One kernel record: into its node's analyzer, its records into that node's
+    /// timeline, and what the Redis side learns from it.
     pub(super) fn handle(&mut self, ev: KernelEvent) -> Result<()> {
+        let Some(i) = self.route(&ev) else {
+            return Ok(());
+        };
         let mut records = std::mem::take(&mut self.records);
-        self.analyzer.process(&ev, &mut records);
+        self.nodes[i].analyzer.process(&ev, &mut records);
         for record in records.drain(..) {
-            self.react(&record, &ev);
+            self.react(i, &record, &ev);
             self.progress.observe(&record);
-            self.write(&record)?;
+            self.write(i, &record)?;
         }
         self.records = records;
         Ok(())
     }
 
-    /// Writes `record` unless `--max-events` / `--max-rate` leave it out.
-    pub(super) fn write(&mut self, record: &TimelineEvent) -> Result<()> {
-        if let Some((m, _)) = self.metrics.as_mut() {
+    /// Writes `record` to node `i` unless `--max-events` / `--max-rate` leave it out.
+    pub(super) fn write(&mut self, i: usize, record: &TimelineEvent) -> Result<()> {
+        let n = &mut self.nodes[i];
+        if let Some((m, _)) = n.metrics.as_mut() {
             m.observe(record);
         }
-        if self.cap.admit(record)
-            && let Some(t) = self.timeline.as_mut()
+        if n.cap.admit(record)
+            && let Some(t) = n.timeline.as_mut()
         {
             t.write_record(record).context("writing the timeline")?;
         }
@@ -134,43 +201,45 @@ impl Recorder<'_> {
     /// `serve`: keeps only recent history, so memory does not grow with the time or the
     /// forks and restarts seen.
     fn forget_history(&mut self) {
-        self.analyzer.forget_old_epochs(KEEP_EPOCHS);
-        let extra = self.warnings.len().saturating_sub(KEEP_WARNINGS);
-        self.warnings.drain(..extra);
-        // Exited children matter only while their CoW size is awaited.
-        match self.target.session.as_ref() {
-            Some(s) => self.exited.retain(|&c| s.awaits_cow_size(c)),
-            None => self.exited.clear(),
+        for n in &mut self.nodes {
+            n.analyzer.forget_old_epochs(KEEP_EPOCHS);
+            let extra = n.warnings.len().saturating_sub(KEEP_WARNINGS);
+            n.warnings.drain(..extra);
+            // Exited children matter only while their CoW size is awaited.
+            match n.target.session.as_ref() {
+                Some(s) => n.exited.retain(|&c| s.awaits_cow_size(c)),
+                None => n.exited.clear(),
+            }
+            let segments = &mut n.target.segments;
+            let extra = segments.len().saturating_sub(KEEP_EPOCHS);
+            segments.drain(..extra);
+            n.target.earlier_samples.clear();
         }
-        let segments = &mut self.target.segments;
-        let extra = segments.len().saturating_sub(KEEP_EPOCHS);
-        segments.drain(..extra);
-        self.target.earlier_samples.clear();
     }
 
     /// The metrics' periodic part; when `tables` (once a second), also the BPF run time (a
     /// system call per program) and the top tables (a sort of the key table).
     fn update_metrics(&mut self, tables: bool) {
-        let Some((m, _)) = self.metrics.as_mut() else {
+        let full = self.counters.read().ring_buffer_full;
+        let n = &mut self.nodes[0];
+        let Some((m, _)) = n.metrics.as_mut() else {
             return;
         };
-        m.tick(
-            self.analyzer.epochs(),
-            self.counters.read().ring_buffer_full,
-        );
+        m.tick(n.analyzer.epochs(), full);
         if !tables {
             return;
         }
         if let Some(p) = self.probes.as_ref() {
             m.bpf(p.run_totals());
         }
-        if let Some(t) = self.analyzer.tables(crate::metrics::TOP_ROWS) {
+        if let Some(t) = n.analyzer.tables(crate::metrics::TOP_ROWS) {
             m.top_tables(&t);
         }
     }
 
-    /// Labels forks and tracks exits.
-    fn react(&mut self, record: &TimelineEvent, ev: &KernelEvent) {
+    /// Labels forks and tracks exits of node `i`.
+    fn react(&mut self, i: usize, record: &TimelineEvent, ev: &KernelEvent) {
+        let n = &mut self.nodes[i];
         match (record, ev) {
             (
                 TimelineEvent::Fork(Fork {
@@ -180,12 +249,12 @@ impl Recorder<'_> {
                 }),
                 _,
             ) => {
-                if let Some(s) = self.target.session.as_mut() {
+                if let Some(s) = n.target.session.as_mut() {
                     let (why, info) = s.on_fork(*child_pid);
                     if let Some(r) = &why {
                         s.expect_cow_size(*child_pid, r);
                     }
-                    self.analyzer.label_epoch(*id, why, Some(info));
+                    n.analyzer.label_epoch(*id, why, Some(info));
                 }
             }
             (
@@ -193,7 +262,7 @@ impl Recorder<'_> {
                     epoch: Some(id), ..
                 }),
                 KernelEvent::ForkCall(call),
-            ) => self.label_from_stack(*id, call),
+            ) => n.label_from_stack(*id, call),
             (
                 TimelineEvent::Exit {
                     pid,
@@ -202,12 +271,156 @@ impl Recorder<'_> {
                 },
                 _,
             ) => {
-                self.exited.insert(*pid);
+                n.exited.insert(*pid);
             }
             _ => {}
         }
     }
 
+    /// Epochs of node `i` the stack did not name: their child's title, once it has set it.
+    fn label_from_titles(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if n.unlabelled.is_empty() {
+            return;
+        }
+        let Some(s) = n.target.session.as_mut() else {
+            n.unlabelled.clear();
+            return;
+        };
+        let mut keep = Vec::new();
+        for (id, child, since) in std::mem::take(&mut n.unlabelled) {
+            let (why, info) = s.on_fork(child);
+            match why {
+                Some(r) => {
+                    s.expect_cow_size(child, &r);
+                    n.analyzer.label_epoch(id, Some(r), Some(info));
+                }
+                None if since.elapsed() < LABEL_WAIT => keep.push((id, child, since)),
+                None => {}
+            }
+        }
+        n.unlabelled = keep;
+    }
+
+    pub(super) fn poll_cow_sizes(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let Some(s) = n.target.session.as_mut() else {
+            return;
+        };
+        let exited = &n.exited;
+        for (child, bytes) in s.poll_cow_sizes(&|c| exited.contains(&c)) {
+            if let Some(r) = n.analyzer.epoch_redis_mut(child) {
+                r.last_cow_size = Some(bytes);
+            }
+        }
+    }
+
+    /// A launched server: turn attribution on once it serves.
+    fn retry_attribution(&mut self) {
+        let pid = self.nodes[0].target.pid();
+        let serving = target::comm(pid).is_some_and(|c| locate::SERVER_NAMES.contains(&c.as_str()))
+            && !locate::tcp_ports_of(pid).is_empty();
+        if !serving {
+            return;
+        }
+        // Not listening yet, or memory not set up: tried again shortly. A definite answer
+        // (on, or a warning) ends the retries.
+        let before = self.nodes[0].warnings.len();
+        let on = self.try_attribution(0);
+        let n = &mut self.nodes[0];
+        n.target.attribution_pending = false;
+        if !self.opts.quiet {
+            if let Some(s) = n.target.session.as_ref().filter(|_| on) {
+                announce_attribution(s);
+            }
+            for w in &n.warnings[before..] {
+                eprintln!("redis-memtrace: warning: {w}");
+            }
+        }
+    }
+
+    fn warn(&mut self, i: usize, w: String) {
+        if !self.opts.quiet {
+            eprintln!("redis-memtrace: warning: {w}");
+        }
+        self.nodes[i].warnings.push(w);
+    }
+
+    /// The liveness backstop, in case the exit event itself was lost.
+    fn target_gone(&mut self, i: usize) -> bool {
+        match self.launched.as_ref() {
+            Some(l) => {
+                self.exit_status = self.exit_status.or_else(|| l.try_status());
+                self.exit_status.is_some()
+            }
+            None => target::still_running(self.nodes[i].target.id).is_err(),
+        }
+    }
+
+    /// The traced server went away under `--follow`: close its segment, start waiting.
+    fn await_restart(&mut self) {
+        let t = &mut self.nodes[0].target;
+        t.end_segment(clock::monotonic_ns(), EndReason::TargetExit.as_str());
+        t.waiting_since = Some(Instant::now());
+        if !self.opts.quiet {
+            eprintln!(
+                "redis-memtrace: pid {} exited; waiting for a server at the same address (--follow)",
+                t.pid()
+            );
+        }
+    }
+
+    /// Under `--follow`: a server back at the address is traced in a new segment.
+    fn try_follow(&mut self) -> Result<()> {
+        let super::TargetSpec::Redis(spec) = &self.opts.target else {
+            return Ok(());
+        };
+        let Some((info, id)) = find_restarted(spec, self.nodes[0].target.id) else {
+            return Ok(());
+        };
+        let since = self.nodes[0]
+            .target
+            .waiting_since
+            .map_or(0.0, |s| s.elapsed().as_secs_f64());
+        if !self.opts.quiet {
+            eprintln!(
+                "redis-memtrace: following: a server is back at {} as pid {} ({since:.1} s after the last one exited)",
+                redact_spec(spec),
+                id.pid
+            );
+        }
+        let mut released = Vec::new();
+        self.nodes[0]
+            .analyzer
+            .retarget(id.pid, target::swap_bytes(id.pid), &mut released);
+        for r in &released {
+            self.write(0, r)?;
+        }
+        let n = &mut self.nodes[0];
+        let sample_warnings = n.target.stop_sampler();
+        n.warnings.extend(sample_warnings);
+        n.target.restart(info, id, clock::monotonic_ns());
+        let index = n.index;
+        if let Some(p) = self.probes.as_mut() {
+            p.trace(id.pid, role::TARGET, index)?;
+        }
+        if let Err(w) = self.probe_fork_call(id.pid) {
+            self.nodes[0].warnings.push(w);
+        }
+        let attribution = self.opts.attribution && self.try_attribution(0);
+        let n = &mut self.nodes[0];
+        n.target.start_sampler(self.opts.interval, self.opts.live);
+        if attribution
+            && !self.opts.quiet
+            && let Some(s) = &n.target.session
+        {
+            announce_attribution(s);
+        }
+        Ok(())
+    }
+}
+
+impl super::setup::Node {
     /// The reason of epoch `id` from its `fork()` caller's stack.
     fn label_from_stack(&mut self, id: u32, call: &tracer_common::ForkCallEvent) {
         let Some(s) = self.target.session.as_mut() else {
@@ -227,142 +440,6 @@ impl Recorder<'_> {
             }
             None => self.unlabelled.push((id, child, Instant::now())),
         }
-    }
-
-    /// Epochs the stack did not name: their child's title, once it has set it.
-    fn label_from_titles(&mut self) {
-        if self.unlabelled.is_empty() {
-            return;
-        }
-        let Some(s) = self.target.session.as_mut() else {
-            self.unlabelled.clear();
-            return;
-        };
-        let mut keep = Vec::new();
-        for (id, child, since) in std::mem::take(&mut self.unlabelled) {
-            let (why, info) = s.on_fork(child);
-            match why {
-                Some(r) => {
-                    s.expect_cow_size(child, &r);
-                    self.analyzer.label_epoch(id, Some(r), Some(info));
-                }
-                None if since.elapsed() < LABEL_WAIT => keep.push((id, child, since)),
-                None => {}
-            }
-        }
-        self.unlabelled = keep;
-    }
-
-    pub(super) fn poll_cow_sizes(&mut self) {
-        let Some(s) = self.target.session.as_mut() else {
-            return;
-        };
-        let exited = &self.exited;
-        for (child, bytes) in s.poll_cow_sizes(&|c| exited.contains(&c)) {
-            if let Some(r) = self.analyzer.epoch_redis_mut(child) {
-                r.last_cow_size = Some(bytes);
-            }
-        }
-    }
-
-    /// A launched server: turn attribution on once it serves.
-    fn retry_attribution(&mut self) {
-        let pid = self.target.pid();
-        let serving = target::comm(pid).is_some_and(|c| locate::SERVER_NAMES.contains(&c.as_str()))
-            && !locate::tcp_ports_of(pid).is_empty();
-        if !serving {
-            return;
-        }
-        // Not listening yet, or memory not set up: tried again shortly. A definite answer
-        // (on, or a warning) ends the retries.
-        let before = self.warnings.len();
-        let on = self.try_attribution();
-        self.target.attribution_pending = false;
-        if !self.opts.quiet {
-            if let Some(s) = self.target.session.as_ref().filter(|_| on) {
-                announce_attribution(s);
-            }
-            for w in &self.warnings[before..] {
-                eprintln!("redis-memtrace: warning: {w}");
-            }
-        }
-    }
-
-    fn warn(&mut self, w: String) {
-        if !self.opts.quiet {
-            eprintln!("redis-memtrace: warning: {w}");
-        }
-        self.warnings.push(w);
-    }
-
-    /// The liveness backstop, in case the exit event itself was lost.
-    fn target_gone(&mut self) -> bool {
-        match self.launched.as_ref() {
-            Some(l) => {
-                self.exit_status = self.exit_status.or_else(|| l.try_status());
-                self.exit_status.is_some()
-            }
-            None => target::still_running(self.target.id).is_err(),
-        }
-    }
-
-    /// The traced server went away under `--follow`: close its segment, start waiting.
-    fn await_restart(&mut self) {
-        self.target
-            .end_segment(clock::monotonic_ns(), EndReason::TargetExit.as_str());
-        self.target.waiting_since = Some(Instant::now());
-        if !self.opts.quiet {
-            eprintln!(
-                "redis-memtrace: pid {} exited; waiting for a server at the same address (--follow)",
-                self.target.pid()
-            );
-        }
-    }
-
-    /// Under `--follow`: a server back at the address is traced in a new segment.
-    fn try_follow(&mut self) -> Result<()> {
-        let super::TargetSpec::Redis(spec) = &self.opts.target else {
-            return Ok(());
-        };
-        let Some((info, id)) = find_restarted(spec, self.target.id) else {
-            return Ok(());
-        };
-        let since = self
-            .target
-            .waiting_since
-            .map_or(0.0, |s| s.elapsed().as_secs_f64());
-        if !self.opts.quiet {
-            eprintln!(
-                "redis-memtrace: following: a server is back at {} as pid {} ({since:.1} s after the last one exited)",
-                redact_spec(spec),
-                id.pid
-            );
-        }
-        let mut released = Vec::new();
-        self.analyzer
-            .retarget(id.pid, target::swap_bytes(id.pid), &mut released);
-        for r in &released {
-            self.write(r)?;
-        }
-        let sample_warnings = self.target.stop_sampler();
-        self.warnings.extend(sample_warnings);
-        self.target.restart(info, id, clock::monotonic_ns());
-        if let Some(p) = self.probes.as_mut() {
-            p.trace(id.pid, role::TARGET, SERVER_INDEX)?;
-        }
-        if let Err(w) = self.probe_fork_call(id.pid) {
-            self.warnings.push(w);
-        }
-        let attribution = self.opts.attribution && self.try_attribution();
-        self.target
-            .start_sampler(self.opts.interval, self.opts.live);
-        if attribution
-            && !self.opts.quiet
-            && let Some(s) = &self.target.session
-        {
-            announce_attribution(s);
-        }
-        Ok(())
     }
 }
 

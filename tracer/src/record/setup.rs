@@ -3,7 +3,8 @@
 //! that does not reach [`Recorder::finish`].
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -18,7 +19,7 @@ use tracer_common::role;
 
 use super::{
     RecordOptions, TargetSpec,
-    target::{ForkProbe, SERVER_INDEX, Target},
+    target::{FIRST_SERVER_INDEX, ForkProbe, Target},
 };
 use crate::{
     analysis::clock,
@@ -38,6 +39,26 @@ use crate::{
     timeline::{RunInfo, TargetInfo, Writer},
 };
 
+/// One traced server and everything kept for it: `record` traces one, or several with
+/// `--redis A --redis B` / `--all` (each gets its own timeline, merged at the end).
+pub struct Node {
+    /// Its row in the kernel's `SERVERS` table.
+    pub(super) index: u32,
+    pub(super) target: Target,
+    pub(super) analyzer: Analyzer,
+    /// `None` once finished.
+    pub(super) timeline: Option<Writer>,
+    pub(super) cap: EventCap,
+    pub(super) warnings: Vec<String>,
+    pub(super) exited: HashSet<u32>,
+    /// Epochs whose reason is still unknown: (epoch, child, since).
+    pub(super) unlabelled: Vec<(u32, u32, Instant)>,
+    /// Live Prometheus metrics (`--metrics`), and their server.
+    pub(super) metrics: Option<(Metrics, metrics::serve::Server)>,
+    /// With several servers: when this one exited (the others are still traced).
+    pub(super) ended_ns: Option<u64>,
+}
+
 /// A recording in progress.
 pub struct Recorder<'o> {
     pub(super) opts: &'o RecordOptions,
@@ -47,13 +68,12 @@ pub struct Recorder<'o> {
     reader_stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<ReaderStats>>,
     pub(super) counters: KernelCounterMap,
-    /// `None` once finished.
-    pub(super) timeline: Option<Writer>,
+    /// The servers traced (one unless several were asked for).
+    pub(super) nodes: Vec<Node>,
+    /// Which node each traced process belongs to (several servers only).
+    pub(super) owners: HashMap<u32, usize>,
     pub(super) perfetto: Option<AtomicFile>,
-    pub(super) analyzer: Analyzer,
-    pub(super) target: Target,
     pub(super) launched: Option<Launched>,
-    pub(super) warnings: Vec<String>,
     pub(super) run_info: RunInfo,
     pub(super) signalled: Arc<AtomicBool>,
     pub(super) start_mono: u64,
@@ -61,33 +81,27 @@ pub struct Recorder<'o> {
     pub(super) stash: Vec<KernelEvent>,
     /// Scratch: records yielded by one kernel event.
     pub(super) records: Vec<TimelineEvent>,
-    pub(super) cap: EventCap,
     pub(super) progress: Progress,
     pub(super) status: StatusLine,
-    pub(super) exited: HashSet<u32>,
     pub(super) exit_status: Option<i32>,
-    /// Epochs whose reason is still unknown: (epoch, child, since).
-    pub(super) unlabelled: Vec<(u32, u32, Instant)>,
-    /// Live Prometheus metrics (`--metrics`), and their server.
-    pub(super) metrics: Option<(Metrics, metrics::serve::Server)>,
 }
 
 impl<'o> Recorder<'o> {
-    /// Resolves the target, opens the outputs, loads the programs and starts tracing.
+    /// Resolves the targets, opens the outputs, loads the programs and starts tracing.
     pub fn setup(opts: &'o RecordOptions) -> Result<Recorder<'o>> {
         // Launch before any thread exists (fork in a single-threaded process).
         let mut warnings = Vec::new();
-        let (launched, info, id, spec) = resolve_target(opts, &mut warnings)?;
+        let (launched, found) = resolve_targets(opts, &mut warnings)?;
         // Every output is opened before anything is attached, so a bad path fails early.
         // The metrics port first: taken, it fails the run before any file is created.
-        let metrics = match opts.metrics {
-            Some(addr) => {
+        let metrics = match (opts.metrics, found.first()) {
+            (Some(addr), Some((info, _, spec))) => {
                 let listener = metrics::serve::bind(addr)?;
-                let m = Metrics::new(&node_name(&info, spec.as_ref()));
+                let m = Metrics::new(&node_name(info, spec.as_ref()));
                 let server = metrics::serve::Server::spawn(listener, m.registry())?;
                 Some((m, server))
             }
-            None => None,
+            _ => None,
         };
         let perfetto = match &opts.perfetto {
             Some(p) => Some(AtomicFile::create(p).with_context(|| {
@@ -98,20 +112,19 @@ impl<'o> Recorder<'o> {
             })?),
             None => None,
         };
-        let timeline = if opts.live {
-            Writer::Discard
-        } else {
-            Writer::create(&opts.output, opts.ndjson).with_context(|| {
-                format!(
-                    "cannot write the timeline to {} (choose a writable path with -o)",
-                    opts.output.display()
-                )
-            })?
-        };
+        let dests = node_destinations(opts, found.len());
+        let mut writers = Vec::new();
+        for dest in &dests {
+            writers.push(open_writer(opts, dest)?);
+        }
         let signalled = Arc::new(AtomicBool::new(false));
-        let mut temp_files = Vec::new();
+        let mut temp_files: Vec<PathBuf> = Vec::new();
         if !opts.ndjson && !opts.live {
-            temp_files.push(crate::output_file::temp_path(&opts.output));
+            temp_files.extend(dests.iter().map(|d| crate::output_file::temp_path(d)));
+            // Several servers: the node files themselves are temporary too.
+            if dests.len() > 1 {
+                temp_files.extend(dests.iter().cloned());
+            }
         }
         if let Some(p) = &opts.perfetto {
             temp_files.push(crate::output_file::temp_path(p));
@@ -123,21 +136,46 @@ impl<'o> Recorder<'o> {
         }) {
             Ok(p) => p,
             Err(e) => {
-                timeline.abandon();
+                writers.into_iter().for_each(Writer::abandon);
                 return Err(e.into());
             }
         };
         let ring = probes.take_events()?;
         let counters = probes.take_counters()?;
-        // The reader runs before the target is added, so nothing emitted is left unread.
+        // The reader runs before the targets are added, so nothing emitted is left unread.
         let (tx, events) = mpsc::sync_channel(256);
         let reader_stop = Arc::new(AtomicBool::new(false));
         let reader = reader::spawn(ring, tx, Arc::clone(&reader_stop), opts.poll_interval)
             .context("starting the ring buffer reader")?;
         let start_mono = clock::monotonic_ns();
         let run_info = run_info(opts, &probes, start_mono);
-        let mut analyzer = Analyzer::new(id.pid, target::swap_bytes(id.pid).or(Some(0)));
-        analyzer.set_evidence(probes.evidence);
+        let evidence = probes.evidence;
+        let mut metrics = metrics;
+        let nodes = found
+            .into_iter()
+            .zip(writers)
+            .enumerate()
+            .map(|(i, ((info, id, spec), timeline))| {
+                let mut analyzer = Analyzer::new(id.pid, target::swap_bytes(id.pid).or(Some(0)));
+                analyzer.set_evidence(evidence);
+                Node {
+                    index: FIRST_SERVER_INDEX + i as u32,
+                    target: Target::new(id, info, spec, start_mono),
+                    analyzer,
+                    timeline: Some(timeline),
+                    cap: EventCap::new(opts.max_events, opts.max_rate),
+                    warnings: if i == 0 {
+                        std::mem::take(&mut warnings)
+                    } else {
+                        warnings.clone()
+                    },
+                    exited: HashSet::new(),
+                    unlabelled: Vec::new(),
+                    metrics: metrics.take(),
+                    ended_ns: None,
+                }
+            })
+            .collect();
         let mut recorder = Recorder {
             opts,
             probes: Some(probes),
@@ -145,30 +183,29 @@ impl<'o> Recorder<'o> {
             reader_stop,
             reader: Some(reader),
             counters,
-            timeline: Some(timeline),
+            nodes,
+            owners: HashMap::new(),
             perfetto,
-            analyzer,
-            target: Target::new(id, info, spec, start_mono),
             launched,
-            warnings,
             run_info,
             signalled,
             start_mono,
             stash: Vec::new(),
             records: Vec::new(),
-            cap: EventCap::new(opts.max_events, opts.max_rate),
             progress: Progress::default(),
             status: StatusLine::new(!opts.quiet),
-            exited: HashSet::new(),
             exit_status: None,
-            unlabelled: Vec::new(),
-            metrics,
         };
         recorder.start()?;
         Ok(recorder)
     }
 
-    /// Probes `fork()`, turns attribution on, starts tracing, writes the header and
+    /// Whether several servers are traced (records are routed to their node by pid).
+    pub(super) fn several(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// Probes `fork()`, turns attribution on, starts tracing, writes the headers and
     /// releases a launched command.
     fn start(&mut self) -> Result<()> {
         if let Some(p) = self.probes.as_ref()
@@ -178,48 +215,66 @@ impl<'o> Recorder<'o> {
                 eprintln!("redis-memtrace: warning: {d}");
             }
         }
+        for i in 0..self.nodes.len() {
+            self.start_node(i)?;
+        }
+        if let Some(l) = self.launched.as_mut() {
+            l.release()?;
+        }
+        for n in &mut self.nodes {
+            n.target.start_sampler(self.opts.interval, self.opts.live);
+        }
+        self.announce();
+        Ok(())
+    }
+
+    /// Node `i`: its `fork()` probe, attribution, tracing, children and header.
+    fn start_node(&mut self, i: usize) -> Result<()> {
         let launched = self.launched.is_some();
         // A launched command has not exec'd yet: probe our own libc now (the same file
         // almost always, so its first fork is seen) and its own once it runs.
         let probe_pid = if launched {
-            self.target.fork_probe = ForkProbe::AfterExec(None);
+            self.nodes[i].target.fork_probe = ForkProbe::AfterExec(None);
             std::process::id()
         } else {
-            self.target.pid()
+            self.nodes[i].target.pid()
         };
         if let Err(w) = self.probe_fork_call(probe_pid)
             && !launched
         {
-            self.warnings.push(w);
+            self.nodes[i].warnings.push(w);
         }
         if self.opts.attribution && !launched {
-            self.try_attribution();
+            self.try_attribution(i);
         }
-        self.target.attribution_pending = self.opts.attribution && launched;
-        let pid = self.target.pid();
+        let start_mono = self.start_mono;
+        let several = self.several();
+        let node = &mut self.nodes[i];
+        node.target.attribution_pending = self.opts.attribution && launched;
+        let pid = node.target.pid();
         let probes = self.probes.as_mut().context("programs detached")?;
-        probes.trace(pid, role::TARGET, SERVER_INDEX)?;
+        probes.trace(pid, role::TARGET, node.index)?;
+        if several {
+            self.owners.insert(pid, i);
+        }
         if !launched {
-            target::still_running(self.target.id)?;
+            target::still_running(node.target.id)?;
             for child in target::children(pid) {
                 probes.trace(child, role::CHILD, 0)?;
-                let id = self.analyzer.adopt_running_child(child, self.start_mono);
-                if let Some(s) = self.target.session.as_mut() {
+                if several {
+                    self.owners.insert(child, i);
+                }
+                let id = node.analyzer.adopt_running_child(child, start_mono);
+                if let Some(s) = node.target.session.as_mut() {
                     let (why, info) = s.on_fork(child);
-                    self.analyzer.label_epoch(id, why, Some(info));
+                    node.analyzer.label_epoch(id, why, Some(info));
                 }
             }
         }
-        let timeline = self.timeline.as_mut().context("timeline closed")?;
+        let timeline = node.timeline.as_mut().context("timeline closed")?;
         timeline
-            .write_header(&self.run_info, &self.target.info)
+            .write_header(&self.run_info, &node.target.info)
             .context("writing the timeline")?;
-        if let Some(l) = self.launched.as_mut() {
-            l.release()?;
-        }
-        self.target
-            .start_sampler(self.opts.interval, self.opts.live);
-        self.announce();
         Ok(())
     }
 
@@ -231,17 +286,19 @@ impl<'o> Recorder<'o> {
             .probes
             .as_ref()
             .map_or(0.0, |p| p.attach_time.as_secs_f64());
-        eprintln!(
-            "redis-memtrace: tracing pid {} ({}); attach took {:.1} ms; Ctrl-C to stop",
-            self.target.pid(),
-            self.target.info.comm,
-            attach * 1e3
-        );
-        if let Some(s) = &self.target.session {
-            announce_attribution(s);
-        }
-        for w in &self.warnings {
-            eprintln!("redis-memtrace: warning: {w}");
+        for n in &self.nodes {
+            eprintln!(
+                "redis-memtrace: tracing pid {} ({}); attach took {:.1} ms; Ctrl-C to stop",
+                n.target.pid(),
+                n.target.info.comm,
+                attach * 1e3
+            );
+            if let Some(s) = &n.target.session {
+                announce_attribution(s);
+            }
+            for w in &n.warnings {
+                eprintln!("redis-memtrace: warning: {w}");
+            }
         }
     }
 
@@ -255,9 +312,9 @@ impl<'o> Recorder<'o> {
             .map_err(|e| format!("cannot probe fork(): {e}: {lost}"))
     }
 
-    /// Tries to turn attribution on for the target; returns whether it is now on.
+    /// Tries to turn attribution on for node `i`; returns whether it is now on.
     /// A failure is one warning.
-    pub(super) fn try_attribution(&mut self) -> bool {
+    pub(super) fn try_attribution(&mut self, i: usize) -> bool {
         let Some(probes) = self.probes.as_mut() else {
             return false;
         };
@@ -266,16 +323,17 @@ impl<'o> Recorder<'o> {
             events: &self.events,
             stash: &mut self.stash,
         };
-        match self
+        let node = &mut self.nodes[i];
+        match node
             .target
-            .start_attribution(kernel, &mut self.analyzer, self.opts)
+            .start_attribution(kernel, node.index, &mut node.analyzer, self.opts)
         {
             Ok(w) => {
-                self.warnings.extend(w);
-                self.target.session.is_some()
+                node.warnings.extend(w);
+                node.target.session.is_some()
             }
             Err(w) => {
-                self.warnings.push(w);
+                node.warnings.push(w);
                 false
             }
         }
@@ -301,13 +359,46 @@ impl Drop for Recorder<'_> {
         // Reached with outputs still open only when the run failed: leave nothing behind.
         self.detach();
         let _ = self.join_reader();
-        if let Some(t) = self.timeline.take() {
-            t.abandon();
+        for n in &mut self.nodes {
+            if let Some(t) = n.timeline.take() {
+                t.abandon();
+            }
         }
         if let Some(p) = self.perfetto.take() {
             p.abandon();
         }
     }
+}
+
+/// Where each node's timeline goes: the output itself for one server; for several,
+/// hidden files next to it, merged into it at the end.
+fn node_destinations(opts: &RecordOptions, count: usize) -> Vec<PathBuf> {
+    if count <= 1 {
+        return vec![opts.output.clone()];
+    }
+    let name = opts
+        .output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "timeline".into());
+    (0..count)
+        .map(|i| {
+            opts.output
+                .with_file_name(format!(".{name}.node{i}-{}", std::process::id()))
+        })
+        .collect()
+}
+
+fn open_writer(opts: &RecordOptions, dest: &std::path::Path) -> Result<Writer> {
+    if opts.live {
+        return Ok(Writer::Discard);
+    }
+    Writer::create(dest, opts.ndjson).with_context(|| {
+        format!(
+            "cannot write the timeline to {} (choose a writable path with -o)",
+            opts.output.display()
+        )
+    })
 }
 
 /// Prints that attribution is on, with how the layout was proven.
@@ -338,35 +429,53 @@ fn node_name(info: &TargetInfo, spec: Option<&crate::redis::info::ConnSpec>) -> 
     }
 }
 
-/// The process to trace: launched (held at its gate), or found.
-fn resolve_target(
+/// A server found to trace: what the timeline says of it, who it is, its address.
+type Found = (TargetInfo, ProcessId, Option<crate::redis::info::ConnSpec>);
+
+/// The processes to trace: launched (held at its gate), or found.
+fn resolve_targets(
     opts: &RecordOptions,
     warnings: &mut Vec<String>,
-) -> Result<(
-    Option<Launched>,
-    TargetInfo,
-    ProcessId,
-    Option<crate::redis::info::ConnSpec>,
-)> {
-    Ok(match &opts.target {
+) -> Result<(Option<Launched>, Vec<Found>)> {
+    let found = match &opts.target {
         TargetSpec::Pid(pid) => {
             let (info, id) = target::describe(*pid)?;
-            (None, info, id, None)
+            vec![(info, id, None)]
         }
-        TargetSpec::Redis(spec) => {
-            let resolved = locate::resolve_redis(spec, Duration::from_secs(2))?;
-            warnings.extend(resolved.warnings);
-            let conn = resolved
-                .conn
-                .map(|c| c.spec().clone())
-                .or_else(|| parse_target(spec).ok());
-            let (info, id) = target::describe(resolved.pid)?;
-            (None, info, id, conn)
+        TargetSpec::Redis(spec) => vec![resolve_redis(spec, warnings)?],
+        TargetSpec::Redises(specs) => {
+            let mut out: Vec<Found> = Vec::new();
+            for spec in specs {
+                let f = resolve_redis(spec, warnings)?;
+                if let Some(same) = out.iter().find(|o| o.1 == f.1) {
+                    anyhow::bail!(
+                        "--redis {spec} is pid {}, already traced as {}: give each server once",
+                        f.1.pid,
+                        node_name(&same.0, same.2.as_ref())
+                    );
+                }
+                out.push(f);
+            }
+            out
         }
         TargetSpec::AutoRedis => {
             let server = locate::auto_select()?;
             let (info, id) = target::describe(server.pid)?;
-            (None, info, id, None)
+            vec![(info, id, None)]
+        }
+        TargetSpec::AllRedis => {
+            let servers = locate::find_redis_servers();
+            if servers.is_empty() {
+                anyhow::bail!(
+                    "--all found no redis-server or valkey-server running on this host (in this PID namespace)"
+                );
+            }
+            let mut out = Vec::new();
+            for s in servers {
+                let (info, id) = target::describe(s.pid)?;
+                out.push((info, id, None));
+            }
+            out
         }
         TargetSpec::Command(argv) => {
             let (l, info) = target::launch(argv, opts.to_stdout())?;
@@ -374,9 +483,22 @@ fn resolve_target(
                 pid: l.pid,
                 start_ticks: info.start_time_ticks,
             };
-            (Some(l), info, id, None)
+            return Ok((Some(l), vec![(info, id, None)]));
         }
-    })
+    };
+    Ok((None, found))
+}
+
+/// A `--redis` address resolved to a local server.
+fn resolve_redis(spec: &str, warnings: &mut Vec<String>) -> Result<Found> {
+    let resolved = locate::resolve_redis(spec, Duration::from_secs(2))?;
+    warnings.extend(resolved.warnings);
+    let conn = resolved
+        .conn
+        .map(|c| c.spec().clone())
+        .or_else(|| parse_target(spec).ok());
+    let (info, id) = target::describe(resolved.pid)?;
+    Ok((info, id, conn))
 }
 
 fn run_info(opts: &RecordOptions, probes: &Probes, start_mono: u64) -> RunInfo {

@@ -18,8 +18,9 @@ use crate::{
     timeline::{Segment, TargetInfo},
 };
 
-/// The index of the (only) server in the kernel's `SERVERS` table.
-pub const SERVER_INDEX: u32 = 1;
+/// The first server's row in the kernel's `SERVERS` table (row 0 means "no server"); a
+/// recording of several servers gives them the rows that follow.
+pub const FIRST_SERVER_INDEX: u32 = 1;
 
 /// How long after its exec a dynamically linked command may take to map its C library.
 const LOADER_GRACE: Duration = Duration::from_secs(10);
@@ -87,12 +88,13 @@ impl Target {
     pub fn start_attribution(
         &mut self,
         kernel: Kernel<'_>,
+        index: u32,
         analyzer: &mut Analyzer,
         opts: &super::RecordOptions,
     ) -> Result<Vec<String>, String> {
         let pid = self.pid();
         let comm = target::comm(pid).unwrap_or_default();
-        match RedisSession::start(pid, self.spec.clone(), opts.key_max, SERVER_INDEX, kernel) {
+        match RedisSession::start(pid, self.spec.clone(), opts.key_max, index, kernel) {
             Ok((session, warnings)) => {
                 analyzer
                     .enable_attribution(session.attribution_options(opts.top_n, opts.keys.clone()));

@@ -6,6 +6,7 @@
 //! and [`charts`] hold the data the HTML page's script plots.
 
 pub mod charts;
+pub mod cluster;
 pub mod findings;
 #[cfg(test)]
 mod fixture;
@@ -46,12 +47,26 @@ pub fn report(
     out: &mut dyn Write,
     color: bool,
 ) -> anyhow::Result<Option<PathBuf>> {
-    let t = read::load(timeline)?;
     let top = top.max(1);
+    let source = timeline.display().to_string();
+    let style = terminal::Style { color };
+    let t = match read::load_document(timeline)? {
+        read::Document::One(t) => t,
+        read::Document::Nodes(set) => {
+            if html.is_some() {
+                anyhow::bail!(
+                    "--html takes one server's timeline; {source} holds {} nodes: report each node's own timeline with --html",
+                    set.nodes.len()
+                );
+            }
+            let view = cluster::ClusterView::build(&set, top);
+            write_text(out, &cluster::render(&view, &source, top, style))?;
+            return Ok(None);
+        }
+    };
     let m = model::Model::build(&t, top);
     let found = findings::findings(&m);
-    let source = timeline.display().to_string();
-    let text = terminal::render(&m, &found, &source, top, terminal::Style { color });
+    let text = terminal::render(&m, &found, &source, top, style);
     // The HTML is written first: a failure to write it is the error the user must see,
     // and a closed stdout (`report | head`) must not prevent it.
     let written = match html {
@@ -65,12 +80,16 @@ pub fn report(
         }
         None => None,
     };
+    write_text(out, &text)?;
+    Ok(written)
+}
+
+fn write_text(out: &mut dyn Write, text: &str) -> anyhow::Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // A reader that went away (`| head`) is not an error of the report.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        other => other.context("cannot write the report to stdout")?,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write the report to stdout"),
     }
-    Ok(written)
 }
 
 #[cfg(test)]
@@ -82,14 +101,19 @@ mod tests {
     #[test]
     fn bad_files_are_one_line_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(&str, &[u8], &str); 5] = [
+        let cases: [(&str, &[u8], &str); 6] = [
             ("empty.json", b"", "is empty"),
             ("trunc.json", b"{\"schema_version\":1,\"run\":{", "truncated"),
             ("text.json", b"hello", "not a redis-memtrace timeline"),
             (
+                "v3.json",
+                b"{\"schema_version\":3,\"run\":{},\"target\":{},\"events\":[],\"epochs\":[],\"summary\":{}}",
+                "schema_version 3",
+            ),
+            (
                 "v2.json",
                 b"{\"schema_version\":2,\"run\":{},\"target\":{},\"events\":[],\"epochs\":[],\"summary\":{}}",
-                "schema_version 2",
+                "a multi-node (schema version 2) file: missing field",
             ),
             ("bin.json", b"\xff\xfe\x00", "not UTF-8"),
         ];

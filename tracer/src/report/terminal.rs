@@ -28,7 +28,7 @@ impl Style {
         }
     }
 
-    fn title(self, text: &str) -> String {
+    pub(super) fn title(self, text: &str) -> String {
         self.paint("1", text)
     }
 
@@ -97,7 +97,7 @@ pub fn render(m: &Model, findings: &[Finding], source: &str, top: usize, style: 
     out
 }
 
-fn pairs(out: &mut String, p: &Pairs) {
+pub(super) fn pairs(out: &mut String, p: &Pairs) {
     let width = p.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in p {
         out.push_str(&format!("  {k:<width$}  {}\n", printable(v)));

@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod ndjson;
+pub mod nodes;
 pub mod read;
 
 use serde::Serialize;

@@ -43,7 +43,7 @@ pub enum ReadError {
     },
     /// Written by an incompatible version.
     #[error(
-        "{path} has schema_version {found}, this redis-memtrace reads version {SCHEMA_VERSION}"
+        "{path} has schema_version {found}; this redis-memtrace reads versions {SCHEMA_VERSION} (one server) and {v} (several, from merge)", v = super::nodes::NODES_SCHEMA_VERSION
     )]
     Version {
         /// The file.
@@ -98,12 +98,63 @@ impl Timeline {
     }
 }
 
+/// A file of either schema: one server's timeline, or several nodes (`merge`).
+#[derive(Debug, Clone)]
+pub enum Document {
+    /// Schema version 1.
+    One(Timeline),
+    /// Schema version 2.
+    Nodes(super::nodes::NodeSet),
+}
+
+/// [`load`] that also takes a multi-node (version 2) file.
+pub fn load_document(path: &Path) -> Result<Document, ReadError> {
+    let name = path.display().to_string();
+    let text = read_text(path, &name)?;
+    parse_document(&name, &text)
+}
+
+/// [`load_document`] on text already read.
+pub fn parse_document(name: &str, text: &str) -> Result<Document, ReadError> {
+    match parse(name, text) {
+        Ok(t) => Ok(Document::One(t)),
+        Err(ReadError::Version { found, .. }) if found == NODES_VERSION => {
+            let v: Value = serde_json::from_str(text).map_err(|e| ReadError::NotTimeline {
+                path: name.to_string(),
+                why: e.to_string(),
+            })?;
+            nodes(name, v).map(Document::Nodes)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+const NODES_VERSION: &str = "2";
+
+/// A version 2 document, each node's timeline checked like a version 1 file.
+fn nodes(name: &str, v: Value) -> Result<super::nodes::NodeSet, ReadError> {
+    let set: super::nodes::NodeSet =
+        serde_json::from_value(v).map_err(|e| ReadError::NotTimeline {
+            path: name.to_string(),
+            why: format!("a multi-node (schema version 2) file: {e}"),
+        })?;
+    for n in &set.nodes {
+        check(&format!("{name} (node {})", n.name), n.timeline.clone())?;
+    }
+    Ok(set)
+}
+
 /// Reads and checks a timeline file: a JSON document (`record -o`), or an NDJSON
 /// stream (`record --format ndjson`) which is reassembled into the same shape.
 pub fn load(path: &Path) -> Result<Timeline, ReadError> {
     let name = path.display().to_string();
+    let text = read_text(path, &name)?;
+    parse(&name, &text)
+}
+
+fn read_text(path: &Path, name: &str) -> Result<String, ReadError> {
     let io = |error| ReadError::Io {
-        path: name.clone(),
+        path: name.to_string(),
         error,
     };
     let file = std::fs::File::open(path).map_err(io)?;
@@ -112,12 +163,12 @@ pub fn load(path: &Path) -> Result<Timeline, ReadError> {
         .read_to_string(&mut text)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => ReadError::NotTimeline {
-                path: name.clone(),
+                path: name.to_string(),
                 why: "not UTF-8 text".into(),
             },
             _ => io(e),
         })?;
-    parse(&name, &text)
+    Ok(text)
 }
 
 /// [`load`] on text already read; `name` is used in errors.

@@ -50,6 +50,7 @@ mod builder;
 mod counters;
 mod faults;
 mod input;
+mod nodes;
 mod tracks;
 
 #[cfg(test)]
@@ -83,15 +84,27 @@ const SYNTHETIC_TID_BASE: u32 = 1 << 30;
 
 /// Converts the timeline at `timeline` and writes the trace to `output`.
 pub fn export(timeline: &Path, output: &Path) -> anyhow::Result<()> {
-    // The reader's errors already name their cause; as a plain message the cause is
-    // not printed a second time by the caller's error chain.
-    let t = crate::timeline::read::load(timeline).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let events = write(&t, output)?;
+    let trace = trace_of_file(timeline)?;
+    let events = write_value(&trace, output)?;
     eprintln!(
         "redis-memtrace: wrote {} ({events} trace events); open it in https://ui.perfetto.dev",
         output.display()
     );
     Ok(())
+}
+
+/// The trace of the timeline at `timeline`: one server's, or every node's of a
+/// multi-node file.
+pub fn trace_of_file(timeline: &Path) -> anyhow::Result<Value> {
+    use crate::timeline::read::{Document, load_document};
+    // The reader's errors already name their cause; as a plain message the cause is
+    // not printed a second time by the caller's error chain.
+    Ok(
+        match load_document(timeline).map_err(|e| anyhow::anyhow!("{e}"))? {
+            Document::One(t) => to_chrome_trace(&t),
+            Document::Nodes(set) => nodes::to_chrome_trace_nodes(&set)?,
+        },
+    )
 }
 
 /// Writes the trace of `t` to `output` atomically (temporary file renamed into place,
@@ -102,14 +115,18 @@ pub fn write_trace(t: &Timeline, output: &Path) -> anyhow::Result<()> {
 
 /// [`write_trace`], returning the number of trace events written.
 fn write(t: &Timeline, output: &Path) -> anyhow::Result<usize> {
+    write_value(&to_chrome_trace(t), output)
+}
+
+/// Writes a trace value; returns its number of trace events.
+fn write_value(trace: &Value, output: &Path) -> anyhow::Result<usize> {
     // An existing folder as destination would otherwise fail only at the final rename,
     // after the temporary file was written next to it.
     if output.is_dir() {
         anyhow::bail!("cannot write {}: it is a directory", output.display());
     }
-    let trace = to_chrome_trace(t);
     let count = trace["traceEvents"].as_array().map_or(0, Vec::len);
-    let bytes = encode(&trace).context("cannot encode the trace")?;
+    let bytes = encode(trace).context("cannot encode the trace")?;
     crate::output_file::write_atomically(output, &bytes)
         .with_context(|| format!("cannot write {}", output.display()))?;
     Ok(count)

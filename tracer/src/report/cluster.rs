@@ -1,0 +1,358 @@
+//! The report of a multi-node file (`merge`): a cluster view across the nodes (each
+//! node's run, the hottest slots and keys with the node they live on, forks that
+//! overlap across nodes, the cluster's live copy-on-write over time), then each node's
+//! own report. Times are seconds on the merged axis.
+
+use serde_json::Value;
+
+use super::{
+    format::{duration_ns, pages_mib},
+    model::Model,
+    tables::{Align, Pairs, Table},
+    terminal::{self, Style},
+};
+use crate::timeline::nodes::{Node, NodeSet};
+
+/// One node's report model with its place on the merged axis.
+pub struct NodeView<'s> {
+    /// The node.
+    pub node: &'s Node,
+    /// Its single-server report.
+    pub model: Model,
+}
+
+/// Everything the cluster view shows.
+pub struct ClusterView<'s> {
+    /// The set.
+    pub set: &'s NodeSet,
+    /// One per node, in the set's order.
+    pub nodes: Vec<NodeView<'s>>,
+}
+
+/// An epoch on the merged axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AxisEpoch {
+    /// Index of the node.
+    pub node: usize,
+    /// Epoch id within the node.
+    pub id: u32,
+    /// Why Redis forked.
+    pub reason: String,
+    /// Start and end on the axis, ns (open epochs end with the node's run).
+    pub span: (i64, i64),
+}
+
+impl<'s> ClusterView<'s> {
+    /// Builds each node's model (`top` rows per list).
+    pub fn build(set: &'s NodeSet, top: usize) -> ClusterView<'s> {
+        let nodes = set
+            .nodes
+            .iter()
+            .map(|node| NodeView {
+                node,
+                model: Model::build(&node.timeline(), top),
+            })
+            .collect();
+        ClusterView { set, nodes }
+    }
+
+    /// Every node's epochs on the axis, by start.
+    pub fn epochs(&self) -> Vec<AxisEpoch> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let run_end = n.node.span().1;
+            for e in &n.model.epochs {
+                out.push(AxisEpoch {
+                    node: i,
+                    id: e.id,
+                    reason: e.reason.clone().unwrap_or_else(|| "fork".into()),
+                    span: (
+                        n.node.axis_ns(e.start_ns),
+                        n.node.axis_ns(e.end_ns.unwrap_or(run_end)),
+                    ),
+                });
+            }
+        }
+        out.sort_by_key(|e| e.span);
+        out
+    }
+
+    /// Pairs of epochs of different nodes alive at the same time, with the overlap, ns.
+    pub fn overlapping_forks(&self) -> Vec<(AxisEpoch, AxisEpoch, u64)> {
+        let epochs = self.epochs();
+        let mut out = Vec::new();
+        for (i, a) in epochs.iter().enumerate() {
+            for b in &epochs[i + 1..] {
+                let overlap = a.span.1.min(b.span.1) - a.span.0.max(b.span.0);
+                if a.node != b.node && overlap > 0 {
+                    out.push((a.clone(), b.clone(), overlap as u64));
+                }
+            }
+        }
+        out
+    }
+
+    /// The cluster's live copy-on-write at the end of each of `buckets` equal steps of
+    /// the merged run: pages copied so far in every fork epoch still open then (both
+    /// sides), and how many nodes had a fork child. Counted from the fault events.
+    pub fn live_cow(&self, buckets: usize) -> Vec<(i64, u64, usize)> {
+        let (start, end) = self.axis_span();
+        let step = ((end - start) / buckets.max(1) as i64).max(1);
+        let epochs = self.epochs();
+        let copies = self.copy_times();
+        (1..=buckets.max(1))
+            .map(|k| {
+                let t = start + step * k as i64;
+                let open: Vec<&AxisEpoch> = epochs
+                    .iter()
+                    .filter(|e| e.span.0 <= t && t < e.span.1)
+                    .collect();
+                let pages = open
+                    .iter()
+                    .map(|e| copies_until(&copies, e, t))
+                    .sum::<u64>();
+                let mut forking: Vec<usize> = open.iter().map(|e| e.node).collect();
+                forking.sort_unstable();
+                forking.dedup();
+                (t, pages, forking.len())
+            })
+            .collect()
+    }
+
+    /// The merged run's start and end on the axis.
+    pub fn axis_span(&self) -> (i64, i64) {
+        let spans = self.nodes.iter().map(|n| {
+            let (s, e) = n.node.span();
+            (n.node.axis_ns(s), n.node.axis_ns(e))
+        });
+        spans.fold((i64::MAX, i64::MIN), |(s, e), (a, b)| (s.min(a), e.max(b)))
+    }
+
+    /// Axis times of every `cow_copy` event, by (node, epoch), sorted.
+    fn copy_times(&self) -> std::collections::HashMap<(usize, u32), Vec<i64>> {
+        let mut out: std::collections::HashMap<(usize, u32), Vec<i64>> = Default::default();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let events = n.node.timeline["events"].as_array();
+            for e in events.into_iter().flatten() {
+                if e["kind"] != "cow_copy" {
+                    continue;
+                }
+                let (Some(ts), Some(epoch)) = (e["ts_ns"].as_u64(), epoch_of(e)) else {
+                    continue;
+                };
+                out.entry((i, epoch)).or_default().push(n.node.axis_ns(ts));
+            }
+        }
+        for v in out.values_mut() {
+            v.sort_unstable();
+        }
+        out
+    }
+}
+
+fn epoch_of(e: &Value) -> Option<u32> {
+    e["epoch"].as_u64().and_then(|v| u32::try_from(v).ok())
+}
+
+fn copies_until(
+    copies: &std::collections::HashMap<(usize, u32), Vec<i64>>,
+    e: &AxisEpoch,
+    t: i64,
+) -> u64 {
+    copies
+        .get(&(e.node, e.id))
+        .map_or(0, |v| v.partition_point(|&x| x <= t) as u64)
+}
+
+fn secs(ns: i64) -> String {
+    format!("{:.3}", ns as f64 / 1e9)
+}
+
+/// The header lines of the cluster view.
+pub fn header(v: &ClusterView, source: &str) -> Pairs {
+    let (start, end) = v.axis_span();
+    vec![
+        ("timeline", source.to_string()),
+        ("nodes", v.nodes.len().to_string()),
+        ("span", duration_ns((end - start).max(0) as u64)),
+        ("alignment", v.set.alignment.note.clone()),
+    ]
+}
+
+/// One row per node: its run on the axis and its totals.
+pub fn nodes(v: &ClusterView) -> Table {
+    let rows = v
+        .nodes
+        .iter()
+        .map(|n| {
+            let (s, e) = n.node.span();
+            let h = &n.model.header;
+            let cow: u64 = n
+                .model
+                .epochs
+                .iter()
+                .map(|e| e.faults.parent.cow_copy + e.faults.child.cow_copy)
+                .sum();
+            vec![
+                n.node.name.clone(),
+                h.pid.map_or("-".into(), |p| p.to_string()),
+                h.redis
+                    .as_ref()
+                    .map_or("-".into(), |r| format!("{} {}", r.product, r.version)),
+                secs(n.node.axis_ns(s)),
+                secs(n.node.axis_ns(e)),
+                h.end_reason.clone().unwrap_or_else(|| "-".into()),
+                n.model.epochs.len().to_string(),
+                cow.to_string(),
+                n.model.faults.swap_in.to_string(),
+                h.lost_events.map_or("-".into(), |l| l.to_string()),
+            ]
+        })
+        .collect();
+    Table {
+        id: "cluster-nodes",
+        title: "Nodes".into(),
+        columns: vec![
+            ("node", Align::Left),
+            ("pid", Align::Right),
+            ("server", Align::Left),
+            ("start s", Align::Right),
+            ("end s", Align::Right),
+            ("ended by", Align::Left),
+            ("forks", Align::Right),
+            ("CoW pages", Align::Right),
+            ("swap-ins", Align::Right),
+            ("lost", Align::Right),
+        ],
+        rows,
+        empty: "no node",
+        note: None,
+    }
+}
+
+/// The hottest slots of the cluster by copy-on-write, with the node they are on.
+pub fn hot_slots(v: &ClusterView, top: usize) -> Table {
+    let mut rows: Vec<(u64, u16, &str)> = v
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            let name = n.node.name.as_str();
+            n.model
+                .attribution
+                .top_slots_cow
+                .iter()
+                .map(move |s| (s.pages, s.slot, name))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(b.2)));
+    rows.truncate(top);
+    Table {
+        id: "cluster-slots-cow",
+        title: "Hot slots of the cluster by copy-on-write".into(),
+        columns: vec![
+            ("slot", Align::Right),
+            ("node", Align::Left),
+            ("pages", Align::Right),
+            ("MiB", Align::Right),
+        ],
+        rows: rows
+            .into_iter()
+            .map(|(pages, slot, node)| {
+                vec![
+                    slot.to_string(),
+                    node.to_string(),
+                    pages.to_string(),
+                    pages_mib(pages),
+                ]
+            })
+            .collect(),
+        empty: "no slot attributed on any node",
+        note: None,
+    }
+}
+
+/// Epochs of different nodes alive at the same time.
+pub fn overlaps(v: &ClusterView, top: usize) -> Table {
+    let name = |i: usize| v.nodes[i].node.name.clone();
+    let all = v.overlapping_forks();
+    let rows = all
+        .iter()
+        .take(top)
+        .map(|(a, b, ns)| {
+            vec![
+                format!("{} epoch {} ({})", name(a.node), a.id, a.reason),
+                format!("{} epoch {} ({})", name(b.node), b.id, b.reason),
+                secs(a.span.0.max(b.span.0)),
+                duration_ns(*ns),
+            ]
+        })
+        .collect();
+    Table {
+        id: "cluster-fork-overlaps",
+        title: format!("Forks overlapping across nodes ({})", all.len()),
+        columns: vec![
+            ("fork", Align::Left),
+            ("overlaps fork", Align::Left),
+            ("from s", Align::Right),
+            ("for", Align::Right),
+        ],
+        rows,
+        empty: "none: no two nodes had a fork child at the same time",
+        note: None,
+    }
+}
+
+/// Steps of the live-CoW table.
+const COW_STEPS: usize = 12;
+
+/// The cluster's live copy-on-write over time.
+pub fn cow_over_time(v: &ClusterView) -> Table {
+    let rows = v
+        .live_cow(COW_STEPS)
+        .into_iter()
+        .map(|(t, pages, forking)| vec![secs(t), forking.to_string(), pages_mib(pages)])
+        .collect();
+    Table {
+        id: "cluster-cow-time",
+        title: "Copy-on-write alive in the cluster".into(),
+        columns: vec![
+            ("at s", Align::Right),
+            ("nodes forking", Align::Right),
+            ("CoW MiB", Align::Right),
+        ],
+        rows,
+        empty: "no time span",
+        note: Some(
+            "pages copied so far in the fork epochs open at that time, parent and child, from the fault events",
+        ),
+    }
+}
+
+/// The whole text report of a multi-node file: the cluster view, then every node's.
+pub fn render(v: &ClusterView, source: &str, top: usize, style: Style) -> String {
+    let mut out = String::new();
+    out.push_str(&style.title("redis-memtrace cluster report"));
+    out.push('\n');
+    terminal::pairs(&mut out, &header(v, source));
+    out.push('\n');
+    for t in [
+        nodes(v),
+        hot_slots(v, top),
+        overlaps(v, top),
+        cow_over_time(v),
+    ] {
+        out.push_str(&style.title(&t.title));
+        out.push('\n');
+        terminal::table(&mut out, &t);
+        out.push('\n');
+    }
+    for n in &v.nodes {
+        let found = super::findings::findings(&n.model);
+        let label = format!("{source}, node {}", n.node.name);
+        out.push_str(&style.title(&format!("===== node {} =====", n.node.name)));
+        out.push('\n');
+        out.push_str(&terminal::render(&n.model, &found, &label, top, style));
+        out.push('\n');
+    }
+    out
+}
