@@ -177,6 +177,12 @@ fn nothing_to_trace_and_missing_command() {
         "redis-memtrace: error: no redis-server process found: pass --pid or --redis",
         "x.json",
     );
+    row_fails(
+        &["record", "--all", "-o", "x.json"],
+        "redis-memtrace: error: --all found no redis-server or valkey-server running on this \
+         host (in this PID namespace)",
+        "x.json",
+    );
     // The row of docs/robustness.md: a command path that does not exist.
     assert!(std::fs::symlink_metadata("/nonexistent-command").is_err());
     row_fails(

@@ -477,3 +477,27 @@ fn record_refuses_a_server_twice_and_options_for_one() {
         );
     }
 }
+
+#[test]
+fn all_traces_every_server_of_the_host() {
+    require_root();
+    let servers = three_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("all.json");
+    let mut rec = Recording::start_with(&["--all"], &out, &["--duration", "2s"], ATTRIBUTION_ON);
+    rec.wait_for(ATTRIBUTION_ON);
+    rec.wait_for(ATTRIBUTION_ON);
+    let (status, stderr) = rec.exit();
+    assert!(status.success(), "{stderr}");
+    let set = read_timeline(&out);
+    let traced: BTreeSet<u64> = nodes_of(&set)
+        .iter()
+        .map(|n| n["timeline"]["target"]["pid"].as_u64().unwrap())
+        .collect();
+    let ours: BTreeSet<u64> = servers.iter().map(|s| s.pid as u64).collect();
+    assert_eq!(traced, ours, "{stderr}");
+    for n in nodes_of(&set) {
+        assert_eq!(n["timeline"]["end"]["reason"], "duration");
+        assert_eq!(n["timeline"]["redis"]["product"], "redis");
+    }
+}

@@ -142,6 +142,15 @@ elif mode == "ndjson":
             if obj is not None:
                 check(event, obj, "line %d" % i)
         records = len(objs) - 2
+elif mode == "nodes":
+    with open(path, encoding="utf-8") as f:
+        doc = parse(f.read())
+    check(validator("nodes"), doc, "")
+    for i, node in enumerate(doc.get("nodes", [])):
+        timeline = node.get("timeline") if isinstance(node, dict) else None
+        check(validator(), timeline, "/nodes/%d/timeline" % i)
+        if isinstance(timeline, dict):
+            records += len(timeline.get("events", []))
 else:
     sys.exit("unknown mode " + mode)
 
@@ -184,11 +193,17 @@ fn require_validator() {
 /// Runs the validator on `file`; `Ok(report)` when valid, `Err(report)` when not.
 /// Panics if the validator itself could not run (a broken schema, a crash).
 fn validate(file: &Path, ndjson: bool) -> Result<String, String> {
+    validate_as(file, if ndjson { "ndjson" } else { "json" })
+}
+
+/// [`validate`] in the validator's `mode` (`json`, `ndjson` or `nodes`).
+fn validate_as(file: &Path, mode: &str) -> Result<String, String> {
     let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg("-c").arg(VALIDATOR).arg(schema_path()).arg(file);
-    if ndjson {
-        cmd.arg("ndjson");
-    }
+    cmd.arg("-c")
+        .arg(VALIDATOR)
+        .arg(schema_path())
+        .arg(file)
+        .arg(mode);
     let out = cmd.output().expect("run python3");
     let text = format!(
         "{}{}",
@@ -523,4 +538,39 @@ fn ndjson_stream_matches_the_schema_line_by_line() {
     let mut doc = lines[0].clone();
     doc["epochs"] = trailer["epochs"].clone();
     assert_current_fields(&doc);
+}
+
+/// `record --redis A --redis B`: the multi-node document against `#/$defs/nodes`, and each
+/// node against the version 1 schema; a node's timeline broken is found at its path.
+#[test]
+fn several_servers_in_one_timeline_match_the_schema() {
+    require_root();
+    require_validator();
+    let build = testkit::by_label("redis-7.0");
+    let servers: Vec<Server> = (0..2).map(|_| Server::start(&build, &[])).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nodes.json");
+    let (a, b) = (servers[0].url(), servers[1].url());
+    let mut rec = Recording::start_with(
+        &["--redis", &a, "--redis", &b],
+        &out,
+        &[],
+        testkit::recording::ATTRIBUTION_ON,
+    );
+    rec.wait_for(testkit::recording::ATTRIBUTION_ON);
+    for s in &servers {
+        s.populate(2_000, "key", 1024);
+        let _: String = s.query(&redis::cmd("BGSAVE"));
+        s.wait_bgsave_done(Duration::from_secs(60));
+    }
+    rec.stop();
+    match validate_as(&out, "nodes") {
+        Ok(report) => eprint!("{report}"),
+        Err(report) => panic!("does not match docs/timeline.schema.json:\n{report}"),
+    }
+    let mut set = read_timeline(&out);
+    set["nodes"][1]["timeline"]["events"][0]["kind"] = "no-such-kind".into();
+    std::fs::write(&out, set.to_string()).unwrap();
+    let report = validate_as(&out, "nodes").expect_err("a broken node is invalid");
+    assert!(report.contains("/nodes/1/timeline/events/0"), "{report}");
 }

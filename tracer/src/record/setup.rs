@@ -470,10 +470,14 @@ fn resolve_targets(
                     "--all found no redis-server or valkey-server running on this host (in this PID namespace)"
                 );
             }
-            let mut out = Vec::new();
-            for s in servers {
-                let (info, id) = target::describe(s.pid)?;
-                out.push((info, id, None));
+            // A server that exited since it was listed is not an error of `--all`.
+            let out: Vec<Found> = servers
+                .iter()
+                .filter_map(|s| target::describe(s.pid).ok())
+                .map(|(info, id)| (info, id, None))
+                .collect();
+            if out.is_empty() {
+                anyhow::bail!("--all: every server found exited before tracing started");
             }
             out
         }
