@@ -443,7 +443,7 @@ fn bad_merges(dir: &Path, outs: &[PathBuf]) {
 }
 
 #[test]
-fn record_refuses_a_server_twice_and_options_for_one() {
+fn record_refuses_a_server_twice_and_ndjson_for_several() {
     require_root();
     let servers = three_servers();
     let dir = tempfile::tempdir().unwrap();
@@ -456,26 +456,14 @@ fn record_refuses_a_server_twice_and_options_for_one() {
             servers[0].pid
         ),
     );
-    for flag in [
-        &["--follow"][..],
-        &["--metrics", "127.0.0.1:1"],
-        &["--format", "ndjson"],
-    ] {
-        let mut args = vec!["record", "--redis", &u0, "--redis", &u1, "-o", "x.json"];
-        args.extend(flag);
-        let shown = if flag[0] == "--format" {
-            "--format ndjson"
-        } else {
-            flag[0]
-        };
-        fails_in_one_line(
-            dir.path(),
-            &args,
-            &format!(
-                "redis-memtrace: error: {shown} takes one server; with several (--redis given more than once, or --all) the timeline is one JSON file of all of them"
-            ),
-        );
-    }
+    fails_in_one_line(
+        dir.path(),
+        &[
+            "record", "--redis", &u0, "--redis", &u1, "--format", "ndjson", "-o", "x.json",
+        ],
+        "redis-memtrace: error: --format ndjson takes one server; with several (--redis given \
+         more than once, or --all) the timeline is one JSON file of all of them",
+    );
 }
 
 #[test]
@@ -499,5 +487,114 @@ fn all_traces_every_server_of_the_host() {
     for n in nodes_of(&set) {
         assert_eq!(n["timeline"]["end"]["reason"], "duration");
         assert_eq!(n["timeline"]["redis"]["product"], "redis");
+    }
+}
+
+/// `minflt + majflt` of `pid` so far.
+fn kernel_faults(pid: u32) -> u64 {
+    testkit::process::ProcStat::read(pid)
+        .expect("server alive")
+        .faults()
+}
+
+/// A BGSAVE under writes (the writes fault while the child lives); waits for its end.
+fn bgsave_with_writes(server: &Server, round: usize) {
+    let mut con = server.client();
+    let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+    server.populate(5_000, &format!("w{round}"), 512);
+    assert_eq!(server.wait_bgsave_done(BGSAVE).0, "ok");
+}
+
+/// `serve` of two servers, one of them restarted at its address: each node's series
+/// under its own label, counted as for one server.
+#[test]
+fn serve_follows_two_servers_each_under_its_node_label() {
+    require_root();
+    let build = by_label("redis-7.0");
+    let port_b = testkit::free_port();
+    let a = Server::start(&build, &[]);
+    let mut b = Server::start_on_port(&build, Some(port_b), &[]);
+    let addr = format!("127.0.0.1:{}", testkit::free_port());
+    let prometheus = testkit::prometheus::Prometheus::start(&addr);
+    let cwd = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let args = ["--redis", &a.url(), "--redis", &b.url(), "--metrics", &addr];
+    let mut serve = Recording::serve(cwd.path(), &args, ATTRIBUTION_ON);
+    serve.wait_for(ATTRIBUTION_ON);
+    let a_before = kernel_faults(a.pid);
+    let b_before = kernel_faults(b.pid);
+    bgsave_with_writes(&a, 0);
+    bgsave_with_writes(&b, 0);
+    let b_first = kernel_faults(b.pid) - b_before;
+    b.kill();
+    let b2 = Server::start_on_port(&build, Some(port_b), &[]);
+    serve.wait_for("following: a server is back");
+    serve.wait_for(ATTRIBUTION_ON);
+    let b2_before = kernel_faults(b2.pid);
+    bgsave_with_writes(&b2, 1);
+    bgsave_with_writes(&a, 1);
+    // Nothing of either server can fault from here.
+    let held: Vec<StoppedServer> = [&a, &b2]
+        .iter()
+        .map(|s| StoppedServer::new(s.pid))
+        .collect();
+    let kernel = [
+        (a.url(), (kernel_faults(a.pid) - a_before) as f64),
+        (
+            b2.url(),
+            (b_first + kernel_faults(b2.pid) - b2_before) as f64,
+        ),
+    ];
+    let range = format!("{}s", started.elapsed().as_secs() + 10);
+    for (url, faults) in &kernel {
+        let node = format!("node=\"{url}\"");
+        let parent = format!("sum(redis_memtrace_faults_total{{{node},role=\"parent\"}})");
+        testkit::wait::wait_until(
+            "both servers' forks and faults in Prometheus",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                prometheus.value(&format!("redis_memtrace_forks_total{{{node}}}")) == Some(2.0)
+                    && prometheus.value(&parent).is_some_and(|n| n >= *faults)
+            },
+        );
+        let resets = prometheus.query(&format!(
+            "resets(redis_memtrace_faults_total{{{node}}}[{range}])"
+        ));
+        assert!(
+            !resets.is_empty() && resets.iter().all(|(_, n)| *n == 0.0),
+            "{url}: {resets:?}"
+        );
+        let lost = format!("redis_memtrace_lost_events_total{{{node}}}");
+        assert_eq!(prometheus.value(&lost), Some(0.0));
+    }
+    drop(held);
+    let log = serve.stop();
+    assert!(log.contains("stopped (signal)"), "{log}");
+    assert!(
+        testkit::names_in(cwd.path()).is_empty(),
+        "serve wrote files"
+    );
+}
+
+/// SIGSTOP on a server, SIGCONT when dropped (also when the test fails).
+struct StoppedServer(u32);
+
+impl StoppedServer {
+    fn new(pid: u32) -> StoppedServer {
+        testkit::process::signal(pid, libc::SIGSTOP);
+        testkit::wait::wait_until(
+            "the server to stop",
+            Duration::from_secs(5),
+            Duration::from_millis(2),
+            || testkit::process::proc_state(pid) == Some('T'),
+        );
+        StoppedServer(pid)
+    }
+}
+
+impl Drop for StoppedServer {
+    fn drop(&mut self) {
+        testkit::process::signal(self.0, libc::SIGCONT);
     }
 }

@@ -54,9 +54,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: std::net::SocketAddr,
     /// The Redis server by address: HOST:PORT or redis://[user:pass@]host:port. When it
-    /// exits, a server at the same address is waited for and traced.
-    #[arg(long, value_name = "ADDR")]
-    pub redis: String,
+    /// exits, a server at the same address is waited for and traced. Give it more than
+    /// once to serve several servers' metrics (one `node` label each).
+    #[arg(long, value_name = "ADDR", required = true)]
+    pub redis: Vec<String>,
     /// Do not attribute faults to Redis commands and keys (count only).
     #[arg(long)]
     pub no_attribution: bool,

@@ -90,8 +90,12 @@ fn key_policy(mode: KeysMode, salt: Option<&str>) -> anyhow::Result<KeyPolicy> {
 /// `serve`: `record --redis ADDR --follow --metrics HOST:PORT` with no timeline and
 /// nothing kept that grows with time.
 fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let target = match <[String; 1]>::try_from(args.redis) {
+        Ok([addr]) => TargetSpec::Redis(addr),
+        Err(addrs) => TargetSpec::Redises(addrs),
+    };
     let opts = RecordOptions {
-        target: TargetSpec::Redis(args.redis),
+        target,
         duration: args.duration,
         output: std::path::PathBuf::new(),
         ring_buffer_mb: args.ring.ring_buffer_mb,

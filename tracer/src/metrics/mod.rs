@@ -10,7 +10,7 @@ pub mod serve;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, atomic::AtomicU64},
+    sync::atomic::AtomicU64,
     time::Duration,
 };
 
@@ -62,9 +62,13 @@ struct SlotLabels {
     slot: u16,
 }
 
+/// The registry every node's metrics go in (`redis_memtrace_` names), for the server.
+pub fn registry() -> Registry {
+    Registry::with_prefix("redis_memtrace")
+}
+
 /// The metrics of one traced server (one `node`).
 pub struct Metrics {
-    registry: Arc<Registry>,
     faults: Family<FaultLabels, Counter>,
     /// Counter handles by `(kind, role, activity)`: one string lookup per fault, no
     /// label set built.
@@ -86,8 +90,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics labelled `node` (the server's address, or `comm:pid` for a process).
-    pub fn new(node: &str) -> Metrics {
+    /// Metrics labelled `node` (the server's address, or `comm:pid` for a process),
+    /// registered in `root` (from [`registry`]); several nodes share one root.
+    pub fn register(root: &mut Registry, node: &str) -> Metrics {
         let faults = Family::<FaultLabels, Counter>::default();
         let forks = Counter::default();
         // 10 us .. 1.3 s: a fork of a small server to one of a huge one.
@@ -99,7 +104,6 @@ impl Metrics {
         let bpf_runs = Counter::default();
         let top_keys = Family::<KeyLabels, Gauge>::default();
         let top_slots = Family::<SlotLabels, Gauge>::default();
-        let mut root = Registry::with_prefix("redis_memtrace");
         let reg = root.sub_registry_with_label(("node".into(), node.to_string().into()));
         reg.register(
             "faults",
@@ -148,7 +152,6 @@ impl Metrics {
             top_slots.clone(),
         );
         Metrics {
-            registry: Arc::new(root),
             faults,
             handles: HashMap::new(),
             activities: HashSet::new(),
@@ -165,11 +168,6 @@ impl Metrics {
             top_keys,
             top_slots,
         }
-    }
-
-    /// What the server encodes.
-    pub fn registry(&self) -> Arc<Registry> {
-        Arc::clone(&self.registry)
     }
 
     /// Counts one record written to the timeline (or left out of it by a cap).
@@ -287,19 +285,20 @@ mod tests {
             error_code: 7,
             latency_ns: 1,
             flags: 0,
-            attribution: activity.map(|a| Arc::new(Attribution::phase(a))),
+            attribution: activity.map(|a| std::sync::Arc::new(Attribution::phase(a))),
         }
     }
 
-    fn text(m: &Metrics) -> String {
+    fn text(root: &Registry) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &m.registry()).unwrap();
+        prometheus_client::encoding::text::encode(&mut s, root).unwrap();
         s
     }
 
     #[test]
     fn counts_faults_by_labels_and_the_latest_epochs_copies() {
-        let mut m = Metrics::new("127.0.0.1:6379");
+        let mut root = registry();
+        let mut m = Metrics::register(&mut root, "127.0.0.1:6379");
         m.observe(&fault(
             FaultKind::FirstTouch,
             Role::Parent,
@@ -334,7 +333,7 @@ mod tests {
         m.bpf((Duration::from_millis(3), 10));
         // Totals only grow; a smaller reading (never expected) adds nothing.
         m.bpf((Duration::from_millis(5), 4));
-        let t = text(&m);
+        let t = text(&root);
         let node = "node=\"127.0.0.1:6379\"";
         for line in [
             format!(
@@ -363,13 +362,14 @@ mod tests {
 
     #[test]
     fn activities_past_the_cap_share_one_label() {
-        let mut m = Metrics::new("n");
+        let mut root = registry();
+        let mut m = Metrics::register(&mut root, "n");
         for i in 0..MAX_ACTIVITY_LABELS + 10 {
             let name = format!("CMD{i}");
             m.observe(&fault(FaultKind::Other, Role::Parent, None, Some(&name)));
             m.observe(&fault(FaultKind::Other, Role::Parent, None, Some(&name)));
         }
-        let t = text(&m);
+        let t = text(&root);
         let series = t
             .lines()
             .filter(|l| l.starts_with("redis_memtrace_faults_total"))
@@ -377,6 +377,32 @@ mod tests {
         assert_eq!(series, MAX_ACTIVITY_LABELS + 1);
         assert!(
             t.lines().any(|l| l.ends_with("activity=\"(other)\"} 20")),
+            "{t}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod several {
+    use super::*;
+
+    #[test]
+    fn nodes_share_one_registry_each_under_its_label() {
+        let mut root = registry();
+        let a = Metrics::register(&mut root, "a:1");
+        let b = Metrics::register(&mut root, "b:2");
+        a.forks.inc();
+        drop(b);
+        let mut t = String::new();
+        prometheus_client::encoding::text::encode(&mut t, &root).unwrap();
+        assert!(
+            t.lines()
+                .any(|l| l == "redis_memtrace_forks_total{node=\"a:1\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l == "redis_memtrace_forks_total{node=\"b:2\"} 0"),
             "{t}"
         );
     }

@@ -76,7 +76,9 @@ impl Recorder<'_> {
             })?;
             written.push((path, trailer));
         }
-        let output = if self.several() {
+        let output = if self.opts.live {
+            PathBuf::new()
+        } else if self.several() {
             merge_nodes(&written, &self.opts.output)?
         } else {
             written[0].0.clone()

@@ -96,18 +96,13 @@ impl RecordOptions {
             );
         }
         if matches!(self.target, TargetSpec::Redises(_) | TargetSpec::AllRedis) {
-            let what = [
-                (self.follow, "--follow"),
-                (self.metrics.is_some(), "--metrics"),
-                (self.ndjson, "--format ndjson"),
-            ];
-            if let Some((_, flag)) = what.iter().find(|(on, _)| *on) {
+            if self.ndjson {
                 bail!(
-                    "{flag} takes one server; with several (--redis given more than once, or --all) the timeline is one JSON file of all of them"
+                    "--format ndjson takes one server; with several (--redis given more than once, or --all) the timeline is one JSON file of all of them"
                 );
             }
         }
-        if self.follow && !matches!(self.target, TargetSpec::Redis(_)) {
+        if self.follow && !matches!(self.target, TargetSpec::Redis(_) | TargetSpec::Redises(_)) {
             bail!(
                 "--follow needs --redis HOST:PORT (the address the restarted server is found at)"
             );

@@ -83,8 +83,12 @@ impl Recorder<'_> {
             if self.nodes[0].target.attribution_pending && attribution_try.due(now) {
                 self.retry_attribution();
             }
-            if self.nodes[0].target.waiting_since.is_some() && follow_try.due(now) {
-                self.try_follow()?;
+            if self.nodes.iter().any(|n| n.target.waiting_since.is_some()) && follow_try.due(now) {
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].target.waiting_since.is_some() {
+                        self.try_follow(i)?;
+                    }
+                }
             }
             let check_gone = liveness.due(now);
             let inputs = if self.several() {
@@ -103,7 +107,7 @@ impl Recorder<'_> {
             };
             match verdict(&inputs) {
                 Verdict::Continue => {}
-                Verdict::AwaitRestart => self.await_restart(),
+                Verdict::AwaitRestart => self.await_restart(0),
                 Verdict::Stop(reason) => {
                     self.detach();
                     return Ok(reason);
@@ -112,8 +116,9 @@ impl Recorder<'_> {
         }
     }
 
-    /// Several servers: one that exits ends its node (the others go on being traced);
-    /// the run ends as for one server once all have.
+    /// Several servers: one that exits ends its node (the others go on being traced), or
+    /// with `--follow` waits for its restart; the run ends as for one server once all
+    /// have ended.
     fn several_stop_inputs(
         &mut self,
         check_gone: bool,
@@ -122,11 +127,15 @@ impl Recorder<'_> {
     ) -> StopInputs {
         for i in 0..self.nodes.len() {
             let n = &self.nodes[i];
-            if n.ended_ns.is_some() {
+            if n.ended_ns.is_some() || n.target.waiting_since.is_some() {
                 continue;
             }
             if n.analyzer.target_exited() || (check_gone && self.target_gone(i)) {
-                self.end_node(i);
+                if self.opts.follow {
+                    self.await_restart(i);
+                } else {
+                    self.end_node(i);
+                }
             }
         }
         StopInputs {
@@ -187,7 +196,7 @@ impl Recorder<'_> {
     /// Writes `record` to node `i` unless `--max-events` / `--max-rate` leave it out.
     pub(super) fn write(&mut self, i: usize, record: &TimelineEvent) -> Result<()> {
         let n = &mut self.nodes[i];
-        if let Some((m, _)) = n.metrics.as_mut() {
+        if let Some(m) = n.metrics.as_mut() {
             m.observe(record);
         }
         if n.cap.admit(record)
@@ -220,20 +229,28 @@ impl Recorder<'_> {
     /// The metrics' periodic part; when `tables` (once a second), also the BPF run time (a
     /// system call per program) and the top tables (a sort of the key table).
     fn update_metrics(&mut self, tables: bool) {
+        if self.nodes[0].metrics.is_none() {
+            return;
+        }
         let full = self.counters.read().ring_buffer_full;
-        let n = &mut self.nodes[0];
-        let Some((m, _)) = n.metrics.as_mut() else {
-            return;
+        let bpf = match self.probes.as_ref() {
+            Some(p) if tables => Some(p.run_totals()),
+            _ => None,
         };
-        m.tick(n.analyzer.epochs(), full);
-        if !tables {
-            return;
-        }
-        if let Some(p) = self.probes.as_ref() {
-            m.bpf(p.run_totals());
-        }
-        if let Some(t) = n.analyzer.tables(crate::metrics::TOP_ROWS) {
-            m.top_tables(&t);
+        for n in &mut self.nodes {
+            let Some(m) = n.metrics.as_mut() else {
+                continue;
+            };
+            m.tick(n.analyzer.epochs(), full);
+            if !tables {
+                continue;
+            }
+            if let Some(totals) = bpf {
+                m.bpf(totals);
+            }
+            if let Some(t) = n.analyzer.tables(crate::metrics::TOP_ROWS) {
+                m.top_tables(&t);
+            }
         }
     }
 
@@ -357,9 +374,9 @@ impl Recorder<'_> {
         }
     }
 
-    /// The traced server went away under `--follow`: close its segment, start waiting.
-    fn await_restart(&mut self) {
-        let t = &mut self.nodes[0].target;
+    /// Node `i`'s server went away under `--follow`: close its segment, start waiting.
+    fn await_restart(&mut self, i: usize) {
+        let t = &mut self.nodes[i].target;
         t.end_segment(clock::monotonic_ns(), EndReason::TargetExit.as_str());
         t.waiting_since = Some(Instant::now());
         if !self.opts.quiet {
@@ -370,33 +387,33 @@ impl Recorder<'_> {
         }
     }
 
-    /// Under `--follow`: a server back at the address is traced in a new segment.
-    fn try_follow(&mut self) -> Result<()> {
-        let super::TargetSpec::Redis(spec) = &self.opts.target else {
+    /// Under `--follow`: a server back at node `i`'s address is traced in a new segment.
+    fn try_follow(&mut self, i: usize) -> Result<()> {
+        let Some(spec) = self.nodes[i].follow_spec.clone() else {
             return Ok(());
         };
-        let Some((info, id)) = find_restarted(spec, self.nodes[0].target.id) else {
+        let Some((info, id)) = find_restarted(&spec, self.nodes[i].target.id) else {
             return Ok(());
         };
-        let since = self.nodes[0]
+        let since = self.nodes[i]
             .target
             .waiting_since
             .map_or(0.0, |s| s.elapsed().as_secs_f64());
         if !self.opts.quiet {
             eprintln!(
                 "redis-memtrace: following: a server is back at {} as pid {} ({since:.1} s after the last one exited)",
-                redact_spec(spec),
+                redact_spec(&spec),
                 id.pid
             );
         }
         let mut released = Vec::new();
-        self.nodes[0]
+        self.nodes[i]
             .analyzer
             .retarget(id.pid, target::swap_bytes(id.pid), &mut released);
         for r in &released {
-            self.write(0, r)?;
+            self.write(i, r)?;
         }
-        let n = &mut self.nodes[0];
+        let n = &mut self.nodes[i];
         let sample_warnings = n.target.stop_sampler();
         n.warnings.extend(sample_warnings);
         n.target.restart(info, id, clock::monotonic_ns());
@@ -404,11 +421,14 @@ impl Recorder<'_> {
         if let Some(p) = self.probes.as_mut() {
             p.trace(id.pid, role::TARGET, index)?;
         }
-        if let Err(w) = self.probe_fork_call(id.pid) {
-            self.nodes[0].warnings.push(w);
+        if self.several() {
+            self.owners.insert(id.pid, i);
         }
-        let attribution = self.opts.attribution && self.try_attribution(0);
-        let n = &mut self.nodes[0];
+        if let Err(w) = self.probe_fork_call(id.pid) {
+            self.nodes[i].warnings.push(w);
+        }
+        let attribution = self.opts.attribution && self.try_attribution(i);
+        let n = &mut self.nodes[i];
         n.target.start_sampler(self.opts.interval, self.opts.live);
         if attribution
             && !self.opts.quiet

@@ -53,10 +53,12 @@ pub struct Node {
     pub(super) exited: HashSet<u32>,
     /// Epochs whose reason is still unknown: (epoch, child, since).
     pub(super) unlabelled: Vec<(u32, u32, Instant)>,
-    /// Live Prometheus metrics (`--metrics`), and their server.
-    pub(super) metrics: Option<(Metrics, metrics::serve::Server)>,
+    /// Live Prometheus metrics (`--metrics`) of this node.
+    pub(super) metrics: Option<Metrics>,
     /// With several servers: when this one exited (the others are still traced).
     pub(super) ended_ns: Option<u64>,
+    /// The address the user gave (`--follow` finds a restarted server there).
+    pub(super) follow_spec: Option<String>,
 }
 
 /// A recording in progress.
@@ -73,6 +75,8 @@ pub struct Recorder<'o> {
     /// Which node each traced process belongs to (several servers only).
     pub(super) owners: HashMap<u32, usize>,
     pub(super) perfetto: Option<AtomicFile>,
+    /// Serves every node's metrics (`--metrics`) until dropped with the recorder.
+    _metrics_server: Option<metrics::serve::Server>,
     pub(super) launched: Option<Launched>,
     pub(super) run_info: RunInfo,
     pub(super) signalled: Arc<AtomicBool>,
@@ -94,14 +98,23 @@ impl<'o> Recorder<'o> {
         let (launched, found) = resolve_targets(opts, &mut warnings)?;
         // Every output is opened before anything is attached, so a bad path fails early.
         // The metrics port first: taken, it fails the run before any file is created.
-        let metrics = match (opts.metrics, found.first()) {
-            (Some(addr), Some((info, _, spec))) => {
+        let (mut node_metrics, metrics_server) = match opts.metrics {
+            Some(addr) => {
                 let listener = metrics::serve::bind(addr)?;
-                let m = Metrics::new(&node_name(info, spec.as_ref()));
-                let server = metrics::serve::Server::spawn(listener, m.registry())?;
-                Some((m, server))
+                let mut root = metrics::registry();
+                let per_node: Vec<Option<Metrics>> = found
+                    .iter()
+                    .map(|(info, _, spec)| {
+                        Some(Metrics::register(
+                            &mut root,
+                            &node_name(info, spec.as_ref()),
+                        ))
+                    })
+                    .collect();
+                let server = metrics::serve::Server::spawn(listener, Arc::new(root))?;
+                (per_node, Some(server))
             }
-            _ => None,
+            None => (found.iter().map(|_| None).collect(), None),
         };
         let perfetto = match &opts.perfetto {
             Some(p) => Some(AtomicFile::create(p).with_context(|| {
@@ -150,7 +163,6 @@ impl<'o> Recorder<'o> {
         let start_mono = clock::monotonic_ns();
         let run_info = run_info(opts, &probes, start_mono);
         let evidence = probes.evidence;
-        let mut metrics = metrics;
         let nodes = found
             .into_iter()
             .zip(writers)
@@ -171,8 +183,9 @@ impl<'o> Recorder<'o> {
                     },
                     exited: HashSet::new(),
                     unlabelled: Vec::new(),
-                    metrics: metrics.take(),
+                    metrics: node_metrics[i].take(),
                     ended_ns: None,
+                    follow_spec: user_address(&opts.target, i),
                 }
             })
             .collect();
@@ -186,6 +199,7 @@ impl<'o> Recorder<'o> {
             nodes,
             owners: HashMap::new(),
             perfetto,
+            _metrics_server: metrics_server,
             launched,
             run_info,
             signalled,
@@ -367,6 +381,15 @@ impl Drop for Recorder<'_> {
         if let Some(p) = self.perfetto.take() {
             p.abandon();
         }
+    }
+}
+
+/// The address given for node `i`, if it was given one.
+fn user_address(target: &TargetSpec, i: usize) -> Option<String> {
+    match target {
+        TargetSpec::Redis(spec) => Some(spec.clone()),
+        TargetSpec::Redises(specs) => specs.get(i).cloned(),
+        _ => None,
     }
 }
 
