@@ -95,12 +95,10 @@ impl RecordOptions {
                 self.ring_buffer_mb
             );
         }
-        if matches!(self.target, TargetSpec::Redises(_) | TargetSpec::AllRedis) {
-            if self.ndjson {
-                bail!(
-                    "--format ndjson takes one server; with several (--redis given more than once, or --all) the timeline is one JSON file of all of them"
-                );
-            }
+        if matches!(self.target, TargetSpec::Redises(_) | TargetSpec::AllRedis) && self.ndjson {
+            bail!(
+                "--format ndjson takes one server; with several (--redis given more than once, or --all) the timeline is one JSON file of all of them"
+            );
         }
         if self.follow && !matches!(self.target, TargetSpec::Redis(_) | TargetSpec::Redises(_)) {
             bail!(
