@@ -18,6 +18,7 @@ use serde_json::Value;
 use testkit::{
     Recording, Server, by_label, fails_in_one_line,
     fork_child::{StoppedChild, bgsave_stopped},
+    process::Stopped,
     read_timeline,
     recording::ATTRIBUTION_ON,
     require_root, run_in,
@@ -534,10 +535,7 @@ fn serve_follows_two_servers_each_under_its_node_label() {
     bgsave_with_writes(&b2, 1);
     bgsave_with_writes(&a, 1);
     // Nothing of either server can fault from here.
-    let held: Vec<StoppedServer> = [&a, &b2]
-        .iter()
-        .map(|s| StoppedServer::new(s.pid))
-        .collect();
+    let held: Vec<Stopped> = [&a, &b2].iter().map(|s| Stopped::new(s.pid)).collect();
     let kernel = [
         (a.url(), (kernel_faults(a.pid) - a_before) as f64),
         (
@@ -575,26 +573,4 @@ fn serve_follows_two_servers_each_under_its_node_label() {
         testkit::names_in(cwd.path()).is_empty(),
         "serve wrote files"
     );
-}
-
-/// SIGSTOP on a server, SIGCONT when dropped (also when the test fails).
-struct StoppedServer(u32);
-
-impl StoppedServer {
-    fn new(pid: u32) -> StoppedServer {
-        testkit::process::signal(pid, libc::SIGSTOP);
-        testkit::wait::wait_until(
-            "the server to stop",
-            Duration::from_secs(5),
-            Duration::from_millis(2),
-            || testkit::process::proc_state(pid) == Some('T'),
-        );
-        StoppedServer(pid)
-    }
-}
-
-impl Drop for StoppedServer {
-    fn drop(&mut self) {
-        testkit::process::signal(self.0, libc::SIGCONT);
-    }
 }

@@ -23,7 +23,7 @@ use testkit::{
     fails_in_one_line,
     fork_child::bgsave_stopped,
     free_port,
-    process::{proc_state, signal},
+    process::{Stopped, proc_state},
     prometheus::Prometheus,
     require_root,
     wait::wait_until,
@@ -34,28 +34,6 @@ const HOT: [(&str, usize); 3] = [("{hot-a}:v", 48), ("{hot-b}:v", 24), ("{hot-c}
 const PAGE: usize = 4096;
 /// How long Prometheus gets to show a state the tracer reached.
 const SCRAPED: Duration = Duration::from_secs(30);
-
-/// SIGSTOP on a server, SIGCONT when dropped (also when the test fails).
-struct Stopped(u32);
-
-impl Stopped {
-    fn new(pid: u32) -> Stopped {
-        signal(pid, libc::SIGSTOP);
-        wait_until(
-            "the server to stop",
-            Duration::from_secs(5),
-            Duration::from_millis(2),
-            || proc_state(pid) == Some('T'),
-        );
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal(self.0, libc::SIGCONT);
-    }
-}
 
 /// `kernel.bpf_stats_enabled` set to 1, the earlier value restored when dropped.
 struct BpfStats(String);

@@ -212,6 +212,31 @@ pub fn rss_bytes(pid: u32) -> u64 {
         * 1024
 }
 
+/// A process held with SIGSTOP (waited for until it shows state `T`); SIGCONT when
+/// dropped, also when the test fails, so nothing stays stopped after it.
+pub struct Stopped(pub u32);
+
+impl Stopped {
+    /// Stops `pid` and waits (5 s at most) until it is stopped.
+    pub fn new(pid: u32) -> Stopped {
+        signal(pid, libc::SIGSTOP);
+        let stopped = Stopped(pid);
+        crate::wait::wait_until(
+            "the process to stop",
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_millis(2),
+            || proc_state(pid) == Some('T'),
+        );
+        stopped
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, libc::SIGCONT);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
