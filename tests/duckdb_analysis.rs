@@ -10,7 +10,7 @@
 //! Needs root, Debian's python3 and `cargo xtask setup`. Run serially (`--test-threads=1`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -21,9 +21,10 @@ use testkit::{
     Allocator, Recording, Server, by_label, commands::cluster_keyslots, require_root, run_in, tools,
 };
 
-/// Runs `python3 -c RUNNER VERSION VIEW QUERY...` in the folder holding `timelines/`:
-/// checks the DuckDB version, creates the view, prints each query's rows as one JSON
-/// array per line. The same calls `docs/analysis.md` shows (`execute`, then `sql`).
+/// Runs `python3 -c RUNNER VERSION SETUP QUERY...` in the folder holding the timelines:
+/// checks the DuckDB version, runs the setup block (the view or table, one or more
+/// statements), prints each query's rows as one JSON array per line. The same calls
+/// `docs/analysis.md` shows (`execute`, then `sql`).
 const RUNNER: &str = r#"
 import json, sys, duckdb
 if duckdb.__version__ != sys.argv[1]:
@@ -85,13 +86,14 @@ fn require_duckdb() -> PathBuf {
     dir
 }
 
-/// The rows of each query (by block name), run after the `records` view in `cwd`.
-fn duckdb(cwd: &Path, queries: &[&str]) -> Vec<Vec<Value>> {
+/// The rows of each query (by block name), run in `cwd` after the block `setup` (the
+/// `records` view).
+fn duckdb(cwd: &Path, setup: &str, queries: &[&str]) -> Vec<Vec<Value>> {
     let out = Command::new(tools::PYTHON)
         .arg("-c")
         .arg(RUNNER)
         .arg(tools::DUCKDB_VERSION)
-        .arg(doc_sql("records"))
+        .arg(doc_sql(setup))
         .args(queries.iter().map(|q| doc_sql(q)))
         .env("PYTHONPATH", require_duckdb())
         .current_dir(cwd)
@@ -129,30 +131,46 @@ fn slot_rows(rows: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// The cells of each row of the table titled `title` (the first line starting with it)
+/// in a text `report`, split at whitespace.
+fn report_rows<'r>(report: &'r str, title: &str) -> Vec<Vec<&'r str>> {
+    let mut lines = report.lines().skip_while(|l| !l.starts_with(title));
+    assert!(lines.next().is_some(), "no table {title:?} in:\n{report}");
+    // The column names and the dashes under them.
+    let rows = lines.skip(2).take_while(|l| !l.is_empty());
+    rows.map(|l| l.split_whitespace().collect()).collect()
+}
+
+/// A number `report` printed.
+fn cell(row: &[&str], i: usize) -> u64 {
+    row[i].parse().unwrap_or_else(|_| panic!("row {row:?}"))
+}
+
 /// `[slot, pages]` rows of the "Top slots by copy-on-write" table `report` printed.
 fn report_slot_rows(report: &str) -> Vec<Value> {
-    let mut lines = report
-        .lines()
-        .skip_while(|l| !l.starts_with("Top slots by copy-on-write"));
-    assert!(lines.next().is_some(), "no slot table in:\n{report}");
-    // The column names and the dashes under them.
-    let rows: Vec<&str> = lines.skip(2).take_while(|l| !l.is_empty()).collect();
+    let rows = report_rows(report, "Top slots by copy-on-write");
+    // The rank, the slot, the pages.
     rows.iter()
-        .map(|l| {
-            let cells: Vec<u64> = l
-                .split_whitespace()
-                .take(3)
-                .map(|c| c.parse().unwrap_or_else(|_| panic!("row {l:?}")))
-                .collect();
-            json!([cells[1], cells[2]])
-        })
+        .map(|r| json!([cell(r, 1), cell(r, 2)]))
         .collect()
 }
 
+/// The hash tags of one server's workload, `{tagA<suffix>}` ...: `TAGS`, then
+/// [`ALLOCATING_TAG`]. The suffix is empty for a lone server; in the multi-node case each
+/// server has its own, so that each slot is one server's.
+fn tags(suffix: &str) -> Vec<String> {
+    let names = TAGS.iter().map(|(t, _)| *t).chain([ALLOCATING_TAG]);
+    names.map(|t| format!("{{{t}{suffix}}}")).collect()
+}
+
 /// The key written under each tag, in `TAGS` order, with how many pages each write.
-fn tagged_keys() -> Vec<(String, u64)> {
+fn tagged_keys(suffix: &str) -> Vec<(String, u64)> {
+    let tags = tags(suffix);
     TAGS.iter()
-        .flat_map(|&(tag, pages)| (0..KEYS_PER_TAG).map(move |i| (format!("{{{tag}}}:{i}"), pages)))
+        .zip(tags)
+        .flat_map(|(&(_, pages), tag)| {
+            (0..KEYS_PER_TAG).map(move |i| (format!("{tag}:{i}"), pages))
+        })
         .collect()
 }
 
@@ -165,18 +183,18 @@ fn set_keys(con: &mut redis::Connection, keys: &[String], value: &[u8]) {
     pipe.query::<()>(con).expect("pipelined SET");
 }
 
-/// The keys of [`ALLOCATING_TAG`] named `{tagD}:<what>:<i>`.
-fn allocating_keys(what: &str) -> Vec<String> {
+/// The keys of [`ALLOCATING_TAG`] named `{tagD<suffix>}:<what>:<i>`.
+fn allocating_keys(suffix: &str, what: &str) -> Vec<String> {
     (0..ALLOCATING_KEYS)
-        .map(|i| format!("{{{ALLOCATING_TAG}}}:{what}:{i}"))
+        .map(|i| format!("{{{ALLOCATING_TAG}{suffix}}}:{what}:{i}"))
         .collect()
 }
 
 /// One byte on each of the first `pages` pages of every tagged value: a page copy each
 /// while the child shares them.
-fn write_tagged_pages(con: &mut redis::Connection) {
+fn write_tagged_pages(con: &mut redis::Connection, suffix: &str) {
     let mut pipe = redis::pipe();
-    for (key, pages) in tagged_keys() {
+    for (key, pages) in tagged_keys(suffix) {
         for page in 0..pages {
             pipe.cmd("SETRANGE")
                 .arg(&key)
@@ -188,25 +206,31 @@ fn write_tagged_pages(con: &mut redis::Connection) {
     pipe.query::<()>(con).expect("SETRANGE the tagged keys");
 }
 
-/// Records `server` with `--format ndjson` into `out` through a BGSAVE whose child saves
-/// slowly while the tagged values get their pages written and the allocating tag's keys
-/// are set; returns the tracer's stderr.
-fn record_bgsave_under_writes(server: &Server, out: &Path) -> String {
+/// Gets `server` ready for [`bgsave_under_writes`] with the tags of `suffix`: the
+/// filler keys, the tagged values, free chunks, and a child that saves slowly.
+fn prepare_writes(server: &Server, suffix: &str) {
+    server.populate(FILLER_KEYS, "filler", 1024);
     let mut con = server.client();
-    let tagged: Vec<String> = tagged_keys().into_iter().map(|(k, _)| k).collect();
+    let tagged: Vec<String> = tagged_keys(suffix).into_iter().map(|(k, _)| k).collect();
     set_keys(&mut con, &tagged, &[b'v'; VALUE_BYTES]);
     // Set and deleted: free chunks in pages the fork will share.
-    let old = allocating_keys("old");
+    let old = allocating_keys(suffix, "old");
     set_keys(&mut con, &old, &[b'o'; ALLOCATING_BYTES]);
     let deleted: u64 = redis::cmd("DEL").arg(&old).query(&mut con).expect("DEL");
     assert_eq!(deleted, ALLOCATING_KEYS);
     // 100 us per key saved: the child lives for seconds, the writes take milliseconds.
     server.config_set("rdb-key-save-delay", "100");
-    let rec = Recording::start(server, out, &["--format", "ndjson"]);
+}
+
+/// A BGSAVE whose child saves slowly while the tagged values of `suffix` get their pages
+/// written and the allocating tag's keys are set; returns once the child is done.
+fn bgsave_under_writes(server: &Server, suffix: &str) {
+    let mut con = server.client();
     let reply: String = redis::cmd("BGSAVE").query(&mut con).expect("BGSAVE");
     assert!(reply.contains("Background saving started"), "{reply}");
-    write_tagged_pages(&mut con);
-    set_keys(&mut con, &allocating_keys("new"), &[b'n'; ALLOCATING_BYTES]);
+    write_tagged_pages(&mut con, suffix);
+    let new = allocating_keys(suffix, "new");
+    set_keys(&mut con, &new, &[b'n'; ALLOCATING_BYTES]);
     let persistence = server.info("persistence");
     assert_eq!(
         persistence["rdb_bgsave_in_progress"], "1",
@@ -214,6 +238,14 @@ fn record_bgsave_under_writes(server: &Server, out: &Path) -> String {
     );
     let (status, _) = server.wait_bgsave_done(Duration::from_secs(120));
     assert_eq!(status, "ok");
+}
+
+/// Records `server` with `--format ndjson` into `out` through [`bgsave_under_writes`];
+/// returns the tracer's stderr.
+fn record_bgsave_under_writes(server: &Server, out: &Path) -> String {
+    prepare_writes(server, "");
+    let rec = Recording::start(server, out, &["--format", "ndjson"]);
+    bgsave_under_writes(server, "");
     rec.stop()
 }
 
@@ -235,20 +267,9 @@ fn queries_reproduce_the_tables(label: &str) {
     require_root();
     require_duckdb();
     let build = by_label(label);
-    let mut tag_keys: Vec<String> = TAGS.iter().map(|(t, _)| format!("{{{t}}}")).collect();
-    tag_keys.push(format!("{{{ALLOCATING_TAG}}}"));
-    let tag_slots = cluster_keyslots(&build, &tag_keys);
-    let mut distinct = tag_slots.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    assert_eq!(
-        distinct.len(),
-        tag_slots.len(),
-        "one slot per tag: {tag_slots:?}"
-    );
+    let tag_slots = distinct_slots(&build, &tags(""));
 
     let server = Server::start(&build, &[]);
-    server.populate(FILLER_KEYS, "filler", 1024);
     let dir = tempfile::tempdir().unwrap();
     let timelines = dir.path().join("timelines");
     std::fs::create_dir(&timelines).unwrap();
@@ -278,6 +299,7 @@ fn queries_reproduce_the_tables(label: &str) {
     }
     let results = duckdb(
         dir.path(),
+        "records",
         &["top-slots-cow", "cow-per-epoch", "top-keys-cow", "trailers"],
     );
     let slots = &results[0];
@@ -295,12 +317,20 @@ fn queries_reproduce_the_tables(label: &str) {
 
     // Two timelines read together: the same one twice gives every slot twice its pages.
     std::fs::copy(&out, timelines.join("run-2.ndjson")).unwrap();
-    let twice = &duckdb(dir.path(), &["top-slots-cow"])[0];
+    let twice = &duckdb(dir.path(), "records", &["top-slots-cow"])[0];
     let doubled: Vec<Value> = slots
         .iter()
         .map(|r| json!([r[0], r[1].as_u64().unwrap() * 2]))
         .collect();
     assert_eq!(twice, &doubled, "[{label}] two copies of the timeline");
+}
+
+/// The slot of each of `tags`, which must all differ.
+fn distinct_slots(build: &testkit::Build, tags: &[String]) -> Vec<u64> {
+    let slots = cluster_keyslots(build, tags);
+    let distinct: BTreeSet<u64> = slots.iter().copied().collect();
+    assert_eq!(distinct.len(), slots.len(), "one slot per tag: {slots:?}");
+    slots
 }
 
 /// `cow_copy` records of `path` with a `slot` and `in_allocator`, counted here (not by
