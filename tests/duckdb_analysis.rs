@@ -5,7 +5,10 @@
 //! BGSAVE while a client writes hash-tagged keys, a known number of pages per tag. The
 //! results must equal what the tracer itself wrote in the trailer and what
 //! `redis-memtrace report` prints. Two builds: Redis 7.0 (jemalloc) and Redis 6.2, whose
-//! C-library allocator gives faults marked `in_allocator` that the tables leave out.
+//! C-library allocator gives faults marked `in_allocator` that the tables leave out. And
+//! a multi-node timeline (schema version 2) of three Redis 7.0 servers, written by one
+//! tracer (`record --redis A --redis B --redis C`) and by `merge`, whose queries must
+//! give the nodes' slot tables and the cluster view `report` prints.
 //!
 //! Needs root, Debian's python3 and `cargo xtask setup`. Run serially (`--test-threads=1`).
 
@@ -18,7 +21,8 @@ use std::{
 
 use serde_json::{Value, json};
 use testkit::{
-    Allocator, Recording, Server, by_label, commands::cluster_keyslots, require_root, run_in, tools,
+    Allocator, Recording, Server, by_label, commands::cluster_keyslots, recording::ATTRIBUTION_ON,
+    require_root, run_in, tools,
 };
 
 /// Runs `python3 -c RUNNER VERSION SETUP QUERY...` in the folder holding the timelines:
@@ -87,7 +91,7 @@ fn require_duckdb() -> PathBuf {
 }
 
 /// The rows of each query (by block name), run in `cwd` after the block `setup` (the
-/// `records` view).
+/// `records` view of NDJSON timelines, or the `nodes` table of a multi-node document).
 fn duckdb(cwd: &Path, setup: &str, queries: &[&str]) -> Vec<Vec<Value>> {
     let out = Command::new(tools::PYTHON)
         .arg("-c")
@@ -435,4 +439,242 @@ fn check_top_keys(rows: &[Value], attribution: &Value) {
         .collect();
     assert!(!written.is_empty(), "no key row");
     assert_eq!(rows, written, "DuckDB against top_keys_cow");
+}
+
+/// One tag suffix per server of the multi-node case: each server's tags, and so its
+/// slots, are its own.
+const NODE_SUFFIXES: [&str; 3] = ["-n0", "-n1", "-n2"];
+
+/// A multi-node timeline, written twice from the same three Redis 7.0 servers: by one
+/// tracer (`record --redis A --redis B --redis C`) and by `merge` of three tracers'
+/// timelines. Each server gets the workload (a BGSAVE under writes) under its own tags,
+/// one server after the other; the doc's queries on each file must give what the
+/// tracer wrote and what `report` prints.
+#[test]
+fn duckdb_queries_reproduce_the_cluster_tables_of_a_multi_node_timeline() {
+    require_root();
+    require_duckdb();
+    let build = by_label("redis-7.0");
+    let all_tags: Vec<String> = NODE_SUFFIXES.iter().flat_map(|s| tags(s)).collect();
+    let slots = distinct_slots(&build, &all_tags);
+    let tag_slots: Vec<Vec<u64>> = slots.chunks(TAGS.len() + 1).map(<[u64]>::to_vec).collect();
+    let servers: Vec<Server> = NODE_SUFFIXES
+        .iter()
+        .map(|suffix| {
+            let server = Server::start(&build, &[]);
+            prepare_writes(&server, suffix);
+            server
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    let recorded = dir.path().join("record");
+    std::fs::create_dir(&recorded).unwrap();
+    record_servers(&servers, &recorded.join("cluster.json"));
+    check_cluster(&recorded, &servers, &tag_slots);
+
+    let merged = dir.path().join("merge");
+    std::fs::create_dir(&merged).unwrap();
+    merge_recordings(&servers, &merged);
+    check_cluster(&merged, &servers, &tag_slots);
+}
+
+/// One tracer for all `servers` into `out`, through each one's BGSAVE under writes.
+fn record_servers(servers: &[Server], out: &Path) {
+    let urls: Vec<String> = servers.iter().map(Server::url).collect();
+    let target: Vec<&str> = urls.iter().flat_map(|u| ["--redis", u.as_str()]).collect();
+    let mut rec = Recording::start_with(&target, out, &[], ATTRIBUTION_ON);
+    // One "attribution on" per server.
+    for _ in 1..servers.len() {
+        rec.wait_for(ATTRIBUTION_ON);
+    }
+    for (server, suffix) in servers.iter().zip(NODE_SUFFIXES) {
+        bgsave_under_writes(server, suffix);
+    }
+    eprintln!("[record] {}", rec.stop());
+}
+
+/// One tracer per server (`n0.json` ...) through each one's BGSAVE under writes, then
+/// `merge` of the three into `cluster.json`, all in `dir`.
+fn merge_recordings(servers: &[Server], dir: &Path) {
+    let outs: Vec<String> = (0..servers.len()).map(|i| format!("n{i}.json")).collect();
+    let recs: Vec<Recording> = servers
+        .iter()
+        .zip(&outs)
+        .map(|(s, o)| Recording::start(s, &dir.join(o), &[]))
+        .collect();
+    for (server, suffix) in servers.iter().zip(NODE_SUFFIXES) {
+        bgsave_under_writes(server, suffix);
+    }
+    for rec in recs {
+        eprintln!("[merge] {}", rec.stop());
+    }
+    let mut args = vec!["merge"];
+    args.extend(outs.iter().map(String::as_str));
+    args.extend(["-o", "cluster.json"]);
+    let (code, stderr, _) = run_in(dir, &args);
+    assert_eq!(code, Some(0), "merge failed: {stderr}");
+}
+
+/// The doc's multi-node queries on `dir/cluster.json`, whose node `i` is `servers[i]`,
+/// whose tags have the slots `tag_slots[i]`.
+fn check_cluster(dir: &Path, servers: &[Server], tag_slots: &[Vec<u64>]) {
+    let file = dir.join("cluster.json");
+    let set = testkit::read_timeline(&file);
+    assert_eq!(set["schema_version"], 2);
+    let nodes = set["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), servers.len());
+    let no_cap = json!({"max_events": null, "max_rate_per_s": null, "dropped": 0});
+    for (n, s) in nodes.iter().zip(servers) {
+        assert_eq!(
+            n["timeline"]["target"]["pid"], s.pid,
+            "nodes in server order"
+        );
+        assert_eq!(n["timeline"]["event_cap"], no_cap, "{}: a cap", n["name"]);
+    }
+    let queries = [
+        "node-slots-cow",
+        "cluster-hot-slots",
+        "slot-nodes",
+        "node-totals",
+    ];
+    let results = duckdb(dir, "nodes", &queries);
+    let union = trailer_slot_union(nodes);
+    eprintln!(
+        "[{}] DuckDB node slot tables: {:?}",
+        dir.display(),
+        results[0]
+    );
+    assert_eq!(results[0], union, "DuckDB against the nodes' top_slots_cow");
+    let hot: Vec<Value> = results[1]
+        .iter()
+        .map(|r| json!([r[0], r[1], r[2]]))
+        .collect();
+    assert!(
+        union.len() > REPORT_TOP,
+        "the cut at --top is not exercised"
+    );
+    assert_eq!(hot, union[..REPORT_TOP], "the hot slots against the union");
+    check_tag_pages(&union, nodes, tag_slots);
+    check_slot_nodes(&results[2], nodes, tag_slots);
+    let (code, stderr, report) = run_in(dir, &["report", "cluster.json"]);
+    assert_eq!(code, Some(0), "report failed: {stderr}");
+    check_cluster_report(&report, &results[1], &results[3]);
+    check_node_totals(&results[3], nodes);
+}
+
+/// Every node's `top_slots_cow` as `[slot, node, pages]` rows, sorted as `report` sorts
+/// its cluster table: pages, most first, then slot, then node name.
+fn trailer_slot_union(nodes: &[Value]) -> Vec<Value> {
+    let mut rows: Vec<(u64, u64, String)> = nodes
+        .iter()
+        .flat_map(|n| {
+            let name = n["name"].as_str().expect("a name").to_string();
+            let table = n["timeline"]["summary"]["attribution"]["top_slots_cow"].as_array();
+            let table = table.expect("attribution on").clone();
+            table.into_iter().map(move |r| {
+                let pages = r["pages"].as_u64().expect("pages");
+                (pages, r["slot"].as_u64().expect("a slot"), name.clone())
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    rows.into_iter()
+        .map(|(pages, slot, node)| json!([slot, node, pages]))
+        .collect()
+}
+
+/// Each server's written tags are on its node with at least the pages written.
+fn check_tag_pages(union: &[Value], nodes: &[Value], tag_slots: &[Vec<u64>]) {
+    for (n, slots) in nodes.iter().zip(tag_slots) {
+        for ((tag, pages), slot) in TAGS.iter().zip(slots) {
+            let row = union
+                .iter()
+                .find(|r| r[0] == *slot && r[1] == n["name"])
+                .unwrap_or_else(|| panic!("{}: no row for {tag} (slot {slot})", n["name"]));
+            let written = KEYS_PER_TAG * pages;
+            assert!(row[2].as_u64() >= Some(written), "{tag}: {row}");
+        }
+    }
+}
+
+/// The slot-to-node query equals the nodes of the records with each slot, counted here,
+/// and each server's tags are on its node alone.
+fn check_slot_nodes(rows: &[Value], nodes: &[Value], tag_slots: &[Vec<u64>]) {
+    let mut expected: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for n in nodes {
+        let name = n["name"].as_str().expect("a name");
+        let events = n["timeline"]["events"].as_array().expect("events");
+        for slot in events.iter().filter_map(|e| e["slot"].as_u64()) {
+            expected.entry(slot).or_default().insert(name.to_string());
+        }
+    }
+    let expected: Vec<Value> = expected.into_iter().map(|(s, n)| json!([s, n])).collect();
+    assert_eq!(rows, expected, "DuckDB against the records' slots");
+    for (n, slots) in nodes.iter().zip(tag_slots) {
+        for slot in slots {
+            let row = rows.iter().find(|r| r[0] == *slot).expect("a tag's slot");
+            assert_eq!(row[1], json!([n["name"]]), "slot {slot}");
+        }
+    }
+}
+
+/// The cluster report's hot slots are the query's rows (MiB included), and its "Nodes"
+/// table has the totals query's forks, CoW pages and lost events.
+fn check_cluster_report(report: &str, hot: &[Value], totals: &[Value]) {
+    let printed: Vec<Value> = report_rows(report, "Hot slots of the cluster by copy-on-write")
+        .iter()
+        .map(|r| {
+            // slot, node, pages, then "0.9 MiB".
+            let mib: f64 = r[3].parse().unwrap_or_else(|_| panic!("row {r:?}"));
+            json!([cell(r, 0), r[1], cell(r, 2), mib])
+        })
+        .collect();
+    assert_eq!(printed, hot, "report's cluster slot table:\n{report}");
+    // node, pid, server (two words), start, end, ended by, forks, CoW, swap-ins, lost.
+    let printed: BTreeSet<String> = report_rows(report, "Nodes")
+        .iter()
+        .map(|r| {
+            let at = |back: usize| cell(r, r.len() - back);
+            json!([r[0], at(4), at(3), at(1)]).to_string()
+        })
+        .collect();
+    let counted: BTreeSet<String> = totals
+        .iter()
+        .map(|r| json!([r[1], r[2], r[3], r[4]]).to_string())
+        .collect();
+    assert_eq!(printed, counted, "report's Nodes table:\n{report}");
+}
+
+/// The totals query equals each node's epochs, their `cow_copy` faults, lost events and
+/// cap (none), node by node.
+fn check_node_totals(rows: &[Value], nodes: &[Value]) {
+    let mut expected: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let t = &n["timeline"];
+            let epochs = t["epochs"].as_array().expect("epochs");
+            let cow: u64 = epochs
+                .iter()
+                .flat_map(|e| ["parent", "child"].map(|r| e["faults"][r]["cow_copy"].as_u64()))
+                .map(|c| c.expect("a count"))
+                .sum();
+            json!([
+                "cluster.json",
+                n["name"],
+                epochs.len(),
+                cow,
+                t["lost_events"],
+                null,
+                null,
+                0
+            ])
+        })
+        .collect();
+    expected.sort_by_key(|r| r[1].as_str().map(String::from));
+    assert_eq!(rows, expected, "DuckDB against the nodes' epochs");
+    assert!(
+        rows.iter().all(|r| r[2].as_u64() >= Some(1)),
+        "a node without a fork"
+    );
 }
