@@ -472,6 +472,9 @@ fn duckdb_queries_reproduce_the_cluster_tables_of_a_multi_node_timeline() {
     std::fs::create_dir(&recorded).unwrap();
     record_servers(&servers, &recorded.join("cluster.json"));
     check_cluster(&recorded, &servers, &tag_slots);
+    let ties = dir.path().join("ties");
+    std::fs::create_dir(&ties).unwrap();
+    check_node_name_ties(&recorded, &ties);
 
     let merged = dir.path().join("merge");
     std::fs::create_dir(&merged).unwrap();
@@ -622,15 +625,7 @@ fn check_slot_nodes(rows: &[Value], nodes: &[Value], tag_slots: &[Vec<u64>]) {
 /// The cluster report's hot slots are the query's rows (MiB included), and its "Nodes"
 /// table has the totals query's forks, CoW pages and lost events.
 fn check_cluster_report(report: &str, hot: &[Value], totals: &[Value]) {
-    let printed: Vec<Value> = report_rows(report, "Hot slots of the cluster by copy-on-write")
-        .iter()
-        .map(|r| {
-            // slot, node, pages, then "0.9 MiB".
-            let mib: f64 = r[3].parse().unwrap_or_else(|_| panic!("row {r:?}"));
-            json!([cell(r, 0), r[1], cell(r, 2), mib])
-        })
-        .collect();
-    assert_eq!(printed, hot, "report's cluster slot table:\n{report}");
+    check_report_hot_slots(report, hot);
     // node, pid, server (two words), start, end, ended by, forks, CoW, swap-ins, lost.
     let printed: BTreeSet<String> = report_rows(report, "Nodes")
         .iter()
@@ -644,6 +639,52 @@ fn check_cluster_report(report: &str, hot: &[Value], totals: &[Value]) {
         .map(|r| json!([r[1], r[2], r[3], r[4]]).to_string())
         .collect();
     assert_eq!(printed, counted, "report's Nodes table:\n{report}");
+}
+
+/// The rows of the cluster report's "Hot slots of the cluster by copy-on-write" are the
+/// hot-slot query's, MiB included.
+fn check_report_hot_slots(report: &str, hot: &[Value]) {
+    let printed: Vec<Value> = report_rows(report, "Hot slots of the cluster by copy-on-write")
+        .iter()
+        .map(|r| {
+            // slot, node, pages, then "0.9 MiB".
+            let mib: f64 = r[3].parse().unwrap_or_else(|_| panic!("row {r:?}"));
+            json!([cell(r, 0), r[1], cell(r, 2), mib])
+        })
+        .collect();
+    assert_eq!(printed, hot, "report's cluster slot table:\n{report}");
+}
+
+/// Ties on pages and slot, which `report` breaks by node name: a copy of the document in
+/// `from` whose node 1 holds node 0's timeline, written into `dir`. The two nodes' names
+/// are swapped when needed so that the name sorting first is the later node in the set:
+/// the order cannot come from the set's order.
+fn check_node_name_ties(from: &Path, dir: &Path) {
+    let mut set = testkit::read_timeline(&from.join("cluster.json"));
+    let nodes = set["nodes"].as_array_mut().expect("nodes");
+    nodes[1]["timeline"] = nodes[0]["timeline"].clone();
+    let mut names = [nodes[0]["name"].take(), nodes[1]["name"].take()];
+    names.sort_by(|a, b| b.as_str().cmp(&a.as_str()));
+    let [later, first] = names;
+    (nodes[0]["name"], nodes[1]["name"]) = (later, first.clone());
+    std::fs::write(dir.join("cluster.json"), set.to_string()).expect("write the copy");
+    let nodes = set["nodes"].as_array().expect("nodes");
+    let union = trailer_slot_union(nodes);
+    let results = duckdb(dir, "nodes", &["node-slots-cow", "cluster-hot-slots"]);
+    assert_eq!(results[0], union, "DuckDB against the nodes' top_slots_cow");
+    // Node 0's rows come in pairs, the name sorting first ahead; pairs are in the table.
+    let tied = |w: &[Value]| (&w[0][0], &w[0][2]) == (&w[1][0], &w[1][2]);
+    let pairs: Vec<&[Value]> = union[..REPORT_TOP].windows(2).filter(|w| tied(w)).collect();
+    assert!(!pairs.is_empty(), "no tie among the first rows: {union:?}");
+    assert!(pairs.iter().all(|w| w[0][1] == first), "{union:?}");
+    let hot: Vec<Value> = results[1]
+        .iter()
+        .map(|r| json!([r[0], r[1], r[2]]))
+        .collect();
+    assert_eq!(hot, union[..REPORT_TOP], "the hot slots against the union");
+    let (code, stderr, report) = run_in(dir, &["report", "cluster.json"]);
+    assert_eq!(code, Some(0), "report failed: {stderr}");
+    check_report_hot_slots(&report, &results[1]);
 }
 
 /// The totals query equals each node's epochs, their `cow_copy` faults, lost events and
