@@ -5,12 +5,15 @@
 //! BGSAVE while a client writes hash-tagged keys, a known number of pages per tag. The
 //! results must equal what the tracer itself wrote in the trailer and what
 //! `redis-memtrace report` prints. Two builds: Redis 7.0 (jemalloc) and Redis 6.2, whose
-//! C-library allocator gives faults marked `in_allocator` that the tables leave out.
+//! C-library allocator gives faults marked `in_allocator` that the tables leave out. And
+//! a multi-node timeline (schema version 2) of three Redis 7.0 servers, written by one
+//! tracer (`record --redis A --redis B --redis C`) and by `merge`, whose queries must
+//! give the nodes' slot tables and the cluster view `report` prints.
 //!
 //! Needs root, Debian's python3 and `cargo xtask setup`. Run serially (`--test-threads=1`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -18,12 +21,14 @@ use std::{
 
 use serde_json::{Value, json};
 use testkit::{
-    Allocator, Recording, Server, by_label, commands::cluster_keyslots, require_root, run_in, tools,
+    Allocator, Recording, Server, by_label, commands::cluster_keyslots, recording::ATTRIBUTION_ON,
+    require_root, run_in, tools,
 };
 
-/// Runs `python3 -c RUNNER VERSION VIEW QUERY...` in the folder holding `timelines/`:
-/// checks the DuckDB version, creates the view, prints each query's rows as one JSON
-/// array per line. The same calls `docs/analysis.md` shows (`execute`, then `sql`).
+/// Runs `python3 -c RUNNER VERSION SETUP QUERY...` in the folder holding the timelines:
+/// checks the DuckDB version, runs the setup block (the view or table, one or more
+/// statements), prints each query's rows as one JSON array per line. The same calls
+/// `docs/analysis.md` shows (`execute`, then `sql`).
 const RUNNER: &str = r#"
 import json, sys, duckdb
 if duckdb.__version__ != sys.argv[1]:
@@ -85,13 +90,14 @@ fn require_duckdb() -> PathBuf {
     dir
 }
 
-/// The rows of each query (by block name), run after the `records` view in `cwd`.
-fn duckdb(cwd: &Path, queries: &[&str]) -> Vec<Vec<Value>> {
+/// The rows of each query (by block name), run in `cwd` after the block `setup` (the
+/// `records` view of NDJSON timelines, or the `nodes` table of a multi-node document).
+fn duckdb(cwd: &Path, setup: &str, queries: &[&str]) -> Vec<Vec<Value>> {
     let out = Command::new(tools::PYTHON)
         .arg("-c")
         .arg(RUNNER)
         .arg(tools::DUCKDB_VERSION)
-        .arg(doc_sql("records"))
+        .arg(doc_sql(setup))
         .args(queries.iter().map(|q| doc_sql(q)))
         .env("PYTHONPATH", require_duckdb())
         .current_dir(cwd)
@@ -129,30 +135,46 @@ fn slot_rows(rows: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// The cells of each row of the table titled `title` (the first line starting with it)
+/// in a text `report`, split at whitespace.
+fn report_rows<'r>(report: &'r str, title: &str) -> Vec<Vec<&'r str>> {
+    let mut lines = report.lines().skip_while(|l| !l.starts_with(title));
+    assert!(lines.next().is_some(), "no table {title:?} in:\n{report}");
+    // The column names and the dashes under them.
+    let rows = lines.skip(2).take_while(|l| !l.is_empty());
+    rows.map(|l| l.split_whitespace().collect()).collect()
+}
+
+/// A number `report` printed.
+fn cell(row: &[&str], i: usize) -> u64 {
+    row[i].parse().unwrap_or_else(|_| panic!("row {row:?}"))
+}
+
 /// `[slot, pages]` rows of the "Top slots by copy-on-write" table `report` printed.
 fn report_slot_rows(report: &str) -> Vec<Value> {
-    let mut lines = report
-        .lines()
-        .skip_while(|l| !l.starts_with("Top slots by copy-on-write"));
-    assert!(lines.next().is_some(), "no slot table in:\n{report}");
-    // The column names and the dashes under them.
-    let rows: Vec<&str> = lines.skip(2).take_while(|l| !l.is_empty()).collect();
+    let rows = report_rows(report, "Top slots by copy-on-write");
+    // The rank, the slot, the pages.
     rows.iter()
-        .map(|l| {
-            let cells: Vec<u64> = l
-                .split_whitespace()
-                .take(3)
-                .map(|c| c.parse().unwrap_or_else(|_| panic!("row {l:?}")))
-                .collect();
-            json!([cells[1], cells[2]])
-        })
+        .map(|r| json!([cell(r, 1), cell(r, 2)]))
         .collect()
 }
 
+/// The hash tags of one server's workload, `{tagA<suffix>}` ...: `TAGS`, then
+/// [`ALLOCATING_TAG`]. The suffix is empty for a lone server; in the multi-node case each
+/// server has its own, so that each slot is one server's.
+fn tags(suffix: &str) -> Vec<String> {
+    let names = TAGS.iter().map(|(t, _)| *t).chain([ALLOCATING_TAG]);
+    names.map(|t| format!("{{{t}{suffix}}}")).collect()
+}
+
 /// The key written under each tag, in `TAGS` order, with how many pages each write.
-fn tagged_keys() -> Vec<(String, u64)> {
+fn tagged_keys(suffix: &str) -> Vec<(String, u64)> {
+    let tags = tags(suffix);
     TAGS.iter()
-        .flat_map(|&(tag, pages)| (0..KEYS_PER_TAG).map(move |i| (format!("{{{tag}}}:{i}"), pages)))
+        .zip(tags)
+        .flat_map(|(&(_, pages), tag)| {
+            (0..KEYS_PER_TAG).map(move |i| (format!("{tag}:{i}"), pages))
+        })
         .collect()
 }
 
@@ -165,18 +187,18 @@ fn set_keys(con: &mut redis::Connection, keys: &[String], value: &[u8]) {
     pipe.query::<()>(con).expect("pipelined SET");
 }
 
-/// The keys of [`ALLOCATING_TAG`] named `{tagD}:<what>:<i>`.
-fn allocating_keys(what: &str) -> Vec<String> {
+/// The keys of [`ALLOCATING_TAG`] named `{tagD<suffix>}:<what>:<i>`.
+fn allocating_keys(suffix: &str, what: &str) -> Vec<String> {
     (0..ALLOCATING_KEYS)
-        .map(|i| format!("{{{ALLOCATING_TAG}}}:{what}:{i}"))
+        .map(|i| format!("{{{ALLOCATING_TAG}{suffix}}}:{what}:{i}"))
         .collect()
 }
 
 /// One byte on each of the first `pages` pages of every tagged value: a page copy each
 /// while the child shares them.
-fn write_tagged_pages(con: &mut redis::Connection) {
+fn write_tagged_pages(con: &mut redis::Connection, suffix: &str) {
     let mut pipe = redis::pipe();
-    for (key, pages) in tagged_keys() {
+    for (key, pages) in tagged_keys(suffix) {
         for page in 0..pages {
             pipe.cmd("SETRANGE")
                 .arg(&key)
@@ -188,25 +210,31 @@ fn write_tagged_pages(con: &mut redis::Connection) {
     pipe.query::<()>(con).expect("SETRANGE the tagged keys");
 }
 
-/// Records `server` with `--format ndjson` into `out` through a BGSAVE whose child saves
-/// slowly while the tagged values get their pages written and the allocating tag's keys
-/// are set; returns the tracer's stderr.
-fn record_bgsave_under_writes(server: &Server, out: &Path) -> String {
+/// Gets `server` ready for [`bgsave_under_writes`] with the tags of `suffix`: the
+/// filler keys, the tagged values, free chunks, and a child that saves slowly.
+fn prepare_writes(server: &Server, suffix: &str) {
+    server.populate(FILLER_KEYS, "filler", 1024);
     let mut con = server.client();
-    let tagged: Vec<String> = tagged_keys().into_iter().map(|(k, _)| k).collect();
+    let tagged: Vec<String> = tagged_keys(suffix).into_iter().map(|(k, _)| k).collect();
     set_keys(&mut con, &tagged, &[b'v'; VALUE_BYTES]);
     // Set and deleted: free chunks in pages the fork will share.
-    let old = allocating_keys("old");
+    let old = allocating_keys(suffix, "old");
     set_keys(&mut con, &old, &[b'o'; ALLOCATING_BYTES]);
     let deleted: u64 = redis::cmd("DEL").arg(&old).query(&mut con).expect("DEL");
     assert_eq!(deleted, ALLOCATING_KEYS);
     // 100 us per key saved: the child lives for seconds, the writes take milliseconds.
     server.config_set("rdb-key-save-delay", "100");
-    let rec = Recording::start(server, out, &["--format", "ndjson"]);
+}
+
+/// A BGSAVE whose child saves slowly while the tagged values of `suffix` get their pages
+/// written and the allocating tag's keys are set; returns once the child is done.
+fn bgsave_under_writes(server: &Server, suffix: &str) {
+    let mut con = server.client();
     let reply: String = redis::cmd("BGSAVE").query(&mut con).expect("BGSAVE");
     assert!(reply.contains("Background saving started"), "{reply}");
-    write_tagged_pages(&mut con);
-    set_keys(&mut con, &allocating_keys("new"), &[b'n'; ALLOCATING_BYTES]);
+    write_tagged_pages(&mut con, suffix);
+    let new = allocating_keys(suffix, "new");
+    set_keys(&mut con, &new, &[b'n'; ALLOCATING_BYTES]);
     let persistence = server.info("persistence");
     assert_eq!(
         persistence["rdb_bgsave_in_progress"], "1",
@@ -214,6 +242,14 @@ fn record_bgsave_under_writes(server: &Server, out: &Path) -> String {
     );
     let (status, _) = server.wait_bgsave_done(Duration::from_secs(120));
     assert_eq!(status, "ok");
+}
+
+/// Records `server` with `--format ndjson` into `out` through [`bgsave_under_writes`];
+/// returns the tracer's stderr.
+fn record_bgsave_under_writes(server: &Server, out: &Path) -> String {
+    prepare_writes(server, "");
+    let rec = Recording::start(server, out, &["--format", "ndjson"]);
+    bgsave_under_writes(server, "");
     rec.stop()
 }
 
@@ -235,20 +271,9 @@ fn queries_reproduce_the_tables(label: &str) {
     require_root();
     require_duckdb();
     let build = by_label(label);
-    let mut tag_keys: Vec<String> = TAGS.iter().map(|(t, _)| format!("{{{t}}}")).collect();
-    tag_keys.push(format!("{{{ALLOCATING_TAG}}}"));
-    let tag_slots = cluster_keyslots(&build, &tag_keys);
-    let mut distinct = tag_slots.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    assert_eq!(
-        distinct.len(),
-        tag_slots.len(),
-        "one slot per tag: {tag_slots:?}"
-    );
+    let tag_slots = distinct_slots(&build, &tags(""));
 
     let server = Server::start(&build, &[]);
-    server.populate(FILLER_KEYS, "filler", 1024);
     let dir = tempfile::tempdir().unwrap();
     let timelines = dir.path().join("timelines");
     std::fs::create_dir(&timelines).unwrap();
@@ -278,6 +303,7 @@ fn queries_reproduce_the_tables(label: &str) {
     }
     let results = duckdb(
         dir.path(),
+        "records",
         &["top-slots-cow", "cow-per-epoch", "top-keys-cow", "trailers"],
     );
     let slots = &results[0];
@@ -295,12 +321,20 @@ fn queries_reproduce_the_tables(label: &str) {
 
     // Two timelines read together: the same one twice gives every slot twice its pages.
     std::fs::copy(&out, timelines.join("run-2.ndjson")).unwrap();
-    let twice = &duckdb(dir.path(), &["top-slots-cow"])[0];
+    let twice = &duckdb(dir.path(), "records", &["top-slots-cow"])[0];
     let doubled: Vec<Value> = slots
         .iter()
         .map(|r| json!([r[0], r[1].as_u64().unwrap() * 2]))
         .collect();
     assert_eq!(twice, &doubled, "[{label}] two copies of the timeline");
+}
+
+/// The slot of each of `tags`, which must all differ.
+fn distinct_slots(build: &testkit::Build, tags: &[String]) -> Vec<u64> {
+    let slots = cluster_keyslots(build, tags);
+    let distinct: BTreeSet<u64> = slots.iter().copied().collect();
+    assert_eq!(distinct.len(), slots.len(), "one slot per tag: {slots:?}");
+    slots
 }
 
 /// `cow_copy` records of `path` with a `slot` and `in_allocator`, counted here (not by
@@ -405,4 +439,283 @@ fn check_top_keys(rows: &[Value], attribution: &Value) {
         .collect();
     assert!(!written.is_empty(), "no key row");
     assert_eq!(rows, written, "DuckDB against top_keys_cow");
+}
+
+/// One tag suffix per server of the multi-node case: each server's tags, and so its
+/// slots, are its own.
+const NODE_SUFFIXES: [&str; 3] = ["-n0", "-n1", "-n2"];
+
+/// A multi-node timeline, written twice from the same three Redis 7.0 servers: by one
+/// tracer (`record --redis A --redis B --redis C`) and by `merge` of three tracers'
+/// timelines. Each server gets the workload (a BGSAVE under writes) under its own tags,
+/// one server after the other; the doc's queries on each file must give what the
+/// tracer wrote and what `report` prints.
+#[test]
+fn duckdb_queries_reproduce_the_cluster_tables_of_a_multi_node_timeline() {
+    require_root();
+    require_duckdb();
+    let build = by_label("redis-7.0");
+    let all_tags: Vec<String> = NODE_SUFFIXES.iter().flat_map(|s| tags(s)).collect();
+    let slots = distinct_slots(&build, &all_tags);
+    let tag_slots: Vec<Vec<u64>> = slots.chunks(TAGS.len() + 1).map(<[u64]>::to_vec).collect();
+    let servers: Vec<Server> = NODE_SUFFIXES
+        .iter()
+        .map(|suffix| {
+            let server = Server::start(&build, &[]);
+            prepare_writes(&server, suffix);
+            server
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    let recorded = dir.path().join("record");
+    std::fs::create_dir(&recorded).unwrap();
+    record_servers(&servers, &recorded.join("cluster.json"));
+    check_cluster(&recorded, &servers, &tag_slots);
+    let ties = dir.path().join("ties");
+    std::fs::create_dir(&ties).unwrap();
+    check_node_name_ties(&recorded, &ties);
+
+    let merged = dir.path().join("merge");
+    std::fs::create_dir(&merged).unwrap();
+    merge_recordings(&servers, &merged);
+    check_cluster(&merged, &servers, &tag_slots);
+}
+
+/// One tracer for all `servers` into `out`, through each one's BGSAVE under writes.
+fn record_servers(servers: &[Server], out: &Path) {
+    let urls: Vec<String> = servers.iter().map(Server::url).collect();
+    let target: Vec<&str> = urls.iter().flat_map(|u| ["--redis", u.as_str()]).collect();
+    let mut rec = Recording::start_with(&target, out, &[], ATTRIBUTION_ON);
+    // One "attribution on" per server.
+    for _ in 1..servers.len() {
+        rec.wait_for(ATTRIBUTION_ON);
+    }
+    for (server, suffix) in servers.iter().zip(NODE_SUFFIXES) {
+        bgsave_under_writes(server, suffix);
+    }
+    eprintln!("[record] {}", rec.stop());
+}
+
+/// One tracer per server (`n0.json` ...) through each one's BGSAVE under writes, then
+/// `merge` of the three into `cluster.json`, all in `dir`.
+fn merge_recordings(servers: &[Server], dir: &Path) {
+    let outs: Vec<String> = (0..servers.len()).map(|i| format!("n{i}.json")).collect();
+    let recs: Vec<Recording> = servers
+        .iter()
+        .zip(&outs)
+        .map(|(s, o)| Recording::start(s, &dir.join(o), &[]))
+        .collect();
+    for (server, suffix) in servers.iter().zip(NODE_SUFFIXES) {
+        bgsave_under_writes(server, suffix);
+    }
+    for rec in recs {
+        eprintln!("[merge] {}", rec.stop());
+    }
+    let mut args = vec!["merge"];
+    args.extend(outs.iter().map(String::as_str));
+    args.extend(["-o", "cluster.json"]);
+    let (code, stderr, _) = run_in(dir, &args);
+    assert_eq!(code, Some(0), "merge failed: {stderr}");
+}
+
+/// The doc's multi-node queries on `dir/cluster.json`, whose node `i` is `servers[i]`,
+/// whose tags have the slots `tag_slots[i]`.
+fn check_cluster(dir: &Path, servers: &[Server], tag_slots: &[Vec<u64>]) {
+    let file = dir.join("cluster.json");
+    let set = testkit::read_timeline(&file);
+    assert_eq!(set["schema_version"], 2);
+    let nodes = set["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), servers.len());
+    let no_cap = json!({"max_events": null, "max_rate_per_s": null, "dropped": 0});
+    for (n, s) in nodes.iter().zip(servers) {
+        assert_eq!(
+            n["timeline"]["target"]["pid"], s.pid,
+            "nodes in server order"
+        );
+        assert_eq!(n["timeline"]["event_cap"], no_cap, "{}: a cap", n["name"]);
+    }
+    let queries = [
+        "node-slots-cow",
+        "cluster-hot-slots",
+        "slot-nodes",
+        "node-totals",
+    ];
+    let results = duckdb(dir, "nodes", &queries);
+    let union = trailer_slot_union(nodes);
+    eprintln!(
+        "[{}] DuckDB node slot tables: {:?}",
+        dir.display(),
+        results[0]
+    );
+    assert_eq!(results[0], union, "DuckDB against the nodes' top_slots_cow");
+    let hot: Vec<Value> = results[1]
+        .iter()
+        .map(|r| json!([r[0], r[1], r[2]]))
+        .collect();
+    assert!(
+        union.len() > REPORT_TOP,
+        "the cut at --top is not exercised"
+    );
+    assert_eq!(hot, union[..REPORT_TOP], "the hot slots against the union");
+    check_tag_pages(&union, nodes, tag_slots);
+    check_slot_nodes(&results[2], nodes, tag_slots);
+    let (code, stderr, report) = run_in(dir, &["report", "cluster.json"]);
+    assert_eq!(code, Some(0), "report failed: {stderr}");
+    check_cluster_report(&report, &results[1], &results[3]);
+    check_node_totals(&results[3], nodes);
+}
+
+/// Every node's `top_slots_cow` as `[slot, node, pages]` rows, sorted as `report` sorts
+/// its cluster table: pages, most first, then slot, then node name.
+fn trailer_slot_union(nodes: &[Value]) -> Vec<Value> {
+    let mut rows: Vec<(u64, u64, String)> = nodes
+        .iter()
+        .flat_map(|n| {
+            let name = n["name"].as_str().expect("a name").to_string();
+            let table = n["timeline"]["summary"]["attribution"]["top_slots_cow"].as_array();
+            let table = table.expect("attribution on").clone();
+            table.into_iter().map(move |r| {
+                let pages = r["pages"].as_u64().expect("pages");
+                (pages, r["slot"].as_u64().expect("a slot"), name.clone())
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    rows.into_iter()
+        .map(|(pages, slot, node)| json!([slot, node, pages]))
+        .collect()
+}
+
+/// Each server's written tags are on its node with at least the pages written.
+fn check_tag_pages(union: &[Value], nodes: &[Value], tag_slots: &[Vec<u64>]) {
+    for (n, slots) in nodes.iter().zip(tag_slots) {
+        for ((tag, pages), slot) in TAGS.iter().zip(slots) {
+            let row = union
+                .iter()
+                .find(|r| r[0] == *slot && r[1] == n["name"])
+                .unwrap_or_else(|| panic!("{}: no row for {tag} (slot {slot})", n["name"]));
+            let written = KEYS_PER_TAG * pages;
+            assert!(row[2].as_u64() >= Some(written), "{tag}: {row}");
+        }
+    }
+}
+
+/// The slot-to-node query equals the nodes of the records with each slot, counted here,
+/// and each server's tags are on its node alone.
+fn check_slot_nodes(rows: &[Value], nodes: &[Value], tag_slots: &[Vec<u64>]) {
+    let mut expected: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for n in nodes {
+        let name = n["name"].as_str().expect("a name");
+        let events = n["timeline"]["events"].as_array().expect("events");
+        for slot in events.iter().filter_map(|e| e["slot"].as_u64()) {
+            expected.entry(slot).or_default().insert(name.to_string());
+        }
+    }
+    let expected: Vec<Value> = expected.into_iter().map(|(s, n)| json!([s, n])).collect();
+    assert_eq!(rows, expected, "DuckDB against the records' slots");
+    for (n, slots) in nodes.iter().zip(tag_slots) {
+        for slot in slots {
+            let row = rows.iter().find(|r| r[0] == *slot).expect("a tag's slot");
+            assert_eq!(row[1], json!([n["name"]]), "slot {slot}");
+        }
+    }
+}
+
+/// The cluster report's hot slots are the query's rows (MiB included), and its "Nodes"
+/// table has the totals query's forks, CoW pages and lost events.
+fn check_cluster_report(report: &str, hot: &[Value], totals: &[Value]) {
+    check_report_hot_slots(report, hot);
+    // node, pid, server (two words), start, end, ended by, forks, CoW, swap-ins, lost.
+    let printed: BTreeSet<String> = report_rows(report, "Nodes")
+        .iter()
+        .map(|r| {
+            let at = |back: usize| cell(r, r.len() - back);
+            json!([r[0], at(4), at(3), at(1)]).to_string()
+        })
+        .collect();
+    let counted: BTreeSet<String> = totals
+        .iter()
+        .map(|r| json!([r[1], r[2], r[3], r[4]]).to_string())
+        .collect();
+    assert_eq!(printed, counted, "report's Nodes table:\n{report}");
+}
+
+/// The rows of the cluster report's "Hot slots of the cluster by copy-on-write" are the
+/// hot-slot query's, MiB included.
+fn check_report_hot_slots(report: &str, hot: &[Value]) {
+    let printed: Vec<Value> = report_rows(report, "Hot slots of the cluster by copy-on-write")
+        .iter()
+        .map(|r| {
+            // slot, node, pages, then "0.9 MiB".
+            let mib: f64 = r[3].parse().unwrap_or_else(|_| panic!("row {r:?}"));
+            json!([cell(r, 0), r[1], cell(r, 2), mib])
+        })
+        .collect();
+    assert_eq!(printed, hot, "report's cluster slot table:\n{report}");
+}
+
+/// Ties on pages and slot, which `report` breaks by node name: a copy of the document in
+/// `from` whose node 1 holds node 0's timeline, written into `dir`. The two nodes' names
+/// are swapped when needed so that the name sorting first is the later node in the set:
+/// the order cannot come from the set's order.
+fn check_node_name_ties(from: &Path, dir: &Path) {
+    let mut set = testkit::read_timeline(&from.join("cluster.json"));
+    let nodes = set["nodes"].as_array_mut().expect("nodes");
+    nodes[1]["timeline"] = nodes[0]["timeline"].clone();
+    let mut names = [nodes[0]["name"].take(), nodes[1]["name"].take()];
+    names.sort_by(|a, b| b.as_str().cmp(&a.as_str()));
+    let [later, first] = names;
+    (nodes[0]["name"], nodes[1]["name"]) = (later, first.clone());
+    std::fs::write(dir.join("cluster.json"), set.to_string()).expect("write the copy");
+    let nodes = set["nodes"].as_array().expect("nodes");
+    let union = trailer_slot_union(nodes);
+    let results = duckdb(dir, "nodes", &["node-slots-cow", "cluster-hot-slots"]);
+    assert_eq!(results[0], union, "DuckDB against the nodes' top_slots_cow");
+    // Node 0's rows come in pairs, the name sorting first ahead; pairs are in the table.
+    let tied = |w: &[Value]| (&w[0][0], &w[0][2]) == (&w[1][0], &w[1][2]);
+    let pairs: Vec<&[Value]> = union[..REPORT_TOP].windows(2).filter(|w| tied(w)).collect();
+    assert!(!pairs.is_empty(), "no tie among the first rows: {union:?}");
+    assert!(pairs.iter().all(|w| w[0][1] == first), "{union:?}");
+    let hot: Vec<Value> = results[1]
+        .iter()
+        .map(|r| json!([r[0], r[1], r[2]]))
+        .collect();
+    assert_eq!(hot, union[..REPORT_TOP], "the hot slots against the union");
+    let (code, stderr, report) = run_in(dir, &["report", "cluster.json"]);
+    assert_eq!(code, Some(0), "report failed: {stderr}");
+    check_report_hot_slots(&report, &results[1]);
+}
+
+/// The totals query equals each node's epochs, their `cow_copy` faults, lost events and
+/// cap (none), node by node.
+fn check_node_totals(rows: &[Value], nodes: &[Value]) {
+    let mut expected: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let t = &n["timeline"];
+            let epochs = t["epochs"].as_array().expect("epochs");
+            let cow: u64 = epochs
+                .iter()
+                .flat_map(|e| ["parent", "child"].map(|r| e["faults"][r]["cow_copy"].as_u64()))
+                .map(|c| c.expect("a count"))
+                .sum();
+            json!([
+                "cluster.json",
+                n["name"],
+                epochs.len(),
+                cow,
+                t["lost_events"],
+                null,
+                null,
+                0
+            ])
+        })
+        .collect();
+    expected.sort_by_key(|r| r[1].as_str().map(String::from));
+    assert_eq!(rows, expected, "DuckDB against the nodes' epochs");
+    assert!(
+        rows.iter().all(|r| r[2].as_u64() >= Some(1)),
+        "a node without a fork"
+    );
 }
