@@ -199,6 +199,38 @@ impl Cluster {
         self.servers[i].query(redis::cmd("CLUSTER").arg("MYID"))
     }
 
+    /// Moves the empty `slot` from node `from` to node `to` as `redis-cli --cluster
+    /// reshard` does: importing on `to`, migrating on `from`, then `SETSLOT NODE` on
+    /// `to` (which bumps its config epoch, so the move wins over older claims), on
+    /// `from`, and on the others; returns once every node agrees again.
+    pub fn move_slot(&self, slot: u16, from: usize, to: usize) {
+        let (src, dst) = (self.node_id(from), self.node_id(to));
+        let keys: u64 =
+            self.servers[from].query(redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot));
+        assert_eq!(
+            keys, 0,
+            "slot {slot} holds keys: only an empty slot is moved"
+        );
+        let setslot = |i: usize, how: &str, id: &str| {
+            let _: () = self.servers[i].query(
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(how)
+                    .arg(id),
+            );
+        };
+        setslot(to, "IMPORTING", &src);
+        setslot(from, "MIGRATING", &dst);
+        setslot(to, "NODE", &dst);
+        setslot(from, "NODE", &dst);
+        for i in (0..self.servers.len()).filter(|&i| i != from && i != to) {
+            setslot(i, "NODE", &dst);
+        }
+        self.wait_converged(CONVERGE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// The port of the master serving `slot`, as the first node sees it; panics when no
     /// node serves it.
     pub fn owner_of_slot(&self, slot: u16) -> u16 {

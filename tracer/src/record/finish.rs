@@ -133,6 +133,7 @@ impl Recorder<'_> {
             warnings: std::mem::take(&mut self.warnings),
             event_cap: self.cap.report(),
             segments: std::mem::take(&mut self.target.segments),
+            cluster: self.target.take_cluster(),
             end: EndInfo {
                 reason: reason.as_str().to_string(),
                 monotonic_end_ns: end_mono,
