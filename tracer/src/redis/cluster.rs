@@ -389,6 +389,23 @@ pub fn query(conn: &mut RedisConn) -> Result<Option<ClusterMap>, ClusterError> {
     ClusterQuery::default().read(conn).map(Some)
 }
 
+/// A hash tag (`memtrace-N`) whose keys hash to a slot the map's `myself` serves; `None`
+/// when it serves none (a replica, or a master without slots). Commands on keys in that
+/// tag run on this node instead of being redirected.
+pub fn served_hash_tag(map: &ClusterMap) -> Option<String> {
+    let me = map
+        .myself()
+        .filter(|n| n.role == "master" && !n.slots.is_empty())?;
+    // Each candidate lands on a pseudo-random slot: a node serving even one slot is
+    // found within a few times 16384 tries.
+    (0..SLOTS * 64)
+        .map(|n| format!("memtrace-{n}"))
+        .find(|tag| {
+            let slot = crate::attribution::keyslot::key_hash_slot(tag.as_bytes());
+            me.slots.iter().any(|&(lo, hi)| (lo..=hi).contains(&slot))
+        })
+}
+
 /// The cluster map at one instant of a recording.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterCapture {

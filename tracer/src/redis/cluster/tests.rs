@@ -102,6 +102,28 @@ fn owner_of_is_the_master_serving_the_slot() {
 }
 
 #[test]
+fn the_hash_tag_lands_on_a_slot_of_this_node() {
+    use crate::attribution::keyslot::key_hash_slot;
+    for (me, slots) in [(M0, 0..=5460), (M1, 5461..=10922), (M2, 10923..=16383)] {
+        let tag = served_hash_tag(&redis70(me)).unwrap();
+        let key = format!("__redis-memtrace:{{{tag}}}:calibrate:1:2:b3");
+        assert!(
+            slots.contains(&key_hash_slot(key.as_bytes())),
+            "{me}: {tag}"
+        );
+    }
+    assert_eq!(
+        served_hash_tag(&redis70(R0)),
+        None,
+        "a replica serves no slot"
+    );
+    // One slot of 16384 is still found.
+    let one = map_of(vec![node(M0, 1, None, &[(7777, 7777)])], M0);
+    let tag = served_hash_tag(&one).unwrap();
+    assert_eq!(key_hash_slot(tag.as_bytes()), 7777);
+}
+
+#[test]
 fn redis_6_2_has_only_cluster_nodes() {
     const N0: &str = "6cde2c3dda73c0d86b23c53e6cbc6920f671cc00";
     const N1: &str = "91154fa4185c8921e4707d034f4ecff759b80cb9";
