@@ -129,7 +129,26 @@ fn report_top_slot_row(report: &str) -> Vec<String> {
 #[test]
 fn each_node_records_its_map_and_its_hot_slot() {
     require_root();
-    let cluster = Cluster::start(&by_label("redis-7.0"), 3);
+    hot_slots_on(&by_label("redis-7.0"));
+}
+
+/// The same on a server without `CLUSTER SHARDS` (Redis 6.2: the tracer reads
+/// `CLUSTER NODES`) and on Valkey, when the manifest has them.
+#[test]
+fn each_node_of_other_builds_records_its_map_and_its_hot_slot() {
+    require_root();
+    for build in testkit::builds() {
+        if ["redis-6.2", "valkey-9.1"].contains(&build.label.as_str()) {
+            hot_slots_on(&build);
+        }
+    }
+}
+
+/// One tracer per node of a 3-node cluster of `build`, through held BGSAVEs under writes
+/// of each node's hot tag; each timeline checked against the node's own answers.
+fn hot_slots_on(build: &testkit::Build) {
+    eprintln!("{}", build.label);
+    let cluster = Cluster::start(build, 3);
     let tags = tags_per_node(&cluster);
     for (node, (tag, _)) in cluster.nodes().iter().zip(&tags) {
         let _: () = node.query(
