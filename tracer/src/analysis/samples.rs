@@ -360,6 +360,8 @@ struct Worker {
     conn: Option<RedisConn>,
     /// The last INFO said `cluster_enabled:1`.
     cluster_enabled: bool,
+    /// The server refused the cluster commands (an ACL): they are not sent again.
+    cluster_refused: bool,
     cluster_query: ClusterQuery,
     cluster: Captures,
     /// The "cluster map unavailable" warning was given.
@@ -418,7 +420,7 @@ impl Worker {
         )
         .and_then(|kid| read(kid).ok().map(|m| (kid, m)));
         let info = self.info();
-        if info.is_some() && self.cluster_enabled {
+        if info.is_some() && self.cluster_enabled && !self.cluster_refused {
             self.read_cluster();
         }
         let swap = swap_counters();
@@ -472,31 +474,39 @@ impl Worker {
         }
     }
 
-    /// Reads the cluster map and keeps it if it changed. A failed command leaves the
-    /// connection as a failed INFO does (it may still owe a reply: reconnect later); a
-    /// reply not understood is warned about once.
+    /// Reads the cluster map and keeps it if it changed. A timeout or a lost connection
+    /// is handled as a failed INFO (the connection may still owe a reply: reconnect
+    /// later); a refusal stops the cluster reads (each would count as an error in the
+    /// server's statistics); a reply not understood is tried again. Warned once.
     fn read_cluster(&mut self) {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        match self.cluster_query.read(conn) {
+        let e = match self.cluster_query.read(conn) {
             Ok(map) => {
                 if let Some(w) = self.cluster.observe(clock::monotonic_ns(), map) {
                     self.warnings.push(w);
                 }
+                return;
             }
-            Err(e) => {
-                if matches!(e, ClusterError::Query(_)) {
-                    self.info_down = true;
-                    self.last_info_retry = Some(Instant::now());
-                }
-                if !self.cluster_warned {
-                    self.cluster_warned = true;
-                    self.warnings.push(format!(
-                        "cluster map unavailable: {e}; tried again each sample"
-                    ));
-                }
+            Err(e) => e,
+        };
+        let then = match &e {
+            ClusterError::Query(InfoError::Timeout { .. } | InfoError::Unreachable { .. }) => {
+                self.info_down = true;
+                self.last_info_retry = Some(Instant::now());
+                "tried again each sample"
             }
+            ClusterError::Query(_) => {
+                self.cluster_refused = true;
+                "not asked again"
+            }
+            ClusterError::Malformed { .. } => "tried again each sample",
+        };
+        if !self.cluster_warned {
+            self.cluster_warned = true;
+            self.warnings
+                .push(format!("cluster map unavailable: {e}; {then}"));
         }
     }
 
@@ -566,6 +576,7 @@ impl Sampler {
             pid,
             conn,
             cluster_enabled: false,
+            cluster_refused: false,
             cluster_query: ClusterQuery::default(),
             cluster,
             cluster_warned: false,
@@ -910,6 +921,56 @@ SwapPss:               4 kB\n";
         for c in caps {
             assert_eq!(c.map.myself().map(|n| n.addr.clone()), Some(node.url()));
         }
+    }
+
+    #[test]
+    fn a_user_denied_cluster_commands_still_gets_info() {
+        let cluster = testkit::cluster::Cluster::start(&testkit::by_label("redis-7.0"), 3);
+        let node = &cluster.nodes()[0];
+        let _: () = node.query(
+            ::redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("watcher")
+                .arg("on")
+                .arg(">pw")
+                .arg("+info")
+                .arg("+ping"),
+        );
+        let url = format!("redis://watcher:pw@{}", node.url());
+        let conn = crate::redis::info::connect(&url, Duration::from_secs(2)).unwrap();
+        let start = clock::monotonic_ns();
+        let sampler = Sampler::spawn(node.pid, Some(conn), Duration::from_millis(20)).unwrap();
+        testkit::wait::wait_until(
+            "samples over 100 ms",
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            || {
+                sampler
+                    .latest()
+                    .is_some_and(|s| s.ts_ns > start + 100_000_000)
+            },
+        );
+        let out = sampler.stop();
+        assert!(
+            out.samples.iter().all(|s| s.info.is_some()),
+            "INFO on every sample"
+        );
+        assert!(out.cluster.list().is_empty());
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert!(
+            out.warnings[0].starts_with("cluster map unavailable: Redis at watcher@")
+                && out.warnings[0].contains("(NOPERM)")
+                && out.warnings[0].ends_with("; not asked again"),
+            "{:?}",
+            out.warnings
+        );
+        // CLUSTER SHARDS refused, CLUSTER NODES tried (an ACL may allow one and not the
+        // other) and refused, then nothing more over the following samples.
+        let errors = node.info("errorstats");
+        assert_eq!(
+            errors.get("errorstat_NOPERM").map(String::as_str),
+            Some("count=2")
+        );
     }
 
     #[test]
