@@ -20,14 +20,17 @@ use std::{
 
 use common::{record_command, record_command_env};
 use serde_json::Value;
-use testkit::{Recording, Server, SwapGuard, attribution_builds, read_timeline, require_root};
+use testkit::{
+    Recording, Server, SwapGuard, attribution_builds, by_label, cluster::Cluster, read_timeline,
+    require_root,
+};
 
 /// The validator, run as `python3 -c VALIDATOR SCHEMA FILE [ndjson]`. Exit 0: valid;
 /// 1: invalid, the errors on stdout; anything else: the validator itself failed.
 ///
 /// `json` mode validates the whole document. `ndjson` mode checks the stream's shape
-/// (header line first, trailer line last with exactly the trailer keys, records between
-/// them) and validates line 1 against `#/$defs/header`, the records against
+/// (header line first, trailer line last with every required trailer key and no key the
+/// schema does not name, records between them) and validates line 1 against `#/$defs/header`, the records against
 /// `#/$defs/event` and the last line against `#/$defs/trailer`. Duplicate keys in any
 /// object are errors too (JSON Schema cannot see them; the records are hand-formatted).
 const VALIDATOR: &str = r##"
@@ -133,9 +136,14 @@ elif mode == "ndjson":
             if tail.get("type") != "trailer":
                 error("last line is not the trailer (type %r): the run did not finish"
                       % tail.get("type"))
-            expected = set(schema["$defs"]["trailer"]["required"]) | {"type"}
-            if set(tail) != expected:
-                error("trailer keys %s, expected %s" % (sorted(tail), sorted(expected)))
+            # Every required key, and no key the schema does not name (optional ones, as
+            # `cluster`, appear only for some targets).
+            trailer = schema["$defs"]["trailer"]
+            required = set(trailer["required"]) | {"type"}
+            known = set(trailer["properties"]) | {"type"}
+            if not required <= set(tail) <= known:
+                error("trailer keys %s, expected %s and optionally %s"
+                      % (sorted(tail), sorted(required), sorted(known - required)))
             check(validator("trailer"), tail, "line %d" % len(objs))
         event = validator("event")
         for i, obj in enumerate(objs[1:-1], 2):
@@ -573,4 +581,53 @@ fn several_servers_in_one_timeline_match_the_schema() {
     std::fs::write(&out, set.to_string()).unwrap();
     let report = validate_as(&out, "nodes").expect_err("a broken node is invalid");
     assert!(report.contains("/nodes/1/timeline/events/0"), "{report}");
+}
+
+// (e)
+
+/// A cluster node's timeline, JSON and NDJSON, carries the `cluster` maps, as the schema
+/// describes them (two nodes recorded at once, one in each format).
+#[test]
+fn cluster_node_timelines_match_the_schema() {
+    require_root();
+    require_validator();
+    let cluster = Cluster::start(&by_label("redis-7.0"), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("node0.json");
+    let ndjson = dir.path().join("node1.ndjson");
+    let recs = [
+        Recording::start(&cluster.nodes()[0], &json, &["--interval", "100ms"]),
+        Recording::start(
+            &cluster.nodes()[1],
+            &ndjson,
+            &["--interval", "100ms", "--format", "ndjson"],
+        ),
+    ];
+    for rec in recs {
+        rec.stop();
+    }
+    assert_valid(&json, false);
+    assert_valid(&ndjson, true);
+    let t = read_timeline(&json);
+    assert_eq!(
+        t["cluster"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        t["cluster"]
+    );
+    let r = must_fail(dir.path(), &t, "cluster_role", |t| {
+        t["cluster"][0]["map"]["nodes"][0]["role"] = "boss".into()
+    });
+    assert!(r.contains("cluster/0/map/nodes/0/role"), "{r}");
+    must_fail(dir.path(), &t, "cluster_slot", |t| {
+        t["cluster"][0]["map"]["nodes"][0]["slots"][0][1] = 16384.into()
+    });
+    let text = std::fs::read_to_string(&ndjson).unwrap();
+    let trailer: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(trailer["cluster"].as_array().map(Vec::len), Some(1));
+    // And a node outside cluster mode writes no `cluster` key (case (b) validates those).
+    let server = Server::start(&by_label("redis-7.0"), &[]);
+    let plain = dir.path().join("plain.json");
+    Recording::start(&server, &plain, &[]).stop();
+    assert!(read_timeline(&plain).get("cluster").is_none());
 }

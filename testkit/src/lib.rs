@@ -3,6 +3,7 @@
 //!
 //! - [`builds`]: the Redis/Valkey builds of the manifest (`MEMTRACE_BUILDS`);
 //! - [`server`]: one of them running on a free loopback port, cleaned up on drop;
+//! - [`cluster`]: several of them joined into a Redis Cluster by the build's `redis-cli`;
 //! - [`recording`]: `redis-memtrace record` in the background, stopped by SIGINT;
 //! - [`swap`], [`pageout`]: swap for the test, and a process's memory pushed into it;
 //! - [`dwarf`]: struct layouts from a server binary's own debug information (an oracle);
@@ -16,6 +17,7 @@
 
 pub mod builds;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod dwarf;
 pub mod error;

@@ -10,6 +10,10 @@
 //! meanwhile), so only every [`SMAPS_EVERY`]-th sample reads it; the others
 //! take RSS and swap from /proc/PID/status, which reads the kernel's counters. `INFO`
 //! runs on Redis's main thread; intervals of 100 ms or more keep it negligible.
+//!
+//! On a server in cluster mode (INFO `cluster_enabled:1`) each sample also reads the
+//! cluster map (`CLUSTER SHARDS`, or `CLUSTER NODES` on servers before 7.0) and keeps it
+//! when it differs from the last one kept ([`Captures`]).
 
 use std::{
     path::Path,
@@ -27,7 +31,10 @@ use serde_json::Value;
 use crate::{
     analysis::clock,
     json_fields::u64_at,
-    redis::info::{Info, InfoError, RedisConn},
+    redis::{
+        cluster::{Captures, ClusterError, ClusterQuery, MAX_CAPTURES},
+        info::{Info, InfoError, RedisConn},
+    },
 };
 
 /// Every how many samples smaps_rollup is read (the first sample always reads it). At
@@ -336,10 +343,29 @@ fn swap_counters() -> Option<(i64, i64)> {
     Some((*vm.get("pswpin")?, *vm.get("pswpout")?))
 }
 
+/// What a sampler hands back when it stops.
+#[derive(Debug)]
+pub struct Sampled {
+    /// Every sample kept.
+    pub samples: Vec<Sample>,
+    /// Warnings to print once.
+    pub warnings: Vec<String>,
+    /// The cluster maps seen (the ones given to the sampler, plus its own).
+    pub cluster: Captures,
+}
+
 /// The sampling thread's state.
 struct Worker {
     pid: u32,
     conn: Option<RedisConn>,
+    /// The last INFO said `cluster_enabled:1`.
+    cluster_enabled: bool,
+    /// The server refused the cluster commands (an ACL): they are not sent again.
+    cluster_refused: bool,
+    cluster_query: ClusterQuery,
+    cluster: Captures,
+    /// The "cluster map unavailable" warning was given.
+    cluster_warned: bool,
     /// INFO failed and has not worked since.
     info_down: bool,
     /// The "INFO unavailable" warning was given (it is given once per run).
@@ -394,6 +420,9 @@ impl Worker {
         )
         .and_then(|kid| read(kid).ok().map(|m| (kid, m)));
         let info = self.info();
+        if info.is_some() && self.cluster_enabled && !self.cluster_refused {
+            self.read_cluster();
+        }
         let swap = swap_counters();
         let delta = |f: fn((i64, i64)) -> i64| {
             let (prev, now) = (self.prev_swap?, swap?);
@@ -425,10 +454,11 @@ impl Worker {
             // After a failure the old connection may still owe a reply: start afresh.
             conn.reconnect().ok()?;
         }
-        match query_info(conn) {
-            Ok(m) => {
+        match conn.info("") {
+            Ok(info) => {
                 self.info_down = false;
-                Some(m)
+                self.cluster_enabled = info.get_flag("cluster_enabled") == Some(true);
+                Some(InfoMem::from_info(&info))
             }
             Err(e) => {
                 if !self.info_warned {
@@ -444,6 +474,42 @@ impl Worker {
         }
     }
 
+    /// Reads the cluster map and keeps it if it changed. A timeout or a lost connection
+    /// is handled as a failed INFO (the connection may still owe a reply: reconnect
+    /// later); a refusal stops the cluster reads (each would count as an error in the
+    /// server's statistics); a reply not understood is tried again. Warned once.
+    fn read_cluster(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let e = match self.cluster_query.read(conn) {
+            Ok(map) => {
+                if let Some(w) = self.cluster.observe(clock::monotonic_ns(), map) {
+                    self.warnings.push(w);
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        let then = match &e {
+            ClusterError::Query(InfoError::Timeout { .. } | InfoError::Unreachable { .. }) => {
+                self.info_down = true;
+                self.last_info_retry = Some(Instant::now());
+                "tried again each sample"
+            }
+            ClusterError::Query(_) => {
+                self.cluster_refused = true;
+                "not asked again"
+            }
+            ClusterError::Malformed { .. } => "tried again each sample",
+        };
+        if !self.cluster_warned {
+            self.cluster_warned = true;
+            self.warnings
+                .push(format!("cluster map unavailable: {e}; {then}"));
+        }
+    }
+
     fn push(&mut self, sample: Sample) {
         if self.samples.len() < self.cap {
             self.samples.push(sample);
@@ -452,7 +518,7 @@ impl Worker {
         }
     }
 
-    fn finish(mut self) -> (Vec<Sample>, Vec<String>) {
+    fn finish(mut self) -> Sampled {
         // A cap of 0 keeps nothing on purpose (`serve`).
         if self.dropped > 0 && self.cap > 0 {
             self.warnings.push(format!(
@@ -460,14 +526,18 @@ impl Worker {
                 self.dropped, self.cap
             ));
         }
-        (self.samples, self.warnings)
+        Sampled {
+            samples: self.samples,
+            warnings: self.warnings,
+            cluster: self.cluster,
+        }
     }
 }
 
 /// A background thread sampling one process at a fixed interval.
 pub struct Sampler {
     stop_tx: Option<mpsc::Sender<()>>,
-    handle: Option<JoinHandle<(Vec<Sample>, Vec<String>)>>,
+    handle: Option<JoinHandle<Sampled>>,
     latest: Arc<Mutex<Option<Sample>>>,
 }
 
@@ -479,16 +549,24 @@ impl Sampler {
         conn: Option<RedisConn>,
         interval: Duration,
     ) -> std::io::Result<Sampler> {
-        Sampler::spawn_capped(pid, conn, interval, MAX_SAMPLES)
+        Sampler::spawn_capped(
+            pid,
+            conn,
+            interval,
+            MAX_SAMPLES,
+            Captures::new(MAX_CAPTURES),
+        )
     }
 
     /// [`Sampler::spawn`] keeping at most `cap` samples (0: only the latest, for
-    /// [`Sampler::latest`]).
+    /// [`Sampler::latest`]), adding the cluster maps it sees to `cluster` (which carries
+    /// the maps of earlier samplers of the run, and its own cap).
     pub fn spawn_capped(
         pid: u32,
         conn: Option<RedisConn>,
         interval: Duration,
         cap: usize,
+        cluster: Captures,
     ) -> std::io::Result<Sampler> {
         let interval = interval.max(Duration::from_millis(1));
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -497,6 +575,11 @@ impl Sampler {
         let mut worker = Worker {
             pid,
             conn,
+            cluster_enabled: false,
+            cluster_refused: false,
+            cluster_query: ClusterQuery::default(),
+            cluster,
+            cluster_warned: false,
             info_down: false,
             info_warned: false,
             last_info_retry: None,
@@ -567,15 +650,23 @@ impl Sampler {
     }
 
     /// Stops the thread (within one sample's time, not one interval) and returns every
-    /// sample kept plus the warnings.
-    pub fn stop(mut self) -> (Vec<Sample>, Vec<String>) {
+    /// sample kept, the warnings and the cluster maps.
+    pub fn stop(mut self) -> Sampled {
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }
         match self.handle.take().map(JoinHandle::join) {
             Some(Ok(out)) => out,
-            Some(Err(_)) => (Vec::new(), vec!["memory sampler thread panicked".into()]),
-            None => (Vec::new(), Vec::new()),
+            Some(Err(_)) => Sampled {
+                samples: Vec::new(),
+                warnings: vec!["memory sampler thread panicked".into()],
+                cluster: Captures::new(MAX_CAPTURES),
+            },
+            None => Sampled {
+                samples: Vec::new(),
+                warnings: Vec::new(),
+                cluster: Captures::new(MAX_CAPTURES),
+            },
         }
     }
 }
@@ -690,7 +781,9 @@ SwapPss:               4 kB\n";
         std::thread::sleep(Duration::from_millis(300));
         assert!(sampler.latest().is_some());
         let t = Instant::now();
-        let (samples, warnings) = sampler.stop();
+        let Sampled {
+            samples, warnings, ..
+        } = sampler.stop();
         assert!(
             t.elapsed() < Duration::from_millis(50),
             "stop took {:?}",
@@ -731,10 +824,18 @@ SwapPss:               4 kB\n";
 
     #[test]
     fn sampler_cap_counts_drops() {
-        let sampler =
-            Sampler::spawn_capped(std::process::id(), None, Duration::from_millis(5), 2).unwrap();
+        let sampler = Sampler::spawn_capped(
+            std::process::id(),
+            None,
+            Duration::from_millis(5),
+            2,
+            Captures::new(1),
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        let (samples, warnings) = sampler.stop();
+        let Sampled {
+            samples, warnings, ..
+        } = sampler.stop();
         assert_eq!(samples.len(), 2);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(
@@ -763,8 +864,13 @@ SwapPss:               4 kB\n";
         let sampler = Sampler::spawn(server.pid, Some(conn), Duration::from_millis(50)).unwrap();
         let _: String = ::redis::cmd("BGSAVE").query(setup.raw()).unwrap();
         std::thread::sleep(Duration::from_millis(400));
-        let (samples, warnings) = sampler.stop();
+        let Sampled {
+            samples,
+            warnings,
+            cluster,
+        } = sampler.stop();
         assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(cluster.list().is_empty(), "not in cluster mode: no map");
         assert!(
             samples
                 .iter()
@@ -783,6 +889,91 @@ SwapPss:               4 kB\n";
     }
 
     #[test]
+    fn sampler_keeps_the_cluster_map_and_its_changes() {
+        let cluster = testkit::cluster::Cluster::start(&testkit::by_label("redis-7.0"), 3);
+        let node = &cluster.nodes()[0];
+        let conn = crate::redis::info::connect(&node.url(), Duration::from_secs(2)).unwrap();
+        let sampler = Sampler::spawn(node.pid, Some(conn), Duration::from_millis(20)).unwrap();
+        assert!(sampler.wait_first(Duration::from_secs(2)));
+        // Node 0 serves slots 0-5460; slot 5 holds no key.
+        let before = clock::monotonic_ns();
+        cluster.move_slot(5, 0, 1);
+        let moved = clock::monotonic_ns();
+        testkit::wait::wait_until(
+            "a sample after the move",
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            || sampler.latest().is_some_and(|s| s.ts_ns > moved),
+        );
+        let out = sampler.stop();
+        assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+        let caps = out.cluster.list();
+        assert_eq!(
+            caps.len(),
+            2,
+            "the map at start and after the move: {caps:?}"
+        );
+        let owner = |i: usize, slot| caps[i].map.owner_of(slot).map(|n| n.addr.clone());
+        assert_eq!(owner(0, 5), Some(node.url()));
+        assert_eq!(owner(1, 5), Some(cluster.nodes()[1].url()));
+        assert_eq!(owner(1, 4), Some(node.url()));
+        assert!(caps[0].ts_ns < before && caps[1].ts_ns > before, "{caps:?}");
+        for c in caps {
+            assert_eq!(c.map.myself().map(|n| n.addr.clone()), Some(node.url()));
+        }
+    }
+
+    #[test]
+    fn a_user_denied_cluster_commands_still_gets_info() {
+        let cluster = testkit::cluster::Cluster::start(&testkit::by_label("redis-7.0"), 3);
+        let node = &cluster.nodes()[0];
+        let _: () = node.query(
+            ::redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("watcher")
+                .arg("on")
+                .arg(">pw")
+                .arg("+info")
+                .arg("+ping"),
+        );
+        let url = format!("redis://watcher:pw@{}", node.url());
+        let conn = crate::redis::info::connect(&url, Duration::from_secs(2)).unwrap();
+        let start = clock::monotonic_ns();
+        let sampler = Sampler::spawn(node.pid, Some(conn), Duration::from_millis(20)).unwrap();
+        testkit::wait::wait_until(
+            "samples over 100 ms",
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            || {
+                sampler
+                    .latest()
+                    .is_some_and(|s| s.ts_ns > start + 100_000_000)
+            },
+        );
+        let out = sampler.stop();
+        assert!(
+            out.samples.iter().all(|s| s.info.is_some()),
+            "INFO on every sample"
+        );
+        assert!(out.cluster.list().is_empty());
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert!(
+            out.warnings[0].starts_with("cluster map unavailable: Redis at watcher@")
+                && out.warnings[0].contains("(NOPERM)")
+                && out.warnings[0].ends_with("; not asked again"),
+            "{:?}",
+            out.warnings
+        );
+        // CLUSTER SHARDS refused, CLUSTER NODES tried (an ACL may allow one and not the
+        // other) and refused, then nothing more over the following samples.
+        let errors = node.info("errorstats");
+        assert_eq!(
+            errors.get("errorstat_NOPERM").map(String::as_str),
+            Some("count=2")
+        );
+    }
+
+    #[test]
     fn info_failure_warns_once_and_proc_continues() {
         let mut server = testkit::Server::start(&testkit::by_label("redis-7.0"), &[]);
         let pid = server.pid;
@@ -792,7 +983,9 @@ SwapPss:               4 kB\n";
         std::thread::sleep(Duration::from_millis(100));
         server.kill();
         std::thread::sleep(Duration::from_millis(200));
-        let (samples, warnings) = sampler.stop();
+        let Sampled {
+            samples, warnings, ..
+        } = sampler.stop();
         let info_warnings: Vec<_> = warnings
             .iter()
             .filter(|w| w.starts_with("Redis INFO unavailable: "))

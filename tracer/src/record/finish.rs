@@ -182,6 +182,7 @@ impl Recorder<'_> {
             warnings: std::mem::take(&mut n.warnings),
             event_cap: n.cap.report(),
             segments: std::mem::take(&mut n.target.segments),
+            cluster: n.target.take_cluster(),
             end: EndInfo {
                 reason: reason.as_str().to_string(),
                 monotonic_end_ns: end_mono,

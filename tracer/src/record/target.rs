@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    analysis::samples::{Sample, Sampler},
+    analysis::samples::{Sample, Sampled, Sampler},
     analysis::stream::Analyzer,
     kernel::target::{self, ProcessId},
     kernel::{
@@ -12,6 +12,7 @@ use crate::{
         loader::Probes,
     },
     redis::{
+        cluster::{Captures, ClusterCapture, MAX_CAPTURES},
         info::{ConnSpec, RedisConn},
         session::{Kernel, RedisSession, SessionError},
     },
@@ -53,6 +54,9 @@ pub struct Target {
     pub sampler: Option<Sampler>,
     /// Samples of earlier segments.
     pub earlier_samples: Vec<Sample>,
+    /// Cluster maps seen so far, while no sampler holds them (one set for the whole run,
+    /// so a restarted server's unchanged map is not kept twice).
+    cluster: Option<Captures>,
     /// Servers traced one after the other (`--follow`).
     pub segments: Vec<Segment>,
     /// Since when the target is gone and a restart is awaited (`--follow`).
@@ -73,6 +77,7 @@ impl Target {
             attribution_pending: false,
             sampler: None,
             earlier_samples: Vec::new(),
+            cluster: None,
             waiting_since: None,
             fork_probe: ForkProbe::Done,
         }
@@ -120,12 +125,13 @@ impl Target {
             .as_ref()
             .and_then(|s| s.spec())
             .and_then(|spec| RedisConn::open(spec, Duration::from_millis(500)).ok());
-        let cap = if live {
-            0
+        let (cap, maps) = if live {
+            (0, 1)
         } else {
-            crate::analysis::samples::MAX_SAMPLES
+            (crate::analysis::samples::MAX_SAMPLES, MAX_CAPTURES)
         };
-        self.sampler = Sampler::spawn_capped(self.pid(), conn, interval, cap).ok();
+        let cluster = self.cluster.take().unwrap_or_else(|| Captures::new(maps));
+        self.sampler = Sampler::spawn_capped(self.pid(), conn, interval, cap, cluster).ok();
         // The first sample (its INFO included) before the run is announced: once the
         // tracer says it is tracing, its only commands are the periodic INFOs.
         if let Some(s) = &self.sampler {
@@ -138,9 +144,22 @@ impl Target {
         let Some(old) = self.sampler.take() else {
             return Vec::new();
         };
-        let (samples, warnings) = old.stop();
+        let Sampled {
+            samples,
+            warnings,
+            cluster,
+        } = old.stop();
         self.earlier_samples.extend(samples);
+        self.cluster = Some(cluster);
         warnings
+    }
+
+    /// The cluster maps of the run (call after [`Target::stop_sampler`]).
+    pub fn take_cluster(&mut self) -> Vec<ClusterCapture> {
+        self.cluster
+            .as_mut()
+            .map(Captures::take)
+            .unwrap_or_default()
     }
 
     /// Probes `fork()` in the launched command once it has exec'd. Right after `execve` a

@@ -403,6 +403,10 @@ pub struct Calibration<'a> {
     pub events: &'a Receiver<Vec<KernelEvent>>,
     /// Records seen while waiting that are not ours: the caller processes them.
     pub stash: &'a mut Vec<KernelEvent>,
+    /// On a cluster node, a hash tag whose slot the node serves: the blocking commands'
+    /// keys carry it, so they all hash to that slot (otherwise they would be refused as
+    /// `CROSSSLOT`, or redirected as `MOVED`, instead of blocking).
+    pub key_tag: Option<String>,
 }
 
 /// Where a build that parses pipelined commands ahead (Valkey 9) queues them: in the
@@ -525,6 +529,31 @@ fn entry_layout(mem: &dyn Memory, array: u64, want: &[Vec<Vec<u8>>]) -> Option<Q
     }
 }
 
+/// The two `BLPOP`s of the calibration, on keys no one uses (this process and instant
+/// in their names), in the hash tag `{key_tag}` when given.
+fn blocking_commands(key_tag: Option<&str>) -> [Vec<Vec<u8>>; 2] {
+    let unique = format!(
+        "{}:{}",
+        std::process::id(),
+        crate::analysis::clock::monotonic_ns()
+    );
+    let prefix = match key_tag {
+        Some(t) => format!("__redis-memtrace:{{{t}}}:calibrate:{unique}"),
+        None => format!("__redis-memtrace:calibrate:{unique}"),
+    };
+    let key = |suffix: &str| format!("{prefix}:{suffix}").into_bytes();
+    [
+        vec![b"BLPOP".to_vec(), key("a"), b"5".to_vec()],
+        vec![
+            b"BLPOP".to_vec(),
+            key("b1"),
+            key("b2"),
+            key("b3"),
+            b"5".to_vec(),
+        ],
+    ]
+}
+
 /// Two connections blocked in `BLPOP` with chosen arguments, released on drop.
 struct Blockers {
     admin: RedisConn,
@@ -552,25 +581,7 @@ impl Calibration<'_> {
         let mut admin = open().ok_or(DiscoveryError::NoConnection)?;
         let windows = self.counter_windows(&mut admin)?;
         let seq = stat_numcommands_offset(&windows)?;
-        let tag = format!(
-            "{}:{}",
-            std::process::id(),
-            crate::analysis::clock::monotonic_ns()
-        );
-        let plans: [Vec<Vec<u8>>; 2] = [
-            vec![
-                b"BLPOP".to_vec(),
-                format!("__redis-memtrace:calibrate:{tag}:a").into_bytes(),
-                b"5".to_vec(),
-            ],
-            vec![
-                b"BLPOP".to_vec(),
-                format!("__redis-memtrace:calibrate:{tag}:b1").into_bytes(),
-                format!("__redis-memtrace:calibrate:{tag}:b2").into_bytes(),
-                format!("__redis-memtrace:calibrate:{tag}:b3").into_bytes(),
-                b"5".to_vec(),
-            ],
-        ];
+        let plans = blocking_commands(self.key_tag.as_deref());
         let mut blockers = Blockers {
             admin,
             blocked: Vec::new(),
@@ -865,6 +876,27 @@ mod tests {
 
     fn put_word(b: &mut [u8], off: usize, v: u64) {
         b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    #[test]
+    fn a_cluster_node_blocks_on_keys_of_one_served_slot() {
+        use crate::attribution::keyslot::key_hash_slot;
+        let [one, three] = blocking_commands(Some("memtrace-7"));
+        let keys: Vec<&Vec<u8>> = one[1..2].iter().chain(&three[1..4]).collect();
+        assert!(
+            keys.iter()
+                .all(|k| k.starts_with(b"__redis-memtrace:{memtrace-7}:calibrate:"))
+        );
+        let slot = key_hash_slot(b"memtrace-7");
+        assert!(
+            keys.iter().all(|k| key_hash_slot(k) == slot),
+            "one slot, no CROSSSLOT"
+        );
+        assert_eq!((one.len(), three.len()), (3, 5));
+        // Outside cluster mode the keys have no hash tag.
+        let [plain, _] = blocking_commands(None);
+        assert!(plain[1].starts_with(b"__redis-memtrace:calibrate:"));
+        assert!(!plain[1].contains(&b'{'));
     }
 
     #[test]

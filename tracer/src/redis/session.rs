@@ -13,6 +13,7 @@ use serde_json::Value;
 use tracer_common::{ForkCallEvent, KEY_CAP, PHASE_RANGES, ServerLayout, features};
 
 use super::{
+    cluster,
     discover::{Calibration, Discovered, DiscoveryError, walk_list},
     info::{ConnSpec, RedisConn},
     phases::{self, Range},
@@ -52,6 +53,9 @@ pub enum SessionError {
     /// The kernel refused the layout.
     #[error("{0}")]
     Probe(#[from] crate::kernel::loader::LoadError),
+    /// A cluster node whose slots could not be found, or that serves none.
+    #[error("the layout was not discovered: {0}")]
+    Cluster(String),
 }
 
 /// Which server a run traced: the part of the timeline's `redis` object that every
@@ -168,6 +172,7 @@ impl RedisSession {
                 None => "the server listens on no TCP port (pass --redis)".into(),
             })
         })?;
+        let key_tag = cluster_key_tag(&mut conn)?;
         let mem = ProcessMemory::open(pid)?;
         let (discovered, _) = Calibration {
             pid,
@@ -177,6 +182,7 @@ impl RedisSession {
             probes: &mut *kernel.probes,
             events: kernel.events,
             stash: &mut *kernel.stash,
+            key_tag,
         }
         .run(&mut open)?;
         let mut warnings = Vec::new();
@@ -366,6 +372,27 @@ impl RedisSession {
         self.pending_cow = keep;
         done
     }
+}
+
+/// On a node in cluster mode, the hash tag calibration's keys need (its blocking
+/// commands must run on this node); `None` outside cluster mode.
+fn cluster_key_tag(conn: &mut RedisConn) -> Result<Option<String>, SessionError> {
+    let map = match cluster::query(conn) {
+        Ok(Some(map)) => map,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Err(SessionError::Cluster(format!(
+                "cluster map unreadable: {e}"
+            )));
+        }
+    };
+    cluster::served_hash_tag(&map).map(Some).ok_or_else(|| {
+        SessionError::Cluster(
+            "this cluster node serves no hash slot (a replica, or a master without slots): \
+             the calibration's blocking commands would be redirected to another node"
+                .into(),
+        )
+    })
 }
 
 /// The kernel's view of a server.

@@ -126,10 +126,18 @@ pub fn render(m: &Model, findings: &[Finding], source: &str, top: usize) -> Stri
         tables::epochs(m),
         tables::activities(m, Kind::Cow, top),
         tables::activities(m, Kind::SwapIn, top),
-        tables::keys(&m.attribution.top_keys_cow, Kind::Cow),
-        tables::slots(&m.attribution.top_slots_cow, Kind::Cow),
-        tables::keys(&m.attribution.top_keys_swap_in, Kind::SwapIn),
-        tables::slots(&m.attribution.top_slots_swap_in, Kind::SwapIn),
+        tables::keys(&m.attribution.top_keys_cow, Kind::Cow, m.cluster.as_ref()),
+        tables::slots(&m.attribution.top_slots_cow, Kind::Cow, m.cluster.as_ref()),
+        tables::keys(
+            &m.attribution.top_keys_swap_in,
+            Kind::SwapIn,
+            m.cluster.as_ref(),
+        ),
+        tables::slots(
+            &m.attribution.top_slots_swap_in,
+            Kind::SwapIn,
+            m.cluster.as_ref(),
+        ),
     ] {
         table(&mut h, &t);
     }

@@ -17,6 +17,7 @@ pub use crate::{
     analysis::samples::{InfoMem, Sample},
     attribution::aggregate::{ActivityRow, AggregateReport, KeyRow, SlotRow},
     kernel::host::HostInfo,
+    redis::cluster::ClusterMap,
 };
 
 /// Who, what and when: the report's header.
@@ -140,6 +141,10 @@ pub struct Model {
     pub warnings: Vec<String>,
     /// Monotonic start and end of the run (the charts' time axis).
     pub span_ns: (u64, u64),
+    /// The latest cluster map of the run (`None` unless the server ran in cluster mode).
+    pub cluster: Option<ClusterMap>,
+    /// Cluster maps recorded (the one at start, then one per change).
+    pub cluster_maps: usize,
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
@@ -220,6 +225,8 @@ impl Model {
                 .filter_map(|w| w.as_str().map(str::to_string))
                 .collect(),
             span_ns: span,
+            cluster: latest_cluster_map(list(v, "cluster")),
+            cluster_maps: list(v, "cluster").len(),
         }
     }
 
@@ -242,6 +249,14 @@ impl Model {
     pub fn last_info(&self) -> Option<&InfoMem> {
         self.samples.iter().rev().find_map(|s| s.info.as_ref())
     }
+}
+
+/// The last readable map of a timeline's `cluster` list.
+fn latest_cluster_map(captures: &[Value]) -> Option<ClusterMap> {
+    captures
+        .iter()
+        .rev()
+        .find_map(|c| serde_json::from_value(c.get("map")?.clone()).ok())
 }
 
 /// The run's time span, fault counts of the events, and the highest `swap_level`.
@@ -390,6 +405,26 @@ mod tests {
         assert_eq!(m.rates, Rates::default());
         let m = model(json!(null));
         assert!(m.epochs.is_empty());
+    }
+
+    #[test]
+    fn the_latest_readable_cluster_map_is_kept() {
+        let node = |slots: serde_json::Value| {
+            json!({"id": "a", "addr": "10.0.0.1:7000", "role": "master",
+                   "primary_id": null, "slots": slots, "myself": true})
+        };
+        let mut v = base();
+        v["cluster"] = json!([
+            {"ts_ns": 1, "map": {"nodes": [node(json!([[0, 16383]]))]}},
+            {"ts_ns": 2, "map": {"nodes": [node(json!([[0, 100]]))]}},
+            {"ts_ns": 3, "map": {"nodes": "mangled"}}
+        ]);
+        let m = model(v);
+        assert_eq!(m.cluster_maps, 3);
+        let map = m.cluster.unwrap();
+        assert_eq!(map.nodes[0].slots, [(0, 100)]);
+        let m = model(base());
+        assert_eq!((m.cluster, m.cluster_maps), (None, 0));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::{
     format::{bytes, duration_ns, ellipsize, pages_mib, percent, rfc3339},
     model::{ActivityRow, KeyRow, KindCounts, Model, SlotRow},
 };
+use crate::redis::cluster::ClusterMap;
 
 /// Horizontal alignment of a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +110,69 @@ pub fn header(m: &Model, source: &str) -> Pairs {
         ),
     ));
     out.push(("faults", faults_line(&m.faults)));
+    if let Some(map) = &m.cluster {
+        out.push(("cluster", cluster_line(map, m.cluster_maps)));
+    }
     out
+}
+
+/// The latest cluster map in one line: its size, the traced node, the changes seen.
+fn cluster_line(map: &ClusterMap, maps: usize) -> String {
+    let (masters, replicas) = map.counts();
+    let me = match map.myself() {
+        Some(n) if n.slots.is_empty() => format!("{} ({}, no slots)", n.addr, n.role),
+        Some(n) => {
+            let ranges: Vec<String> = n
+                .slots
+                .iter()
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}-{hi}")
+                    }
+                })
+                .collect();
+            format!("{} ({}, slots {})", n.addr, n.role, ranges.join(","))
+        }
+        None => "not in the map".into(),
+    };
+    let changes = match maps.saturating_sub(1) {
+        0 => "no change during the run".to_string(),
+        1 => "changed once during the run".to_string(),
+        n => format!("changed {n} times during the run"),
+    };
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "{}, {}; traced node {me}; {changes}",
+        plural(masters, "master"),
+        plural(replicas, "replica")
+    )
+}
+
+/// The address of the master serving `slot` in `map`, "-" when none does.
+fn node_of(map: &ClusterMap, slot: Option<u16>) -> String {
+    opt(slot.and_then(|s| map.owner_of(s)), |n| n.addr.clone())
+}
+
+/// Inserts a `node` column after `slot` when the run has a cluster map; a table of a
+/// server outside cluster mode keeps its shape.
+fn with_nodes(
+    mut t: Table,
+    cluster: Option<&ClusterMap>,
+    slot_of: impl Fn(usize) -> Option<u16>,
+) -> Table {
+    let Some(map) = cluster else {
+        return t;
+    };
+    let Some(at) = t.columns.iter().position(|c| c.0 == "slot") else {
+        return t;
+    };
+    t.columns.insert(at + 1, ("node", Align::Left));
+    for (i, row) in t.rows.iter_mut().enumerate() {
+        row.insert(at + 1, node_of(map, slot_of(i)));
+    }
+    t
 }
 
 fn faults_line(f: &KindCounts) -> String {
@@ -298,9 +361,10 @@ pub fn activities(m: &Model, kind: Kind, top: usize) -> Table {
     }
 }
 
-/// Keys ranked by pages of one fault kind.
-pub fn keys(rows: &[KeyRow], kind: Kind) -> Table {
-    Table {
+/// Keys ranked by pages of one fault kind; with a cluster map, the node serving each
+/// key's slot.
+pub fn keys(rows: &[KeyRow], kind: Kind, cluster: Option<&ClusterMap>) -> Table {
+    let t = Table {
         id: match kind {
             Kind::Cow => "keys-cow",
             Kind::SwapIn => "keys-swap-in",
@@ -341,12 +405,14 @@ pub fn keys(rows: &[KeyRow], kind: Kind) -> Table {
             "pages is an upper bound (keys are counted by a heavy-hitters sketch): the true \
              count is between pages - error and pages; error 0 is exact",
         ),
-    }
+    };
+    with_nodes(t, cluster, |i| rows[i].slot)
 }
 
-/// Cluster slots ranked by pages of one fault kind.
-pub fn slots(rows: &[SlotRow], kind: Kind) -> Table {
-    Table {
+/// Cluster slots ranked by pages of one fault kind; with a cluster map, the node
+/// serving each slot.
+pub fn slots(rows: &[SlotRow], kind: Kind, cluster: Option<&ClusterMap>) -> Table {
+    let t = Table {
         id: match kind {
             Kind::Cow => "slots-cow",
             Kind::SwapIn => "slots-swap-in",
@@ -371,8 +437,12 @@ pub fn slots(rows: &[SlotRow], kind: Kind) -> Table {
             })
             .collect(),
         empty: "no slot attributed (attribution off, or no such fault under a key)",
-        note: None,
-    }
+        note: cluster.map(|_| {
+            "node: the master serving the slot in the run's latest cluster map, as the \
+             traced node saw it"
+        }),
+    };
+    with_nodes(t, cluster, |i| Some(rows[i].slot))
 }
 
 /// Swap devices and use, pages moved, and the server's swap over the run.
@@ -452,7 +522,7 @@ pub fn swap(m: &Model) -> Pairs {
 mod tests {
     use super::*;
     use crate::report::fixture::{base, model};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn epoch_row_numbers() {
@@ -512,7 +582,7 @@ mod tests {
         let t = activities(&m, Kind::Cow, 3);
         assert_eq!(t.rows.len(), 3);
         assert_eq!(t.rows[0], ["CMD29", "command", "30", "0.1 MiB", "6.5%"]);
-        let k = keys(&m.attribution.top_keys_cow, Kind::Cow);
+        let k = keys(&m.attribution.top_keys_cow, Kind::Cow, None);
         assert_eq!(k.rows.len(), 3);
         assert_eq!(k.rows[0][1], "k29");
         assert!(activities(&m, Kind::SwapIn, 3).rows.is_empty());
@@ -529,7 +599,7 @@ mod tests {
             slot: None,
             error: 0,
         }];
-        let t = keys(&rows, Kind::SwapIn);
+        let t = keys(&rows, Kind::SwapIn, None);
         assert!(t.rows[0][1].starts_with(&"x".repeat(61)));
         assert!(t.rows[0][1].ends_with("... (truncated, 5000 bytes)"));
         let hashed = [KeyRow {
@@ -541,9 +611,78 @@ mod tests {
             slot: None,
             error: 0,
         }];
-        let t = keys(&hashed, Kind::Cow);
+        let t = keys(&hashed, Kind::Cow, None);
         assert_eq!(t.rows[0][1], "h:0123456789abcdef0123456789abcdef (hashed)");
         assert_eq!(t.rows[0][4], "-");
+    }
+
+    /// The base timeline of a cluster node (10.0.0.1:7000, slots 0-1 and 5) whose slot 1
+    /// moved to 10.0.0.2:7001 during the run.
+    fn clustered() -> Model {
+        let node = |id: &str, addr: &str, slots: Value, myself: bool| {
+            json!({"id": id, "addr": addr, "role": "master", "primary_id": null,
+                   "slots": slots, "myself": myself})
+        };
+        let replica = json!({"id": "c", "addr": "10.0.0.3:7002", "role": "replica",
+                             "primary_id": "a", "slots": [], "myself": false});
+        let mut v = base();
+        v["cluster"] = json!([
+            {"ts_ns": 1, "map": {"nodes": [
+                node("a", "10.0.0.1:7000", json!([[0, 1], [5, 5]]), true),
+                node("b", "10.0.0.2:7001", json!([[2, 4]]), false), replica.clone()]}},
+            {"ts_ns": 2, "map": {"nodes": [
+                node("a", "10.0.0.1:7000", json!([[0, 0], [5, 5]]), true),
+                node("b", "10.0.0.2:7001", json!([[1, 4]]), false), replica]}}
+        ]);
+        v["summary"]["attribution"]["top_slots_cow"] =
+            json!([{"slot": 1, "pages": 2}, {"slot": 5, "pages": 1}, {"slot": 9, "pages": 1}]);
+        v["summary"]["attribution"]["top_keys_cow"] = json!([
+            {"key": "k1", "pages": 2, "slot": 1}, {"key": "long", "pages": 1}]);
+        model(v)
+    }
+
+    #[test]
+    fn cluster_tables_name_the_node_serving_each_slot() {
+        let m = clustered();
+        let t = slots(&m.attribution.top_slots_cow, Kind::Cow, m.cluster.as_ref());
+        let names: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+        assert_eq!(names, ["#", "slot", "node", "pages", "MiB"]);
+        assert_eq!(
+            t.rows[0],
+            ["1", "1", "10.0.0.2:7001", "2", "0.0 MiB"],
+            "the latest map"
+        );
+        assert_eq!(t.rows[1][2], "10.0.0.1:7000");
+        assert_eq!(t.rows[2][2], "-", "no node serves slot 9");
+        assert!(
+            t.note
+                .is_some_and(|n| n.starts_with("node: the master serving"))
+        );
+        let k = keys(&m.attribution.top_keys_cow, Kind::Cow, m.cluster.as_ref());
+        let names: Vec<&str> = k.columns.iter().map(|c| c.0).collect();
+        assert_eq!(names, ["#", "key", "pages", "MiB", "slot", "node", "error"]);
+        assert_eq!(k.rows[0][4..6], ["1", "10.0.0.2:7001"]);
+        assert_eq!(k.rows[1][4..6], ["-", "-"], "a key without its slot");
+        let h = header(&m, "t.json");
+        let line = &h.iter().find(|p| p.0 == "cluster").unwrap().1;
+        assert_eq!(
+            line,
+            "2 masters, 1 replica; traced node 10.0.0.1:7000 (master, slots 0,5); \
+             changed once during the run"
+        );
+    }
+
+    #[test]
+    fn tables_without_a_cluster_keep_their_shape() {
+        let m = model(base());
+        let t = slots(&m.attribution.top_slots_cow, Kind::Cow, m.cluster.as_ref());
+        let names: Vec<&str> = t.columns.iter().map(|c| c.0).collect();
+        assert_eq!(names, ["#", "slot", "pages", "MiB"]);
+        assert_eq!(t.rows[0], ["1", "1", "2", "0.0 MiB"]);
+        assert_eq!(t.note, None);
+        let k = keys(&m.attribution.top_keys_cow, Kind::Cow, None);
+        assert_eq!(k.columns.len(), 6);
+        assert!(header(&m, "t.json").iter().all(|p| p.0 != "cluster"));
     }
 
     #[test]

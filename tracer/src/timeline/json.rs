@@ -415,6 +415,7 @@ mod tests {
             warnings: vec!["a warning".into()],
             event_cap: Default::default(),
             segments: vec![],
+            cluster: vec![],
         };
         tl.finish(&trailer).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&fs::read(&dest).unwrap()).unwrap();
@@ -424,6 +425,7 @@ mod tests {
         assert_eq!(v["summary"]["faults"]["cow_copy"], 0);
         assert_eq!(v["summary"]["forks"], 0);
         assert!(v["epochs"].as_array().unwrap().is_empty());
+        assert!(v.get("cluster").is_none(), "no cluster map: no key");
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
             1,

@@ -136,6 +136,10 @@ pub struct Trailer {
     /// The processes traced as the target, in order: one, or several with `--follow`
     /// when the server restarted.
     pub segments: Vec<Segment>,
+    /// The cluster map at start and at each change (a server in cluster mode only;
+    /// absent otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cluster: Vec<crate::redis::cluster::ClusterCapture>,
 }
 
 /// One target process's stretch of the run.

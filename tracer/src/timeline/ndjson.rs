@@ -184,6 +184,7 @@ mod tests {
             warnings: vec![],
             event_cap: Default::default(),
             segments: vec![],
+            cluster: vec![],
         };
         t.finish(&trailer).unwrap();
         let text = std::fs::read_to_string(&dest).unwrap();
