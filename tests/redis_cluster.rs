@@ -290,3 +290,135 @@ fn a_slot_moved_while_recording_is_a_second_map() {
         );
     }
 }
+
+/// The rows of `report`'s "Hot slots of the cluster by copy-on-write" table (a
+/// multi-node file), split in cells.
+fn cluster_hot_slot_rows(report: &str) -> Vec<Vec<String>> {
+    let mut lines = report
+        .lines()
+        .skip_while(|l| !l.starts_with("Hot slots of the cluster by copy-on-write"));
+    assert!(
+        lines.next().is_some(),
+        "no cluster slot table in:\n{report}"
+    );
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "slot", "node", "pages", "MiB", "served", "by", "(latest", "map)"
+        ]
+    );
+    lines
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty() && l.starts_with("  "))
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// One tracer with a `--redis` per node of the cluster (one timeline, a node each):
+/// each node's hot slot is its own tag's, on the node serving it; then a node leaves
+/// the cluster (killed, then forgotten by the others): its node ends there, the others
+/// record the map without it, and the cluster view says its slot is served by none.
+#[test]
+fn one_tracer_records_the_cluster_and_a_node_leaving_it() {
+    require_root();
+    let cluster = Cluster::start(&by_label("redis-7.0"), 3);
+    let tags = tags_per_node(&cluster);
+    for (node, (tag, _)) in cluster.nodes().iter().zip(&tags) {
+        let _: () = node.query(
+            redis::cmd("SET")
+                .arg(format!("{tag}:v"))
+                .arg(vec![b'x'; PAGES * PAGE]),
+        );
+    }
+    let before: Vec<Value> = (0..3)
+        .map(|i| serde_json::to_value(cluster.view(i)).unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cluster.json");
+    let urls: Vec<String> = cluster.nodes().iter().map(Server::url).collect();
+    let target = [
+        "--redis", &urls[0], "--redis", &urls[1], "--redis", &urls[2],
+    ];
+    let ready = testkit::recording::ATTRIBUTION_ON;
+    let mut rec = Recording::start_with(&target, &out, &["--interval", INTERVAL], ready);
+    rec.wait_for(ready);
+    rec.wait_for(ready);
+    bgsave_under_writes(&cluster, &tags);
+
+    // Node 2 leaves: killed, then forgotten by the other two.
+    let gone_id = cluster.node_id(2);
+    let gone = cluster.nodes()[2].pid;
+    testkit::process::signal(gone, libc::SIGKILL);
+    rec.wait_for(&format!("pid {gone} exited; tracing the other servers"));
+    let mut stats: Vec<redis::Connection> =
+        cluster.nodes()[..2].iter().map(Server::client).collect();
+    let seen: Vec<u64> = stats.iter_mut().map(shards_calls).collect();
+    for node in &cluster.nodes()[..2] {
+        let _: () = node.query(redis::cmd("CLUSTER").arg("FORGET").arg(&gone_id));
+    }
+    for (con, seen) in stats.iter_mut().zip(seen) {
+        wait_until(
+            "a tracer's read after the node left",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || shards_calls(con) > seen,
+        );
+    }
+    let stderr = rec.stop();
+
+    let set = read_timeline(&out);
+    let nodes = set["nodes"].as_array().expect("a multi-node timeline");
+    assert_eq!(nodes.len(), 3, "{stderr}");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for (i, ((n, node), (tag, slot))) in nodes.iter().zip(cluster.nodes()).zip(&tags).enumerate() {
+        let t = &n["timeline"];
+        assert_eq!(n["name"], format!("{}:{}", hostname.trim(), node.port));
+        let pages = cow_pages_of_slot(t, *slot);
+        assert!(pages >= PAGES as u64, "{tag}: {pages} pages");
+        let top = &t["summary"]["attribution"]["top_slots_cow"][0];
+        assert_eq!(*top, json!({"slot": slot, "pages": pages}), "node {i}");
+        let maps = maps(t);
+        assert_eq!(maps[0], before[i], "node {i}: the map at start");
+        if i < 2 {
+            // The map without the node that left, after the one with it.
+            assert_eq!(maps.len(), 2, "node {i}: {maps:?}");
+            let ids: Vec<&Value> = maps[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| &m["id"])
+                .collect();
+            assert!(!ids.contains(&&json!(gone_id)), "node {i}: {ids:?}");
+            assert_eq!(owner(&maps[1], *slot), Some(json!(node.url())));
+        } else {
+            assert_eq!(t["end"]["reason"], "target_exit", "{stderr}");
+        }
+    }
+
+    let (code, stderr, report) = run_in(dir.path(), &["report", out.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows = cluster_hot_slot_rows(&report);
+    for (i, (n, (_, slot))) in nodes.iter().zip(&tags).enumerate() {
+        let row = rows
+            .iter()
+            .find(|r| r[0] == slot.to_string())
+            .unwrap_or_else(|| panic!("no row for slot {slot}:\n{report}"));
+        let top = &n["timeline"]["summary"]["attribution"]["top_slots_cow"][0];
+        assert_eq!(row[1], n["name"].as_str().unwrap());
+        assert_eq!(row[2], top["pages"].to_string());
+        // Served by its node, except the slot of the node that left: by none now.
+        let served = if i < 2 { urls[i].as_str() } else { "-" };
+        assert_eq!(row[5], served, "{report}");
+    }
+}

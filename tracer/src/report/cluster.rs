@@ -11,7 +11,10 @@ use super::{
     tables::{Align, Pairs, Table},
     terminal::{self, Style},
 };
-use crate::timeline::nodes::{Node, NodeSet};
+use crate::{
+    redis::cluster::{ClusterCapture, ClusterMap},
+    timeline::nodes::{Node, NodeSet},
+};
 
 /// One node's report model with its place on the merged axis.
 pub struct NodeView<'s> {
@@ -117,6 +120,23 @@ impl<'s> ClusterView<'s> {
                 (t, pages, forking.len())
             })
             .collect()
+    }
+
+    /// The latest cluster map any node recorded, by time on the axis (`None` unless the
+    /// servers ran in cluster mode): the cluster as last seen, after nodes left or slots
+    /// moved.
+    pub fn latest_map(&self) -> Option<ClusterMap> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                let captures = n.node.timeline["cluster"].as_array().cloned();
+                captures.into_iter().flatten().filter_map(move |c| {
+                    let c: ClusterCapture = serde_json::from_value(c).ok()?;
+                    Some((n.node.axis_ns(c.ts_ns), c.map))
+                })
+            })
+            .max_by_key(|(t, _)| *t)
+            .map(|(_, map)| map)
     }
 
     /// The merged run's start and end on the axis.
@@ -246,28 +266,40 @@ pub fn hot_slots(v: &ClusterView, top: usize) -> Table {
         .collect();
     rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(b.2)));
     rows.truncate(top);
+    let map = v.latest_map();
+    let mut columns = vec![
+        ("slot", Align::Right),
+        ("node", Align::Left),
+        ("pages", Align::Right),
+        ("MiB", Align::Right),
+    ];
+    if map.is_some() {
+        columns.push(("served by (latest map)", Align::Left));
+    }
+    let rows = rows
+        .into_iter()
+        .map(|(pages, slot, node)| {
+            let mut row = vec![
+                slot.to_string(),
+                node.to_string(),
+                pages.to_string(),
+                pages_mib(pages),
+            ];
+            if let Some(m) = &map {
+                row.push(m.owner_of(slot).map_or("-".into(), |o| o.addr.clone()));
+            }
+            row
+        })
+        .collect();
     Table {
         id: "cluster-slots-cow",
         title: "Hot slots of the cluster by copy-on-write".into(),
-        columns: vec![
-            ("slot", Align::Right),
-            ("node", Align::Left),
-            ("pages", Align::Right),
-            ("MiB", Align::Right),
-        ],
-        rows: rows
-            .into_iter()
-            .map(|(pages, slot, node)| {
-                vec![
-                    slot.to_string(),
-                    node.to_string(),
-                    pages.to_string(),
-                    pages_mib(pages),
-                ]
-            })
-            .collect(),
+        columns,
+        rows,
         empty: "no slot attributed on any node",
-        note: None,
+        note: map.as_ref().map(|_| {
+            "node: where the pages were copied; served by: the master serving the slot in the latest cluster map any node recorded (- when none does, as after its node left)"
+        }),
     }
 }
 
