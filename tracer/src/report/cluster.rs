@@ -388,3 +388,124 @@ pub fn render(v: &ClusterView, source: &str, top: usize, style: Style) -> String
     }
     out
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::timeline::{nodes, read::Timeline};
+
+    /// The fixture timeline as server `port` of one host and boot, everything moved
+    /// `shift_ns` later, its one slot `slot` with `pages` pages.
+    pub(crate) fn node(port: u16, pid: u32, shift_ns: u64, slot: u16, pages: u64) -> nodes::Input {
+        let mut v = super::super::fixture::base();
+        v["run"]["host"]["hostname"] = "h".into();
+        v["run"]["host"]["boot_id"] = "b".into();
+        v["redis"]["port"] = port.into();
+        v["target"]["pid"] = pid.into();
+        v["epochs"][0]["parent_pid"] = pid.into();
+        let shift = |x: &mut Value| *x = (x.as_u64().unwrap() + shift_ns).into();
+        for e in v["events"].as_array_mut().unwrap() {
+            shift(&mut e["ts_ns"]);
+            if e.get("slot").is_some() {
+                e["slot"] = slot.into();
+            }
+        }
+        shift(&mut v["epochs"][0]["start_ns"]);
+        shift(&mut v["epochs"][0]["end_ns"]);
+        shift(&mut v["end"]["monotonic_end_ns"]);
+        v["summary"]["attribution"]["top_slots_cow"] = json!([{"slot": slot, "pages": pages}]);
+        nodes::Input {
+            source: format!("{port}.json"),
+            timeline: Timeline(v),
+        }
+    }
+
+    /// Two nodes: the second's fork a second later, so the two epochs (2 s each) overlap
+    /// for one second.
+    pub(crate) fn set() -> NodeSet {
+        nodes::merge(vec![node(1, 10, 0, 7, 2), node(2, 20, 1_000_000_000, 9, 5)]).unwrap()
+    }
+
+    #[test]
+    fn forks_of_two_nodes_overlap_where_both_children_live() {
+        let s = set();
+        let v = ClusterView::build(&s, 10);
+        // Axis 0 is the runs' common start (monotonic 1 s); epochs at 0.5 s and 1.5 s.
+        let pairs = v.overlapping_forks();
+        assert_eq!(pairs.len(), 1);
+        let (a, b, overlap) = &pairs[0];
+        assert_eq!((a.node, b.node), (0, 1));
+        assert_eq!(a.span, (500_000_000, 2_500_000_000));
+        assert_eq!(b.span, (1_500_000_000, 3_500_000_000));
+        assert_eq!(*overlap, 1_000_000_000);
+    }
+
+    #[test]
+    fn live_copy_on_write_counts_open_epochs_copies_so_far() {
+        let s = set();
+        let v = ClusterView::build(&s, 10);
+        // The run spans 0..4 s on the axis: steps end at 1, 2, 3 and 4 s. Each epoch has
+        // its 2 copies 0.1 and 0.15 s after its fork.
+        let steps: Vec<(i64, u64, usize)> = v.live_cow(4);
+        assert_eq!(
+            steps,
+            [
+                (1_000_000_000, 2, 1),
+                (2_000_000_000, 4, 2),
+                (3_000_000_000, 2, 1),
+                (4_000_000_000, 0, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn hot_slots_name_their_node_and_the_serving_master_only_with_a_map() {
+        let s = set();
+        let v = ClusterView::build(&s, 10);
+        let t = hot_slots(&v, 10);
+        assert_eq!(t.columns.len(), 4);
+        assert_eq!(
+            t.rows,
+            [
+                vec!["9".to_string(), "h:2".into(), "5".into(), pages_mib(5)],
+                vec!["7".to_string(), "h:1".into(), "2".into(), pages_mib(2)],
+            ]
+        );
+        assert_eq!(hot_slots(&v, 1).rows.len(), 1);
+        // Node 1's map, recorded after node 0's: slot 9 is served by none any more.
+        let mut s = set();
+        let map = |ts: u64, slots: Value| {
+            json!([{"ts_ns": ts, "map": {"nodes": [
+                {"id": "a", "addr": "127.0.0.1:1", "role": "master", "primary_id": null,
+                 "slots": slots, "myself": true}]}}])
+        };
+        s.nodes[0].timeline["cluster"] = map(1_100_000_000, json!([[0, 16383]]));
+        s.nodes[1].timeline["cluster"] = map(1_200_000_000, json!([[0, 8]]));
+        let v = ClusterView::build(&s, 10);
+        let t = hot_slots(&v, 10);
+        assert_eq!(t.columns.len(), 5);
+        assert_eq!(t.rows[0][4], "-");
+        assert_eq!(t.rows[1][4], "127.0.0.1:1");
+    }
+
+    #[test]
+    fn the_text_report_has_the_cluster_view_then_each_node() {
+        let s = set();
+        let v = ClusterView::build(&s, 10);
+        let text = render(&v, "c.json", 10, Style { color: false });
+        assert!(
+            text.starts_with("redis-memtrace cluster report\n"),
+            "{text}"
+        );
+        for needle in [
+            "Forks overlapping across nodes (1)",
+            "===== node h:1 =====",
+            "===== node h:2 =====",
+            "c.json, node h:2",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ pub mod charts;
 pub mod cluster;
 pub mod findings;
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 pub mod format;
 pub mod html;
 pub mod model;

@@ -93,3 +93,45 @@ fn moved(mut m: Map<String, Value>, i: usize, name: &str, shift_us: f64) -> Map<
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_node_is_a_process_group_of_its_own_on_the_common_axis() {
+        let set = crate::report::cluster::tests::set();
+        let trace = to_chrome_trace_nodes(&set).unwrap();
+        let events = trace["traceEvents"].as_array().unwrap();
+        let name_of = |pid: u64| {
+            events
+                .iter()
+                .find(|e| e["name"] == "process_name" && e["pid"] == pid)
+                .map(|e| e["args"]["name"].as_str().unwrap().to_string())
+        };
+        // Pid 20 of node 1: (1 + 1) << 22 | 20.
+        let (p0, p1) = ((1u64 << 22) | 10, (2u64 << 22) | 20);
+        assert!(name_of(p0).unwrap().starts_with("h:1: "));
+        assert!(name_of(p1).unwrap().starts_with("h:2: "));
+        assert!(name_of(10).is_none() && name_of(20).is_none());
+        // Both runs start at axis 0; node 0 forks 0.5 s in, node 1 a second later.
+        let epoch = |pid: u64| {
+            events
+                .iter()
+                .find(|e| e["pid"] == pid && e["cat"] == "epoch")
+                .and_then(|e| e["ts"].as_f64())
+                .unwrap()
+        };
+        assert_eq!(epoch(p0), 500_000.0);
+        assert_eq!(epoch(p1), 1_500_000.0);
+        // Sorted: metadata first, then by time.
+        let first_timed = events.iter().position(|e| e["ph"] != "M").unwrap();
+        assert!(events[first_timed..].iter().all(|e| e["ph"] != "M"));
+        let ts: Vec<f64> = events[first_timed..]
+            .iter()
+            .map(|e| e["ts"].as_f64().unwrap())
+            .collect();
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(trace["metadata"]["nodes"].as_array().unwrap().len(), 2);
+    }
+}
