@@ -168,8 +168,19 @@ fn check_node(node: &Value, i: usize, server: &Server, children: &[u32]) {
 /// `report`'s cluster view: three overlapping pairs, and the hot slots naming each
 /// node with the pages of that node's own slot table.
 fn check_report(file: &Path, nodes: &[Value]) {
-    let (code, stderr, stdout) = run_in(file.parent().unwrap(), &["report", path(file)]);
+    let html = file.with_extension("html");
+    let (code, stderr, stdout) = run_in(
+        file.parent().unwrap(),
+        &["report", path(file), "--html", path(&html)],
+    );
     assert_eq!(code, Some(0), "{stderr}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<h1>redis-memtrace cluster report</h1>"));
+    for (i, n) in nodes.iter().enumerate() {
+        let name = n["name"].as_str().unwrap();
+        let section = format!("<section class=\"node\" id=\"node-{i}\">\n<h2>Node {name}</h2>");
+        assert!(page.contains(&section), "{section} missing");
+    }
     assert!(
         stdout.starts_with("redis-memtrace cluster report\n"),
         "{stdout}"

@@ -491,6 +491,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_html_page_has_the_cluster_view_then_each_node_without_charts() {
+        let s = set();
+        let v = ClusterView::build(&s, 10);
+        let page = super::super::html::render_cluster(&v, "c.json", 10);
+        for needle in [
+            "<h1>redis-memtrace cluster report</h1>",
+            "<section id=\"cluster-slots-cow\">",
+            "<section id=\"cluster-fork-overlaps\">",
+            "<section class=\"node\" id=\"node-1\">\n<h2>Node h:2</h2>",
+            "id=\"node-0-summary\"",
+            "<section id=\"node-1-slots-cow\">",
+            "<body data-charts=\"0\">",
+        ] {
+            assert!(page.contains(needle), "{needle} missing");
+        }
+        assert!(!page.contains("report-data") && !page.contains("chart-area"));
+        // Every id once.
+        let ids: Vec<&str> = page
+            .split(" id=\"")
+            .skip(1)
+            .map(|r| &r[..r.find('"').unwrap()])
+            .collect();
+        let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+        assert_eq!(ids.len(), unique.len(), "{ids:?}");
+    }
+
+    #[test]
     fn the_text_report_has_the_cluster_view_then_each_node() {
         let s = set();
         let v = ClusterView::build(&s, 10);

@@ -82,8 +82,60 @@ pub fn script_json(v: &Value) -> String {
 /// The whole page for `m` (read from `source`), top lists cut to `top` rows.
 pub fn render(m: &Model, findings: &[Finding], source: &str, top: usize) -> String {
     let charts = charts::build(m);
-    let mut h = String::with_capacity(64 << 10);
     let target = m.header.comm.as_deref().unwrap_or("unknown target");
+    let mut h = head(target, charts.count);
+    h.push_str("<h1>redis-memtrace report</h1>\n");
+    server(&mut h, "", m, findings, source, top, true);
+    foot(&mut h);
+    h.push_str("<script type=\"application/json\" id=\"report-data\">");
+    h.push_str(&script_json(&charts.data));
+    h.push_str("</script>\n<script>\n");
+    h.push_str(CHART_JS);
+    h.push_str("</script>\n</body>\n</html>\n");
+    h
+}
+
+/// The page of a multi-node file: the cluster view's tables, then each node's sections
+/// (ids prefixed `node-I-`) without charts, which are drawn for one server's timeline.
+pub fn render_cluster(v: &super::cluster::ClusterView, source: &str, top: usize) -> String {
+    use super::cluster;
+    let mut h = head("cluster", 0);
+    h.push_str("<h1>redis-memtrace cluster report</h1>\n");
+    kv(&mut h, "summary", &cluster::header(v, source));
+    for t in [
+        cluster::nodes(v),
+        cluster::hot_slots(v, top),
+        cluster::overlaps(v, top),
+        cluster::cow_over_time(v),
+    ] {
+        table(&mut h, "", &t);
+    }
+    for (i, n) in v.nodes.iter().enumerate() {
+        let found = super::findings::findings(&n.model);
+        let label = format!("{source}, node {}", n.node.name);
+        h.push_str(&format!(
+            "<section class=\"node\" id=\"node-{i}\">\n<h2>Node {}</h2>\n",
+            escape(&n.node.name)
+        ));
+        server(
+            &mut h,
+            &format!("node-{i}-"),
+            &n.model,
+            &found,
+            &label,
+            top,
+            false,
+        );
+        h.push_str("</section>\n");
+    }
+    foot(&mut h);
+    h.push_str("</body>\n</html>\n");
+    h
+}
+
+/// The document up to `<body>`, and the script that records errors of those below.
+fn head(title: &str, charts: usize) -> String {
+    let mut h = String::with_capacity(64 << 10);
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     // No fetch of any kind: scripts and styles only inline, images only data: URIs.
     h.push_str(
@@ -94,73 +146,76 @@ pub fn render(m: &Model, findings: &[Finding], source: &str, top: usize) -> Stri
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
     h.push_str(&format!(
         "<title>redis-memtrace report: {}</title>\n<style>{CSS}</style>\n</head>\n",
-        escape(target)
+        escape(title)
     ));
-    h.push_str(&format!("<body data-charts=\"{}\">\n", charts.count));
+    h.push_str(&format!("<body data-charts=\"{charts}\">\n"));
     // First, so that it also sees errors of the scripts below (even syntax errors).
     h.push_str(
         "<script>window.onerror=function(m,s,l){document.body.dataset.error=\
          String(m)+(l?' (line '+l+')':'');};</script>\n",
     );
-    h.push_str("<h1>redis-memtrace report</h1>\n");
-    kv(&mut h, "summary", &tables::header(m, source));
+    h
+}
 
+fn foot(h: &mut String) {
+    h.push_str(
+        "<footer>Written by redis-memtrace report. Self-contained: no part of this page \
+         is loaded from the network.</footer>\n",
+    );
+}
+
+/// One server's sections, their ids prefixed with `id`.
+fn server(
+    h: &mut String,
+    id: &str,
+    m: &Model,
+    findings: &[Finding],
+    source: &str,
+    top: usize,
+    charts: bool,
+) {
+    kv(h, &format!("{id}summary"), &tables::header(m, source));
     h.push_str(&format!(
-        "<section id=\"findings\">\n<h2>Findings ({})</h2>\n",
+        "<section id=\"{id}findings\">\n<h2>Findings ({})</h2>\n",
         findings.len()
     ));
     if findings.is_empty() {
         h.push_str("<p class=\"empty\">None: no problem found in this timeline.</p>\n");
     }
     for f in findings {
-        finding(&mut h, f);
+        finding(h, id, f);
     }
     h.push_str("</section>\n");
-
-    h.push_str(
-        "<section id=\"charts\">\n<h2>Charts</h2>\n<div id=\"chart-area\"></div>\n\
-         <noscript><p class=\"empty\">The charts need JavaScript.</p></noscript>\n</section>\n",
-    );
-
+    if charts {
+        h.push_str(
+            "<section id=\"charts\">\n<h2>Charts</h2>\n<div id=\"chart-area\"></div>\n\
+             <noscript><p class=\"empty\">The charts need JavaScript.</p></noscript>\n</section>\n",
+        );
+    }
+    let map = m.cluster.as_ref();
     for t in [
         tables::epochs(m),
         tables::activities(m, Kind::Cow, top),
         tables::activities(m, Kind::SwapIn, top),
-        tables::keys(&m.attribution.top_keys_cow, Kind::Cow, m.cluster.as_ref()),
-        tables::slots(&m.attribution.top_slots_cow, Kind::Cow, m.cluster.as_ref()),
-        tables::keys(
-            &m.attribution.top_keys_swap_in,
-            Kind::SwapIn,
-            m.cluster.as_ref(),
-        ),
-        tables::slots(
-            &m.attribution.top_slots_swap_in,
-            Kind::SwapIn,
-            m.cluster.as_ref(),
-        ),
+        tables::keys(&m.attribution.top_keys_cow, Kind::Cow, map),
+        tables::slots(&m.attribution.top_slots_cow, Kind::Cow, map),
+        tables::keys(&m.attribution.top_keys_swap_in, Kind::SwapIn, map),
+        tables::slots(&m.attribution.top_slots_swap_in, Kind::SwapIn, map),
     ] {
-        table(&mut h, &t);
+        table(h, id, &t);
     }
-    h.push_str("<section id=\"swap\">\n<h2>Swap</h2>\n");
-    kv(&mut h, "swap-state", &tables::swap(m));
+    h.push_str(&format!("<section id=\"{id}swap\">\n<h2>Swap</h2>\n"));
+    kv(h, &format!("{id}swap-state"), &tables::swap(m));
     h.push_str("</section>\n");
     if !m.warnings.is_empty() {
-        h.push_str("<section id=\"warnings\">\n<h2>Warnings printed while recording</h2>\n<ul>\n");
+        h.push_str(&format!(
+            "<section id=\"{id}warnings\">\n<h2>Warnings printed while recording</h2>\n<ul>\n"
+        ));
         for w in &m.warnings {
             h.push_str(&format!("<li>{}</li>\n", escape(w)));
         }
         h.push_str("</ul>\n</section>\n");
     }
-    h.push_str(
-        "<footer>Written by redis-memtrace report. Self-contained: no part of this page \
-         is loaded from the network.</footer>\n",
-    );
-    h.push_str("<script type=\"application/json\" id=\"report-data\">");
-    h.push_str(&script_json(&charts.data));
-    h.push_str("</script>\n<script>\n");
-    h.push_str(CHART_JS);
-    h.push_str("</script>\n</body>\n</html>\n");
-    h
 }
 
 fn kv(h: &mut String, id: &str, pairs: &Pairs) {
@@ -175,14 +230,14 @@ fn kv(h: &mut String, id: &str, pairs: &Pairs) {
     h.push_str("</table>\n");
 }
 
-fn finding(h: &mut String, f: &Finding) {
+fn finding(h: &mut String, id: &str, f: &Finding) {
     let class = match f.severity {
         Severity::Critical => "sev-critical",
         Severity::Warning => "sev-warning",
         Severity::Info => "sev-info",
     };
     h.push_str(&format!(
-        "<div class=\"finding {class}\" id=\"finding-{}\">\n<h3><span class=\"tag\">{}</span>{}</h3>\n\
+        "<div class=\"finding {class}\" id=\"{id}finding-{}\">\n<h3><span class=\"tag\">{}</span>{}</h3>\n\
          <p><b>Why:</b> {}</p>\n<p><b>Fix:</b> <span class=\"fix\">{}</span></p>\n</div>\n",
         f.id,
         f.severity.tag(),
@@ -192,9 +247,9 @@ fn finding(h: &mut String, f: &Finding) {
     ));
 }
 
-fn table(h: &mut String, t: &Table) {
+fn table(h: &mut String, id: &str, t: &Table) {
     h.push_str(&format!(
-        "<section id=\"{}\">\n<h2>{}</h2>\n",
+        "<section id=\"{id}{}\">\n<h2>{}</h2>\n",
         t.id,
         escape(&t.title)
     ));

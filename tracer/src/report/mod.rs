@@ -53,15 +53,16 @@ pub fn report(
     let t = match read::load_document(timeline)? {
         read::Document::One(t) => t,
         read::Document::Nodes(set) => {
-            if html.is_some() {
-                anyhow::bail!(
-                    "--html takes one server's timeline; {source} holds {} nodes: report each node's own timeline with --html",
-                    set.nodes.len()
-                );
-            }
             let view = cluster::ClusterView::build(&set, top);
+            let written = match html {
+                Some(dest) => Some(write_html(
+                    dest,
+                    &html::render_cluster(&view, &source, top),
+                )?),
+                None => None,
+            };
             write_text(out, &cluster::render(&view, &source, top, style))?;
-            return Ok(None);
+            return Ok(written);
         }
     };
     let m = model::Model::build(&t, top);
@@ -70,18 +71,16 @@ pub fn report(
     // The HTML is written first: a failure to write it is the error the user must see,
     // and a closed stdout (`report | head`) must not prevent it.
     let written = match html {
-        Some(dest) => {
-            let page = html::render(&m, &found, &source, top);
-            Some(
-                crate::output_file::write_atomically(dest, page.as_bytes()).with_context(|| {
-                    format!("cannot write the HTML report to {}", dest.display())
-                })?,
-            )
-        }
+        Some(dest) => Some(write_html(dest, &html::render(&m, &found, &source, top))?),
         None => None,
     };
     write_text(out, &text)?;
     Ok(written)
+}
+
+fn write_html(dest: &Path, page: &str) -> anyhow::Result<PathBuf> {
+    crate::output_file::write_atomically(dest, page.as_bytes())
+        .with_context(|| format!("cannot write the HTML report to {}", dest.display()))
 }
 
 fn write_text(out: &mut dyn Write, text: &str) -> anyhow::Result<()> {
