@@ -51,13 +51,19 @@ pub fn ensure() -> Result<PathBuf> {
         VERSION.replace(':', "%3a")
     ));
     check_sha256(&deb, SHA256)?;
+    // Unpacked beside the cache folder and renamed into place once it runs, so an
+    // interrupted setup never leaves a half-unpacked folder where the tests look.
+    let staging = dir.with_extension("staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staging))?;
+    if !runs(&staging.join("usr/bin/prometheus")) {
+        bail!("the prometheus of {want} does not run after unpacking");
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    std::fs::rename(&staging, &dir)
+        .with_context(|| format!("moving {} to {}", staging.display(), dir.display()))?;
     std::fs::remove_dir_all(&download)
         .with_context(|| format!("removing {}", download.display()))?;
-    if !runs(&bin) {
-        bail!("{} does not run after unpacking {want}", bin.display());
-    }
     Ok(bin)
 }
 

@@ -232,7 +232,13 @@ impl Recorder<'_> {
         if self.nodes[0].metrics.is_none() {
             return;
         }
-        let full = self.counters.read().ring_buffer_full;
+        // The kernel counters (a map read per CPU) once a second with the rest: the lost
+        // count only grows, so a tick without it (0) leaves the metric as it is.
+        let full = if tables {
+            self.counters.read().ring_buffer_full
+        } else {
+            0
+        };
         let bpf = match self.probes.as_ref() {
             Some(p) if tables => Some(p.run_totals()),
             _ => None,
