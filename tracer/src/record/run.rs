@@ -214,9 +214,13 @@ impl Recorder<'_> {
             n.analyzer.forget_old_epochs(KEEP_EPOCHS);
             let extra = n.warnings.len().saturating_sub(KEEP_WARNINGS);
             n.warnings.drain(..extra);
-            // Exited children matter only while their CoW size is awaited.
+            // Exited children matter only while their CoW size is awaited, or may still be
+            // once their fork is labelled (a child can exit before its title is read).
+            let unlabelled: Vec<u32> = n.unlabelled.iter().map(|&(_, c, _)| c).collect();
             match n.target.session.as_ref() {
-                Some(s) => n.exited.retain(|&c| s.awaits_cow_size(c)),
+                Some(s) => n
+                    .exited
+                    .retain(|c| s.awaits_cow_size(*c) || unlabelled.contains(c)),
                 None => n.exited.clear(),
             }
             let segments = &mut n.target.segments;
