@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use testkit::{
-    Recording, Server, attribution_builds, read_timeline, require_root, timeline::check_fork_time,
+    Recording, Server, attribution_builds, read_timeline, require_root,
+    timeline::{RunDelay, check_fork_time},
     wait::wait_until,
 };
 
@@ -15,12 +16,12 @@ use testkit::{
 /// the fork, and the libc fork() call the tracer timed agrees with it (the bar:
 /// within 200 us or 25%, allowing for the parent's faults between fork()'s return and
 /// Redis's clock read, see `testkit::timeline::check_fork_time`).
-fn check_fork_numbers(label: &str, t: &Value, e: &Value, info_fork_usec: u64) {
+fn check_fork_numbers(label: &str, t: &Value, e: &Value, info_fork_usec: u64, waited: &RunDelay) {
     assert_eq!(
         e["redis"]["latest_fork_usec"], info_fork_usec,
         "[{label}] epoch's latest_fork_usec vs INFO: {e}"
     );
-    match check_fork_time(t, e, info_fork_usec) {
+    match check_fork_time(t, e, info_fork_usec, waited) {
         Ok(numbers) => println!("[{label}] {numbers}"),
         Err(numbers) => panic!("[{label}] {numbers}"),
     }
@@ -50,7 +51,10 @@ fn bgrewriteaof_fork_is_labelled_aof_rewrite() {
         let out = dir.path().join("t.json");
         let rec = Recording::start(&server, &out, &[]);
         let forks_before = server.info_u64("stats", "total_forks");
+        // BGREWRITEAOF forks before it replies: the window holds the fork.
+        let mut waited = RunDelay::start(server.pid);
         let reply: String = server.query(&redis::cmd("BGREWRITEAOF"));
+        waited.stop();
         assert!(reply.contains("rewriting"), "[{label}] {reply}");
         wait_until(
             "AOF rewrite",
@@ -78,7 +82,7 @@ fn bgrewriteaof_fork_is_labelled_aof_rewrite() {
         // Named by the function that called fork() (rewriteAppendOnlyFileBackground).
         assert_eq!(e["redis"]["reason_source"], "fork() caller", "[{label}]");
         assert_eq!(e["end_reason"], "exit", "[{label}]");
-        check_fork_numbers(label, &t, e, fork_usec);
+        check_fork_numbers(label, &t, e, fork_usec, &waited);
         // aof_last_cow_size, not rdb_last_cow_size, for an AOF rewrite.
         assert_eq!(e["redis"]["last_cow_size"], aof_cow, "[{label}]");
     }
@@ -109,6 +113,9 @@ fn replica_full_sync_fork_is_labelled_replication() {
             let rec = Recording::start(&master, &out, &[]);
             let forks_before = master.info_u64("stats", "total_forks");
             let port = master.port.to_string();
+            // The master forks when the replica asks for a full sync: the window runs
+            // from before the replica starts to the end of the sync.
+            let mut waited = RunDelay::start(master.pid);
             let replica = Server::start(&build, &["--replicaof", "127.0.0.1", &port]);
             wait_until(
                 "the replica's link to be up",
@@ -123,6 +130,7 @@ fn replica_full_sync_fork_is_labelled_replication() {
                 },
             );
             let (status, _) = master.wait_bgsave_done(Duration::from_secs(60));
+            waited.stop();
             assert_eq!(status, "ok", "[{label}]");
             let keys: u64 = replica.query(&redis::cmd("DBSIZE"));
             assert_eq!(keys, 10_000, "[{label}] replica got the data set");
@@ -144,7 +152,7 @@ fn replica_full_sync_fork_is_labelled_replication() {
             // (diskless) or startBgsaveForReplication (disk) on the stack.
             assert_eq!(e["redis"]["reason_source"], "fork() caller", "[{label}]");
             assert_eq!(e["end_reason"], "exit", "[{label}]");
-            check_fork_numbers(&label, &t, e, fork_usec);
+            check_fork_numbers(&label, &t, e, fork_usec, &waited);
             drop(replica);
         }
     }
