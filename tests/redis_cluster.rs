@@ -44,6 +44,19 @@ fn tags_per_node(cluster: &Cluster) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// Each node's hot tag, its value of [`PAGES`] pages set on the node serving it.
+fn hot_values(cluster: &Cluster) -> Vec<(String, u16)> {
+    let tags = tags_per_node(cluster);
+    for (node, (tag, _)) in cluster.nodes().iter().zip(&tags) {
+        let _: () = node.query(
+            redis::cmd("SET")
+                .arg(format!("{tag}:v"))
+                .arg(vec![b'x'; PAGES * PAGE]),
+        );
+    }
+    tags
+}
+
 /// One `record --redis` per node, all running at once.
 fn record_all(cluster: &Cluster, dir: &Path) -> Vec<Recording> {
     cluster
@@ -149,14 +162,7 @@ fn each_node_of_other_builds_records_its_map_and_its_hot_slot() {
 fn hot_slots_on(build: &testkit::Build) {
     eprintln!("{}", build.label);
     let cluster = Cluster::start(build, 3);
-    let tags = tags_per_node(&cluster);
-    for (node, (tag, _)) in cluster.nodes().iter().zip(&tags) {
-        let _: () = node.query(
-            redis::cmd("SET")
-                .arg(format!("{tag}:v"))
-                .arg(vec![b'x'; PAGES * PAGE]),
-        );
-    }
+    let tags = hot_values(&cluster);
     let dir = tempfile::tempdir().unwrap();
     let recordings = record_all(&cluster, dir.path());
     bgsave_under_writes(&cluster, &tags);
@@ -333,14 +339,7 @@ fn cluster_hot_slot_rows(report: &str) -> Vec<Vec<String>> {
 fn one_tracer_records_the_cluster_and_a_node_leaving_it() {
     require_root();
     let cluster = Cluster::start(&by_label("redis-7.0"), 3);
-    let tags = tags_per_node(&cluster);
-    for (node, (tag, _)) in cluster.nodes().iter().zip(&tags) {
-        let _: () = node.query(
-            redis::cmd("SET")
-                .arg(format!("{tag}:v"))
-                .arg(vec![b'x'; PAGES * PAGE]),
-        );
-    }
+    let tags = hot_values(&cluster);
     let before: Vec<Value> = (0..3)
         .map(|i| serde_json::to_value(cluster.view(i)).unwrap())
         .collect();
