@@ -40,8 +40,42 @@ pub struct Config {
     /// (another eBPF program's `bpf_probe_read_user`, perf's user-stack copy), never
     /// handled as a fault of the process, so it is not one.
     pub task_pagefault_disabled: u32,
+    /// Where Redis attribution stops ([`cost_stage`]): [`cost_stage::FULL`] except when
+    /// `bench-fork --stages` measures what each stage costs.
+    pub cost_stage: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 52);
+
+/// How far the fault entry's Redis attribution goes, for measuring each stage's cost
+/// (`cargo xtask bench-fork --stages`). Every stage before [`FULL`] sends no context, so
+/// its timelines have no attribution. The loader writes the stage into the read-only
+/// `CONFIG`, so the verifier drops the code of the stages not run: the default costs
+/// nothing.
+pub mod cost_stage {
+    /// Everything (the default).
+    pub const FULL: u32 = 0;
+    /// Stop once the fault is known to be a traced server's (no read of its memory).
+    pub const SERVER: u32 = 1;
+    /// Also read `server.current_client` and `server.stat_numcommands`.
+    pub const CURRENT: u32 = 2;
+    /// Outside a command, also copy the registers and stack and find the innermost
+    /// phase range (inside one, as [`CURRENT`]).
+    pub const STACK: u32 = 3;
+    /// Outside a command, also search the stack and registers for the client being read.
+    pub const CLIENT: u32 = 4;
+
+    /// The stage's name on `record --cost-stage`.
+    pub fn name(stage: u32) -> &'static str {
+        match stage {
+            FULL => "full",
+            SERVER => "server",
+            CURRENT => "current",
+            STACK => "stack",
+            CLIENT => "client",
+            _ => "unknown",
+        }
+    }
+}
 
 impl Config {
     /// A configuration with every field absent (the value compiled into the object).
@@ -58,5 +92,6 @@ impl Config {
         write_folio_flags: FIELD_ABSENT,
         thread_mask: 0,
         task_pagefault_disabled: FIELD_ABSENT,
+        cost_stage: cost_stage::FULL,
     };
 }

@@ -10,7 +10,7 @@ pub mod events;
 pub mod redis;
 pub mod threads;
 
-pub use config::{CONFIG_GLOBAL, Config, FIELD_ABSENT};
+pub use config::{CONFIG_GLOBAL, Config, FIELD_ABSENT, cost_stage};
 pub use events::*;
 pub use redis::{
     ALLOCATOR_CELL, CALIBRATION_CLIENT_CAP, CALIBRATION_SERVER_CAP, CLIENT_PROBES, CLIENT_SLOTS,

@@ -148,6 +148,37 @@ pub enum KeysMode {
     None,
 }
 
+/// Where the kernel side's Redis attribution stops (`record --cost-stage`, hidden): for
+/// `cargo xtask bench-fork --stages`, which measures what each stage costs. Every stage
+/// but `full` sends no Redis context, so the timeline has no attribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CostStage {
+    /// Everything.
+    Full,
+    /// Only find that the fault is the server's.
+    Server,
+    /// Also read the current client and the command counter.
+    Current,
+    /// Outside commands, also scan the stack for the phase.
+    Stack,
+    /// Outside commands, also search for the client being read.
+    Client,
+}
+
+impl CostStage {
+    /// The value the kernel side reads.
+    pub fn kernel(self) -> u32 {
+        use tracer_common::cost_stage as s;
+        match self {
+            CostStage::Full => s::FULL,
+            CostStage::Server => s::SERVER,
+            CostStage::Current => s::CURRENT,
+            CostStage::Stack => s::STACK,
+            CostStage::Client => s::CLIENT,
+        }
+    }
+}
+
 /// Output formats of `record`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -183,6 +214,9 @@ pub struct RecordArgs {
     /// Do not attribute faults to Redis commands and keys (count only).
     #[arg(long)]
     pub no_attribution: bool,
+    /// Benchmarking only: stop the kernel side's Redis attribution at this stage.
+    #[arg(long, value_enum, default_value_t = CostStage::Full, hide = true)]
+    pub cost_stage: CostStage,
     /// Key bytes kept in timelines (longer keys are truncated; their length is kept).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub key_bytes: u32,

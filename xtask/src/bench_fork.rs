@@ -74,13 +74,13 @@ const REHASH_END: Duration = Duration::from_secs(120);
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// One kind of window.
-struct Kind {
-    name: &'static str,
-    fork: bool,
+pub(crate) struct Kind {
+    pub(crate) name: &'static str,
+    pub(crate) fork: bool,
     pipeline: u32,
 }
 
-const KINDS: [Kind; 4] = [
+pub(crate) const KINDS: [Kind; 4] = [
     Kind {
         name: "fork, -P 1",
         fork: true,
@@ -104,7 +104,7 @@ const KINDS: [Kind; 4] = [
 ];
 
 /// The kernel's BPF run-time statistics, on while this lives.
-enum BpfStats {
+pub(crate) enum BpfStats {
     /// `BPF_ENABLE_STATS`: the kernel counts while this fd is open and stops when it
     /// closes, whatever ends us; the sysctl other users see is not touched.
     Fd(#[allow(dead_code)] OwnedFd),
@@ -113,7 +113,7 @@ enum BpfStats {
 }
 
 impl BpfStats {
-    fn enable() -> Result<BpfStats> {
+    pub(crate) fn enable() -> Result<BpfStats> {
         const BPF_ENABLE_STATS: libc::c_long = 32;
         // union bpf_attr, enable_stats.type = BPF_STATS_RUN_TIME (0); the rest zero.
         let attr = [0u32; 2];
@@ -160,9 +160,9 @@ fn proc_stat(pid: u32) -> Result<ProcStat> {
 
 /// A BPF program's run-time counters.
 #[derive(Clone, Copy, Default, Debug)]
-struct ProgRun {
-    ns: u64,
-    runs: u64,
+pub(crate) struct ProgRun {
+    pub(crate) ns: u64,
+    pub(crate) runs: u64,
 }
 
 /// `prog_id`, `run_time_ns` and `run_cnt` of one `/proc/PID/fdinfo` entry of a program.
@@ -402,7 +402,7 @@ fn load(pipeline: u32, requests: u64) -> Load {
 }
 
 /// One window's numbers: deltas over the window.
-struct Window {
+pub(crate) struct Window {
     rps: f64,
     requests: u64,
     server: ProcStat,
@@ -411,16 +411,16 @@ struct Window {
 }
 
 /// What the windows share.
-struct Bench {
-    server: Server,
-    timeline: PathBuf,
+pub(crate) struct Bench {
+    pub(crate) server: Server,
+    pub(crate) timeline: PathBuf,
     /// Passed to `record` after its own arguments (`--tracer-arg`).
-    tracer_args: Vec<String>,
+    pub(crate) tracer_args: Vec<String>,
 }
 
 /// One window: tracer attached first when `traced`, then a fresh fork for a fork kind,
 /// counters, the benchmark, counters; then the fork and the tracer are ended.
-fn run_window(b: &Bench, kind: &Kind, traced: bool, requests: u64) -> Result<Window> {
+pub(crate) fn run_window(b: &Bench, kind: &Kind, traced: bool, requests: u64) -> Result<Window> {
     interrupt::check()?;
     let tracer = if traced {
         Some(Tracer::attach(b.server.pid, &b.timeline, &b.tracer_args)?)
@@ -469,7 +469,7 @@ struct Series {
 
 /// Requests per window of `kind`: an untraced warm-up window's rate x `seconds` (the
 /// warm-up also settles the allocator and the page cache).
-fn calibrate(b: &Bench, kind: &Kind, seconds: f64) -> Result<u64> {
+pub(crate) fn calibrate(b: &Bench, kind: &Kind, seconds: f64) -> Result<u64> {
     // A guess of this machine's rate, only to size the warm-up.
     let guess = if kind.pipeline > 1 {
         300_000.0
@@ -492,7 +492,7 @@ fn progress(line: &str) {
     eprintln!("bench-fork [{t:>5.0} s] {line}");
 }
 
-fn log_window(round: usize, rounds: usize, kind: &Kind, what: &str, w: &Window) {
+pub(crate) fn log_window(round: usize, rounds: usize, kind: &Kind, what: &str, w: &Window) {
     let tracer = w.tracer.as_ref().map_or(String::new(), |t| {
         let bpf: u64 = t.progs.values().map(|p| p.ns).sum();
         format!(
@@ -589,7 +589,7 @@ pub fn bench_fork(rounds: usize, seconds: f64, build: &str, tracer_args: &[Strin
 }
 
 /// Starts and fills the server, checks it can fork as planned.
-fn start_server(build: &str) -> Result<Server> {
+pub(crate) fn start_server(build: &str) -> Result<Server> {
     let server = Server::try_start(&servers::installed_build(build)?, None, &[])?;
     progress(&format!(
         "filling redis-server {} (pid {}) with {KEYS} keys of {VALUE_SIZE} B",
@@ -665,21 +665,21 @@ fn rps(ws: &[Window]) -> Vec<f64> {
 
 /// Sums over windows.
 #[derive(Default)]
-struct Totals {
-    windows: u64,
-    requests: u64,
-    server_faults: u64,
-    child_faults: u64,
-    redis_ticks: u64,
-    tracer_ticks: u64,
-    span_ticks: u64,
-    bpf_ns: u64,
-    events: u64,
-    lost: u64,
-    progs: BTreeMap<String, ProgRun>,
+pub(crate) struct Totals {
+    pub(crate) windows: u64,
+    pub(crate) requests: u64,
+    pub(crate) server_faults: u64,
+    pub(crate) child_faults: u64,
+    pub(crate) redis_ticks: u64,
+    pub(crate) tracer_ticks: u64,
+    pub(crate) span_ticks: u64,
+    pub(crate) bpf_ns: u64,
+    pub(crate) events: u64,
+    pub(crate) lost: u64,
+    pub(crate) progs: BTreeMap<String, ProgRun>,
 }
 
-fn totals<'a>(ws: impl IntoIterator<Item = &'a Window>) -> Totals {
+pub(crate) fn totals<'a>(ws: impl IntoIterator<Item = &'a Window>) -> Totals {
     let mut t = Totals::default();
     for w in ws {
         t.windows += 1;
@@ -745,7 +745,7 @@ impl Row {
 }
 
 /// YYYY-MM-DD (UTC) of now; days to a civil date as in H. Hinnant's `civil_from_days`.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -761,7 +761,7 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

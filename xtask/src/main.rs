@@ -16,6 +16,7 @@ mod bench;
 mod bench_common;
 mod bench_fork;
 mod bench_overhead;
+mod bench_stages;
 mod demo;
 mod interrupt;
 mod prometheus;
@@ -74,9 +75,10 @@ enum Cmd {
     /// Measure BPF, tracer and throughput cost on 1M keys with a fork child alive and without
     /// (run under `flock /tmp/memtrace-bpf.lock`).
     BenchFork {
-        /// ABBA rounds (a traced, an untraced and two control windows per kind each).
-        #[arg(long, default_value_t = bench_fork::DEFAULT_ROUNDS)]
-        rounds: usize,
+        /// ABBA rounds (a traced, an untraced and two control windows per kind each);
+        /// default 10, or 3 with --stages.
+        #[arg(long)]
+        rounds: Option<usize>,
         /// Seconds per window (sets each kind's request count from a warm-up run).
         #[arg(long, default_value_t = bench_fork::DEFAULT_SECONDS)]
         seconds: f64,
@@ -87,6 +89,10 @@ enum Cmd {
         /// `--tracer-arg=--ring-buffer-mb --tracer-arg=2`.
         #[arg(long = "tracer-arg", allow_hyphen_values = true)]
         tracer_args: Vec<String>,
+        /// Instead: where the BPF time of a server fault goes, one traced window per
+        /// stage of the Redis attribution and fork kind per round (default rounds: 3).
+        #[arg(long)]
+        stages: bool,
     },
     /// The soak test for longer: redis-benchmark and a BGSAVE every 5 s under the tracer
     /// (the test suite runs it for 60 s).
@@ -245,9 +251,16 @@ fn main() -> Result<()> {
             seconds,
             build: label,
             tracer_args,
+            stages,
         } => {
             build()?;
-            bench_fork::bench_fork(rounds, seconds, &label, &tracer_args)
+            if stages {
+                let rounds = rounds.unwrap_or(bench_stages::DEFAULT_ROUNDS);
+                bench_stages::bench_stages(rounds, seconds, &label, &tracer_args)
+            } else {
+                let rounds = rounds.unwrap_or(bench_fork::DEFAULT_ROUNDS);
+                bench_fork::bench_fork(rounds, seconds, &label, &tracer_args)
+            }
         }
         Cmd::Soak { minutes, serve } => {
             build()?;

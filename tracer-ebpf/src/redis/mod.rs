@@ -19,11 +19,13 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_comm, bpf_probe_read_user},
 };
-use tracer_common::{ContextEvent, NAME_CAP, ServerLayout, ThreadSlot, counter, kind, phase as ph};
+use tracer_common::{
+    ContextEvent, NAME_CAP, ServerLayout, ThreadSlot, cost_stage, counter, kind, phase as ph,
+};
 
 use crate::{
     emit::header,
-    maps::{EVENTS, SERVERS, bump},
+    maps::{CONFIG, EVENTS, SERVERS, bump, cfg},
 };
 
 /// Reads a `T` at `addr` of the current process. Never faults: a bad or non-resident
@@ -59,9 +61,18 @@ pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64) {
         }
         return;
     }
+    if stopped_at(cost_stage::SERVER) {
+        return;
+    }
     let (client, seq) = client_and_seq(layout);
+    if stopped_at(cost_stage::CURRENT) {
+        return;
+    }
     match (client, seq) {
         (Some(c), Some(s)) if c != 0 => {
+            if stopped_at(cost_stage::STACK) || stopped_at(cost_stage::CLIENT) {
+                return; // stages of the way outside commands
+            }
             if slot.flags & tracer_common::fault_flags::KERNEL_MODE == 0
                 && layout.features & tracer_common::features::ALLOCATOR != 0
                 && phase::in_allocator_at(layout)
@@ -105,6 +116,13 @@ pub unsafe fn on_fault(slot: *mut ThreadSlot, id: u64, ts_ns: u64) {
             }
         }
     }
+}
+
+/// Whether this run's attribution stops after `stage` ([`cost_stage`]; a constant to the
+/// verifier, which drops the branch not taken).
+#[inline(always)]
+pub fn stopped_at(stage: u32) -> bool {
+    cfg(&CONFIG.cost_stage) == stage
 }
 
 /// `server.current_client` and `server.stat_numcommands`. Two reads: one read spanning

@@ -11,7 +11,7 @@
 use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_task_pt_regs, generated};
 use tracer_common::{
     ALLOCATOR_CELL, PHASE_CELL_BYTES, PHASE_CELLS_PER_WORD, STACK_WORDS, ServerLayout, ThreadSlot,
-    context_flags as cf, fault_flags as ff, features, phase as ph,
+    context_flags as cf, cost_stage, fault_flags as ff, features, phase as ph,
 };
 
 use super::{Found, args, clients, emit};
@@ -67,6 +67,9 @@ pub fn outside_command(
             (NONE, 0)
         }
     };
+    if super::stopped_at(cost_stage::STACK) {
+        return;
+    }
     let mut client = 0u64;
     if range != NONE
         && layout.features & features::CLIENT_SEARCH != 0
@@ -85,6 +88,9 @@ pub fn outside_command(
             1..=15 => cf::CLIENT_IN_REGS,
             _ => cf::CLIENT_ON_STACK,
         };
+    }
+    if super::stopped_at(cost_stage::CLIENT) {
+        return;
     }
     let (phase, range) = if range != NONE {
         (ph::RANGE, range)

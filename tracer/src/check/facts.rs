@@ -125,6 +125,7 @@ fn load_everything() -> Vec<Check> {
     let started = std::time::Instant::now();
     match Probes::attach(ProbeOptions {
         ring_buffer_bytes: 1 << 20,
+        cost_stage: tracer_common::cost_stage::FULL,
     }) {
         Ok(mut probes) => {
             let mut out = vec![Check::pass(
@@ -239,6 +240,7 @@ fn attribution(pid: u32, redis: Option<&str>) -> Check {
     let spec = redis.and_then(|s| crate::redis::info::parse_target(s).ok());
     let mut probes = match Probes::attach(ProbeOptions {
         ring_buffer_bytes: 1 << 20,
+        cost_stage: tracer_common::cost_stage::FULL,
     }) {
         Ok(p) => p,
         Err(e) => return Check::fail(what, format!("cannot load the programs: {e}"), "see above"),

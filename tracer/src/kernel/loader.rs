@@ -64,6 +64,9 @@ pub enum LoadError {
 pub struct ProbeOptions {
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// Where Redis attribution stops ([`tracer_common::cost_stage`]; `FULL` but in
+    /// benchmarks).
+    pub cost_stage: u32,
 }
 
 /// The attached programs and the maps userspace reads or writes.
@@ -234,6 +237,7 @@ pub fn read_config(root: &Path, pagefault_disabled: Option<u32>) -> Result<Confi
         write_folio_flags: optional(fmt("vmscan", "mm_vmscan_write_folio"), "reclaim_flags"),
         thread_mask: thread_slots() - 1,
         task_pagefault_disabled: pagefault_disabled.unwrap_or(FIELD_ABSENT),
+        cost_stage: tracer_common::cost_stage::FULL,
     })
 }
 
@@ -253,7 +257,10 @@ impl Probes {
         let started = Instant::now();
         let root = tracefs::ensure_mounted()?;
         let pagefault_disabled = btf::task_pagefault_disabled();
-        let config = read_config(&root, pagefault_disabled.as_ref().ok().copied())?;
+        let config = Config {
+            cost_stage: opts.cost_stage,
+            ..read_config(&root, pagefault_disabled.as_ref().ok().copied())?
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &config, true)
             .map_max_entries(maps::EVENTS, opts.ring_buffer_bytes)

@@ -50,6 +50,9 @@ pub struct RecordOptions {
     pub output: PathBuf,
     /// Ring buffer size, MiB (power of two).
     pub ring_buffer_mb: u32,
+    /// Where the kernel side's Redis attribution stops ([`tracer_common::cost_stage`]:
+    /// `FULL` but in `bench-fork --stages`).
+    pub cost_stage: u32,
     /// How often the ring buffer is drained.
     pub poll_interval: Duration,
     /// No progress output.

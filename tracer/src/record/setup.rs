@@ -146,6 +146,7 @@ impl<'o> Recorder<'o> {
             .context("installing signal handlers")?;
         let mut probes = match Probes::attach(ProbeOptions {
             ring_buffer_bytes: opts.ring_buffer_mb << 20,
+            cost_stage: opts.cost_stage,
         }) {
             Ok(p) => p,
             Err(e) => {
@@ -153,6 +154,13 @@ impl<'o> Recorder<'o> {
                 return Err(e.into());
             }
         };
+        if opts.cost_stage != tracer_common::cost_stage::FULL {
+            probes.degraded.push(format!(
+                "--cost-stage {}: Redis attribution stops early in the kernel (benchmarking \
+                 only); no fault is attributed",
+                tracer_common::cost_stage::name(opts.cost_stage)
+            ));
+        }
         let ring = probes.take_events()?;
         let counters = probes.take_counters()?;
         // The reader runs before the targets are added, so nothing emitted is left unread.
