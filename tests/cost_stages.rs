@@ -2,7 +2,7 @@
 //! root: a stage before `full` counts every fault as `full` does but sends no Redis
 //! context, so no fault is attributed, and the timeline says why.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use serde_json::Value;
 use testkit::{
@@ -19,15 +19,7 @@ fn record_at(server: &Server, stage: &str, out: &Path) -> Value {
         &["--cost-stage", stage],
         ATTRIBUTION_ON,
     );
-    let mut con = server.client();
-    let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
-    let value = vec![b's'; 1024];
-    let mut pipe = redis::pipe();
-    for i in 0..5000 {
-        pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
-    }
-    pipe.query::<()>(&mut con).unwrap();
-    server.wait_bgsave_done(Duration::from_secs(60));
+    server.bgsave_and_overwrite(5000, b's', 1024);
     let stderr = rec.stop();
     eprintln!("{stage}: {stderr}");
     read_timeline(out)

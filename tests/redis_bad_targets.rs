@@ -172,15 +172,7 @@ fn patched_redis(dir: &Path, patch: impl Fn(&mut [u8])) -> Build {
 /// timeline and stderr. Attribution is expected off.
 fn record_without_attribution(server: &Server, out: &Path) -> (Value, String) {
     let rec = Recording::start_with(&["--redis", &server.url()], out, &[], TRACING_PID);
-    let mut con = server.client();
-    let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
-    let value = vec![b'n'; 1024];
-    let mut pipe = redis::pipe();
-    for i in 0..5000 {
-        pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
-    }
-    pipe.query::<()>(&mut con).unwrap();
-    server.wait_bgsave_done(Duration::from_secs(60));
+    server.bgsave_and_overwrite(5000, b'n', 1024);
     std::thread::sleep(Duration::from_millis(300));
     let stderr = rec.stop();
     (read_timeline(out), stderr)

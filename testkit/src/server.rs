@@ -380,6 +380,20 @@ impl Server {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Starts a BGSAVE, overwrites `key:0` to `key:{n - 1}` with `size` bytes of `fill`
+    /// in one pipeline while the child lives, and waits for the save to end.
+    pub fn bgsave_and_overwrite(&self, n: u64, fill: u8, size: usize) {
+        let mut con = self.client();
+        let _: String = redis::cmd("BGSAVE").query(&mut con).unwrap();
+        let value = vec![fill; size];
+        let mut pipe = redis::pipe();
+        for i in 0..n {
+            pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
+        }
+        pipe.query::<()>(&mut con).unwrap();
+        self.wait_bgsave_done(Duration::from_secs(60));
+    }
+
     /// [`Server::try_wait_bgsave_done`], panicking on failure.
     pub fn wait_bgsave_done(&self, timeout: Duration) -> (String, u64) {
         self.try_wait_bgsave_done(timeout)

@@ -572,12 +572,7 @@ fn run_phases(b: &Bench, rounds: usize, seconds: f64) -> Result<(Vec<Series>, Ve
 
 /// Runs the benchmark and prints the tables; writes `target/bench-fork.json`.
 pub fn bench_fork(rounds: usize, seconds: f64, build: &str, tracer_args: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!("bench-fork loads eBPF programs: run as root");
-    }
-    if rounds == 0 || !(seconds.is_finite() && seconds > 0.0) {
-        bail!("--rounds must be at least 1 and --seconds positive");
-    }
+    check_args(rounds, seconds)?;
     interrupt::install();
     let stats = BpfStats::enable()?;
     let dir = scratch_dir("memtrace-bench-fork-")?;
@@ -586,6 +581,17 @@ pub fn bench_fork(rounds: usize, seconds: f64, build: &str, tracer_args: &[Strin
         eprintln!("bench-fork: interrupted; server, fork child and tracer stopped");
     }
     result
+}
+
+/// Refuses what `bench-fork` cannot run: not root, no round, a window of no time.
+pub(crate) fn check_args(rounds: usize, seconds: f64) -> Result<()> {
+    if !is_root() {
+        bail!("bench-fork loads eBPF programs: run as root");
+    }
+    if rounds == 0 || !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--rounds must be at least 1 and --seconds positive");
+    }
+    Ok(())
 }
 
 /// Starts and fills the server, checks it can fork as planned.

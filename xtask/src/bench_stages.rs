@@ -17,11 +17,10 @@ use anyhow::{Result, bail};
 use crate::{
     bench_common::{kernel, scratch_dir},
     bench_fork::{
-        Bench, BpfStats, KINDS, Kind, Totals, Window, calibrate, cpu_model, log_window, run_window,
-        start_server, today, totals,
+        Bench, BpfStats, KINDS, Kind, Totals, Window, calibrate, check_args, cpu_model, log_window,
+        run_window, start_server, today, totals,
     },
     interrupt,
-    setup::is_root,
 };
 
 /// Rounds by default: each is 10 traced windows.
@@ -49,12 +48,7 @@ pub fn bench_stages(
     build: &str,
     tracer_args: &[String],
 ) -> Result<()> {
-    if !is_root() {
-        bail!("bench-fork loads eBPF programs: run as root");
-    }
-    if rounds == 0 || !(seconds.is_finite() && seconds > 0.0) {
-        bail!("--rounds must be at least 1 and --seconds positive");
-    }
+    check_args(rounds, seconds)?;
     interrupt::install();
     let _stats = BpfStats::enable()?;
     let dir = scratch_dir("memtrace-bench-stages-")?;
