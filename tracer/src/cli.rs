@@ -267,3 +267,28 @@ pub struct RecordArgs {
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::CostStage;
+
+    /// `--cost-stage`'s names are the ones the tracer writes back (its degraded note) and
+    /// `bench-fork --stages` passes, each for its own kernel value.
+    #[test]
+    fn cost_stage_names_match_the_kernel_values() {
+        let mut seen = Vec::new();
+        for stage in CostStage::value_variants() {
+            let cli = stage.to_possible_value().unwrap();
+            assert_eq!(
+                cli.get_name(),
+                tracer_common::cost_stage::name(stage.kernel()),
+                "{stage:?}"
+            );
+            assert!(!seen.contains(&stage.kernel()), "{stage:?} reuses a value");
+            seen.push(stage.kernel());
+        }
+        assert_eq!(seen.len(), 5);
+    }
+}

@@ -166,15 +166,3 @@ fn print_kind(kind: &Kind, rows: &[Totals]) {
     }
     println!();
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stages_are_the_tracers_names_in_order() {
-        let names: Vec<&str> = STAGES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["server", "current", "stack", "client", "full"]);
-        assert_eq!(fork_kinds().count(), 2);
-    }
-}
